@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class BackupsAppConfig(AppConfig):
+    name = "backups_app"
+    verbose_name = "Backups"

@@ -1,0 +1,565 @@
+"""The backup engine: consistent, atomic, verified copies of a live SQLite database.
+
+Plain functions over paths. Views, commands and jobs call these and hold no logic of their own.
+"""
+
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import secrets
+import sqlite3
+import threading
+import time
+import zlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import quote
+
+from django.conf import settings
+from django.template.defaultfilters import filesizeformat
+from django.utils import timezone
+
+logger = logging.getLogger(__name__)
+
+DATABASE_FILENAME = "database.sqlite"
+LABELS = ("manual", "pre-migrate", "pre-restore", "uploaded")
+STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+BACKUP_NAME_RE = re.compile(
+    r"\Adatabase\.sqlite\.(?P<stamp>\d{8}T\d{6}Z)(?:-(?P<seq>[1-9][0-9]{0,5}))?"
+    r"(?:\.(?P<label>manual|pre-migrate|pre-restore|uploaded))?\.bak(?P<gz>\.gz)?\Z"
+)
+CHECKSUM_SUFFIX = ".sha256"
+MANIFEST_SUFFIX = ".json"
+TEMP_PREFIX = ".stanza-tmp-"
+SQLITE_HEADER = b"SQLite format 3\x00"
+# gzip level: 6 costs ~2x the CPU of 4 for ~2% smaller files (bench/backup.py).
+GZIP_LEVEL = 4
+GZIP_BLOCK = 4 * 1024 * 1024
+READ_CHUNK = 1024 * 1024
+
+
+class BackupError(Exception):
+    """Anything that stops a backup, with a message a hurried admin understands."""
+
+
+@dataclass(frozen=True)
+class Backup:
+    path: Path
+    size: int
+    modified: datetime
+    has_checksum: bool = False
+
+    @property
+    def name(self):
+        return self.path.name
+
+    @property
+    def label(self):
+        return parse_backup_name(self.name)["label"] or ""
+
+    @property
+    def compressed(self):
+        return self.name.endswith(".gz")
+
+    @property
+    def created(self):
+        """The moment the data was captured, from the name (UTC)."""
+        stamp = parse_backup_name(self.name)["stamp"]
+        return datetime.strptime(stamp, STAMP_FORMAT).replace(tzinfo=UTC)
+
+
+# --- names -------------------------------------------------------------------------------
+
+
+def parse_backup_name(name):
+    """Return the parts of a backup file name, or None when it is not one."""
+    match = BACKUP_NAME_RE.match(name)
+    return match.groupdict() if match else None
+
+
+def is_backup_name(name):
+    return BACKUP_NAME_RE.match(name) is not None
+
+
+def human_size(size):
+    """Bytes in human units, with a plain space (for commands and result lines)."""
+    return filesizeformat(size).replace("\xa0", " ")
+
+
+def backup_name(when, *, label="", compress=False, seq=1):
+    if label and label not in LABELS:
+        raise ValueError(f"unknown backup label {label!r}")
+    stamp = when.astimezone(UTC).strftime(STAMP_FORMAT)
+    suffix = f"-{seq}" if seq > 1 else ""
+    label_part = f".{label}" if label else ""
+    return f"{DATABASE_FILENAME}.{stamp}{suffix}{label_part}.bak" + (".gz" if compress else "")
+
+
+# --- settings-derived locations -----------------------------------------------------------
+
+
+def live_database_path():
+    return Path(settings.DATABASES["default"]["NAME"])
+
+
+def backups_dir():
+    return Path(settings.STANZA_BACKUPS_DIR)
+
+
+# --- listing ------------------------------------------------------------------------------
+
+
+def list_backups(folder=None):
+    """Every backup in the folder, newest first, from one read of the folder."""
+    folder = Path(folder or backups_dir())
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        raise BackupError(f"backups folder {folder} does not exist") from None
+    except NotADirectoryError:
+        raise BackupError(f"backups folder {folder} is a file, not a folder") from None
+    except PermissionError:
+        raise BackupError(f"backups folder {folder} cannot be read (permission denied)") from None
+    names = {entry.name for entry in entries}
+    found = []
+    for entry in entries:
+        # A symlink could point anywhere; only regular files in the folder are backups.
+        if not is_backup_name(entry.name) or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            stat = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:  # deleted between the listing and the stat
+            continue
+        found.append(
+            Backup(
+                path=folder / entry.name,
+                size=stat.st_size,
+                modified=datetime.fromtimestamp(stat.st_mtime, UTC),
+                has_checksum=entry.name + CHECKSUM_SUFFIX in names,
+            )
+        )
+    found.sort(key=lambda b: (b.modified, b.name), reverse=True)
+    return found
+
+
+def get_backup(name, folder=None):
+    """The backup called `name` in the folder; BackupError for a bad or missing name."""
+    if not is_backup_name(name):
+        raise BackupError(f"{name!r} is not a backup file name")
+    folder = Path(folder or backups_dir())
+    path = folder / name
+    try:
+        stat = path.lstat()
+    except FileNotFoundError:
+        raise BackupError(f"backup {name} does not exist") from None
+    if not path.is_file() or path.is_symlink():
+        raise BackupError(f"backup {name} does not exist")
+    return Backup(
+        path=path,
+        size=stat.st_size,
+        modified=datetime.fromtimestamp(stat.st_mtime, UTC),
+        has_checksum=(folder / (name + CHECKSUM_SUFFIX)).is_file(),
+    )
+
+
+def sidecars(path):
+    """The files the product writes beside a backup."""
+    path = Path(path)
+    return [path.with_name(path.name + s) for s in (CHECKSUM_SUFFIX, MANIFEST_SUFFIX)]
+
+
+# --- making a backup ----------------------------------------------------------------------
+
+
+def create_backup(
+    source=None,
+    *,
+    folder=None,
+    output=None,
+    label="",
+    compress=False,
+    progress=None,
+):
+    """Copy the database at `source` into a verified backup file and return it.
+
+    The copy is made with `VACUUM INTO` (consistent, includes the WAL, does not block
+    writers), written under a temporary name, checked, optionally gzip'd, and only then
+    linked under its final name, so no reader ever sees a partial backup. With `output` the
+    exact path is written; otherwise a standard name in `folder` (the backups folder).
+    `progress(phase, done, total)` is called from time to time during long steps.
+    """
+    source = Path(source or live_database_path())
+    target = Path(output) if output else None
+    folder = target.parent if target else Path(folder or backups_dir())
+    started = time.monotonic()
+    check_source(source)
+    check_folder(folder)
+    if target and target.is_dir():
+        raise BackupError(f"{target} is a folder; --output takes the path of the file to write")
+    if target and (target.exists() or target.is_symlink()):
+        raise BackupError(f"{target} already exists; choose another --output or remove it first")
+    remove_abandoned_temp_files(folder)
+
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    partial = folder / f"{TEMP_PREFIX}{token}.partial"
+    leftovers = [partial, partial.with_name(partial.name + "-journal"), Path(f"{partial}.gz")]
+    lock_fd = None
+    try:
+        lock_fd = _create_locked(partial)
+        tables = _vacuum_into(source, partial, progress)
+        digest = _verify(partial, tables, hash_it=not compress)
+        publish_from = partial
+        if compress:
+            publish_from = Path(f"{partial}.gz")
+            digest = _gzip(partial, publish_from, progress)
+        _fsync(publish_from)
+        final = _link_into_place(publish_from, target, folder, label, compress)
+        try:
+            write_checksum(final, digest)
+        except BaseException:
+            final.unlink(missing_ok=True)
+            raise
+    except sqlite3.Error as err:
+        raise BackupError(_explain_sqlite_error(err, source, folder)) from err
+    except OSError as err:
+        raise BackupError(_explain_os_error(err, folder)) from err
+    finally:
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        if lock_fd is not None:
+            os.close(lock_fd)
+
+    backup = get_backup_at(final)
+    logger.info(
+        "backup written: %s (%d bytes) in %.2f s",
+        backup.name,
+        backup.size,
+        time.monotonic() - started,
+        extra={
+            "event": "backup",
+            "file": backup.name,
+            "size": backup.size,
+            "duration": round(time.monotonic() - started, 3),
+        },
+    )
+    return backup
+
+
+def get_backup_at(path):
+    path = Path(path)
+    stat = path.stat()
+    return Backup(
+        path=path,
+        size=stat.st_size,
+        modified=datetime.fromtimestamp(stat.st_mtime, UTC),
+        has_checksum=path.with_name(path.name + CHECKSUM_SUFFIX).is_file(),
+    )
+
+
+def check_source(source):
+    """Refuse, before any work, a source that is missing or is not an SQLite database."""
+    if not source.exists():
+        raise BackupError(f"no database at {source}")
+    if not source.is_file():
+        raise BackupError(f"{source} is not a file")
+    try:
+        with open(source, "rb") as f:
+            header = f.read(len(SQLITE_HEADER))
+    except PermissionError:
+        raise BackupError(f"{source} cannot be read (permission denied)") from None
+    if header != SQLITE_HEADER:
+        raise BackupError(f"{source} is not an SQLite database")
+
+
+def check_folder(folder):
+    if not folder.exists():
+        raise BackupError(f"destination folder {folder} does not exist")
+    if not folder.is_dir():
+        raise BackupError(f"destination {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BackupError(f"destination folder {folder} is not writable")
+
+
+def remove_abandoned_temp_files(folder):
+    """Delete temporary files of backups whose process died; return how many were removed.
+
+    A backup holds an exclusive flock on its `.partial` file for its whole life, and the
+    kernel drops it when the process dies, even by SIGKILL. So a `.partial` we can lock, and
+    any temporary file without its `.partial`, belongs to nobody.
+    """
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(TEMP_PREFIX)]
+    except OSError:
+        return 0
+    owners = {n for n in names if n.endswith(".partial")}
+    removed = 0
+    for name in names:
+        owner = name if name in owners else name.split(".partial", 1)[0] + ".partial"
+        if owner in owners and _is_held(folder / owner):
+            continue
+        try:
+            (folder / name).unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+    if removed:
+        logger.info("removed %d temporary file(s) of interrupted backups in %s", removed, folder)
+    return removed
+
+
+def _is_held(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _create_locked(path):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _connect(path, *, readonly=False):
+    mode = "ro" if readonly else "rw"
+    conn = sqlite3.connect(
+        f"file:{quote(str(path))}?mode={mode}", uri=True, timeout=30, isolation_level=None
+    )
+    # Give Python's signal handlers a chance to run (Ctrl-C, SIGTERM) during long statements.
+    conn.set_progress_handler(lambda: 0, 100_000)
+    return conn
+
+
+def _table_names(conn):
+    rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return {name for (name,) in rows}
+
+
+def _vacuum_into(source, partial, progress):
+    """VACUUM INTO `partial`; return the source's table names, for the check that follows."""
+    conn = _connect(source)
+    try:
+        # The output inherits this connection's `synchronous`; OFF keeps SQLite from flushing
+        # every page (which stalls the site's writers); the whole file is fsync'd once after.
+        conn.execute("PRAGMA synchronous=OFF")
+        tables = _table_names(conn)
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        expected = (pages - free) * page_size
+        with _watch_size(partial, expected, progress, "copy"):
+            conn.execute("VACUUM INTO ?", (str(partial),))
+    finally:
+        conn.close()
+    return tables
+
+
+class _watch_size:
+    """Report a file's growth to `progress` from a background thread while a step runs."""
+
+    def __init__(self, path, total, progress, phase):
+        self.path, self.total, self.progress, self.phase = path, total, progress, phase
+        self.done = threading.Event()
+
+    def __enter__(self):
+        if self.progress:
+            self.thread = threading.Thread(target=self._run, daemon=True)
+            self.thread.start()
+        return self
+
+    def _run(self):
+        while not self.done.wait(0.5):
+            try:
+                self.progress(self.phase, self.path.stat().st_size, self.total)
+            except OSError:
+                pass
+
+    def __exit__(self, *exc):
+        self.done.set()
+        if self.progress:
+            self.thread.join()
+        return False
+
+
+def verify_database(path, expected_tables=()):
+    """Raise BackupError unless `path` is a sound SQLite database holding `expected_tables`.
+
+    `integrity_check` alone is not enough: a write that failed half-way can leave a file
+    that SQLite turns into an empty database which passes it (see FIELD-NOTES).
+    """
+    check_source(Path(path))
+    conn = _connect(path, readonly=True)
+    try:
+        result = conn.execute("PRAGMA integrity_check").fetchall()
+        if result != [("ok",)]:
+            problems = "; ".join(row[0] for row in result[:3])
+            raise BackupError(f"{Path(path).name} failed the integrity check: {problems}")
+        missing = set(expected_tables) - _table_names(conn)
+    except sqlite3.DatabaseError as err:
+        raise BackupError(f"{Path(path).name} is not a sound SQLite database: {err}") from err
+    finally:
+        conn.close()
+    if missing:
+        raise BackupError(
+            f"{Path(path).name} is incomplete: tables missing: {', '.join(sorted(missing))}"
+        )
+
+
+def _verify(partial, tables, *, hash_it):
+    """Check the copy; hash it at the same time (both release the GIL) when asked."""
+    if not hash_it:
+        verify_database(partial, tables)
+        return None
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        digest = pool.submit(sha256_of, partial)
+        verify_database(partial, tables)
+        return digest.result()
+
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(READ_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _gzip(source, dest, progress):
+    """gzip `source` into `dest` on every core; return the SHA-256 of what was written.
+
+    The output is a series of gzip members, one per 4 MB block, compressed in parallel
+    (zlib releases the GIL); `gunzip` and `zcat` read such a file as one stream. At most
+    two blocks per worker are in flight, so memory stays flat whatever the database size.
+    """
+    workers = max(1, os.cpu_count() or 1)
+    total = source.stat().st_size
+    digest = hashlib.sha256()
+    done = 0
+    pending = deque()
+    with (
+        open(source, "rb") as fin,
+        open(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fout,
+        ThreadPoolExecutor(max_workers=workers) as pool,
+    ):
+
+        def write_next():
+            member = pending.popleft().result()
+            fout.write(member)
+            digest.update(member)
+
+        while block := fin.read(GZIP_BLOCK):
+            pending.append(pool.submit(zlib.compress, block, GZIP_LEVEL, 31))
+            done += len(block)
+            if len(pending) >= 2 * workers:
+                write_next()
+                if progress:
+                    progress("compress", done, total)
+        while pending:
+            write_next()
+    return digest.hexdigest()
+
+
+def _fsync(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder):
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _link_into_place(temp, target, folder, label, compress):
+    """Give the finished file its name without ever replacing an existing file.
+
+    `os.link` fails when the name exists, so two processes backing up in the same second
+    each get their own name (`...Z-2.bak`) without a lock between them.
+    """
+    if target:
+        candidates = [target]
+    else:
+        now = timezone.now()
+        candidates = (
+            folder / backup_name(now, label=label, compress=compress, seq=seq)
+            for seq in range(1, 1000)
+        )
+    for final in candidates:
+        try:
+            os.link(temp, final)
+        except FileExistsError:
+            if target:
+                raise BackupError(f"{target} already exists; nothing was overwritten") from None
+            continue
+        _fsync_dir(folder)
+        return final
+    raise BackupError(f"too many backups in the same second in {folder}")
+
+
+def write_checksum(path, digest):
+    """Write `NAME.sha256` beside a backup, in the format `sha256sum -c` reads."""
+    path = Path(path)
+    sidecar = path.with_name(path.name + CHECKSUM_SUFFIX)
+    temp = path.with_name(f"{TEMP_PREFIX}{secrets.token_hex(4)}.sha256")
+    try:
+        temp.write_text(f"{digest}  {path.name}\n")
+        os.replace(temp, sidecar)
+    finally:
+        temp.unlink(missing_ok=True)
+    return sidecar
+
+
+def read_checksum(path):
+    """The hex digest recorded beside a backup, or None when there is no sidecar."""
+    path = Path(path)
+    sidecar = path.with_name(path.name + CHECKSUM_SUFFIX)
+    try:
+        text = sidecar.read_text()
+    except FileNotFoundError:
+        return None
+    return text.split()[0] if text.split() else ""
+
+
+def _explain_sqlite_error(err, source, folder):
+    message = str(err)
+    if "disk is full" in message:
+        return f"disk full while writing to {folder}; the partial backup was removed"
+    if "disk I/O error" in message:
+        return f"write error in {folder} (disk full or failing); the partial backup was removed"
+    if "unable to open database" in message:
+        return f"cannot write a backup in {folder} (missing or not writable)"
+    if "not a database" in message:
+        return f"{source} is not an SQLite database"
+    if "interrupted" in message:
+        return "backup interrupted; the partial file was removed"
+    if "locked" in message or "busy" in message:
+        return f"{source} stayed locked by another process; try again"
+    return f"backup failed: {message}"
+
+
+def _explain_os_error(err, folder):
+    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"disk full while writing to {folder}; the partial backup was removed"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"destination folder {folder} is not writable"
+    if err.errno == errno.ENOENT:
+        return f"destination folder {folder} does not exist"
+    return f"backup failed: {err.strerror or err}"

@@ -1,0 +1,71 @@
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+MANAGE = REPO_DIR / "manage.py"
+
+
+@pytest.fixture
+def data_dir(tmp_path, settings):
+    """A data folder with its backups folder, used by the code under test through settings."""
+    data = tmp_path / "data"
+    (data / "backups").mkdir(parents=True)
+    settings.STANZA_DATA_DIR = data
+    settings.STANZA_BACKUPS_DIR = data / "backups"
+    return data
+
+
+@pytest.fixture
+def backups_folder(data_dir):
+    return data_dir / "backups"
+
+
+def make_database(path, rows=100, *, wal=True):
+    """A real SQLite file with a few tables, an index and some rows; returns its path."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    if wal:
+        conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE IF NOT EXISTS django_migrations (id INTEGER PRIMARY KEY, app, name)")
+    conn.execute("CREATE TABLE IF NOT EXISTS item (id INTEGER PRIMARY KEY, name TEXT, n INT)")
+    conn.execute("CREATE INDEX IF NOT EXISTS item_name ON item (name)")
+    conn.execute("BEGIN")
+    conn.executemany(
+        "INSERT INTO item (name, n) VALUES (?, ?)", ((f"item {i}", i) for i in range(rows))
+    )
+    conn.execute("COMMIT")
+    conn.close()
+    return path
+
+
+@pytest.fixture
+def source_db(tmp_path):
+    return make_database(tmp_path / "database.sqlite")
+
+
+def count_rows(path, table="item"):
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def manage(*args, env=None, cwd=None, check=False, timeout=120, **kwargs):
+    """Run `python manage.py ARGS` in a real subprocess; returns the CompletedProcess."""
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("DJANGO_SETTINGS_MODULE", None)
+    return subprocess.run(
+        [sys.executable, str(MANAGE), *args],
+        env=full_env,
+        cwd=cwd or REPO_DIR,
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=timeout,
+        **kwargs,
+    )
