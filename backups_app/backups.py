@@ -3,6 +3,7 @@
 Plain functions over paths. Views, commands and jobs call these and hold no logic of their own.
 """
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -382,10 +383,8 @@ class _watch_size:
 
     def _run(self):
         while not self.done.wait(0.5):
-            try:
+            with contextlib.suppress(OSError):
                 self.progress(self.phase, self.path.stat().st_size, self.total)
-            except OSError:
-                pass
 
     def __exit__(self, *exc):
         self.done.set()

@@ -60,7 +60,9 @@ def env_time_zone(name, default="UTC"):
     try:
         zoneinfo.ZoneInfo(raw)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"{name}={raw!r} is not a known time zone (e.g. UTC, Europe/Paris)") from None
+        raise ConfigError(
+            f"{name}={raw!r} is not a known time zone (e.g. UTC, Europe/Paris)"
+        ) from None
     return raw
 
 

@@ -1,6 +1,5 @@
 """Settings for Stanza Backups; every value a user may change comes from the environment."""
 
-
 from stanza_site.config import (
     REPO_DIR,
     env_bool,
@@ -18,7 +17,7 @@ from stanza_site.config import (
 BASE_DIR = REPO_DIR
 
 DEBUG = env_bool("DJANGO_DEBUG", default=False)
-ALLOWED_HOSTSALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
 
 # --- Stanza ---------------------------------------------------------------------------------
@@ -110,9 +109,7 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 if DEBUG:
-    STORAGES["staticfiles"] = {
-        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
-    }
+    STORAGES["staticfiles"] = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}
 
 LOGIN_URL = "admin:login"
 
@@ -154,4 +151,3 @@ LOGGING = {
         "apscheduler": {"handlers": ["console"], "level": "WARNING", "propagate": False},
     },
 }
-
