@@ -1,0 +1,48 @@
+"""The lock that lets only one scheduler run jobs, and tells pages whether one is up.
+
+The database is a local SQLite file, so every process that uses it shares this machine and
+its data folder: an flock on a file there is exact, and the kernel drops it when the
+scheduler dies, even by SIGKILL.
+"""
+
+import fcntl
+import os
+from pathlib import Path
+
+from django.conf import settings
+
+LOCK_FILENAME = "scheduler.lock"
+
+
+def lock_path():
+    return Path(settings.STANZA_DATA_DIR) / LOCK_FILENAME
+
+
+def try_acquire():
+    """Take the scheduler lock; return its file descriptor, or None if a scheduler holds it.
+
+    Keep the descriptor open for as long as the scheduler runs; closing it releases the lock.
+    """
+    fd = os.open(lock_path(), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def is_scheduler_running():
+    try:
+        fd = os.open(lock_path(), os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
