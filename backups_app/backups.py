@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import re
+import resource
 import secrets
 import sqlite3
 import threading
@@ -193,41 +194,49 @@ def create_backup(
     writers), written under a temporary name, checked, optionally gzip'd, and only then
     linked under its final name, so no reader ever sees a partial backup. With `output` the
     exact path is written; otherwise a standard name in `folder` (the backups folder).
-    `progress(phase, done, total)` is called from time to time during long steps.
+    `progress(phase, done, total)` is called from time to time during long steps (phases
+    "copy", "verify", "compress", and "done" once at the end); it may be called from
+    another thread.
+
+    A signal whose Python handler raises (Ctrl-C, or SIGTERM turned into KeyboardInterrupt)
+    stops the backup even inside SQLite; the temporary files are removed and the exception
+    is raised again.
     """
-    source = Path(source or live_database_path())
-    target = Path(output) if output else None
-    folder = target.parent if target else Path(folder or backups_dir())
     started = time.monotonic()
+    source = Path(source or live_database_path())
+    target = check_output(output) if output is not None else None
+    folder = target.parent if target else Path(folder or backups_dir())
     check_source(source)
     check_folder(folder)
-    if target and target.is_dir():
-        raise BackupError(f"{target} is a folder; --output takes the path of the file to write")
-    if target and (target.exists() or target.is_symlink()):
-        raise BackupError(f"{target} already exists; choose another --output or remove it first")
     remove_abandoned_temp_files(folder)
 
     token = f"{os.getpid()}-{secrets.token_hex(4)}"
     partial = folder / f"{TEMP_PREFIX}{token}.partial"
-    leftovers = [partial, partial.with_name(partial.name + "-journal"), Path(f"{partial}.gz")]
+    gz = Path(f"{partial}.gz")
+    leftovers = [partial, Path(f"{partial}-journal"), gz, Path(f"{partial}{CHECKSUM_SUFFIX}")]
+    timings = {}
     lock_fd = None
     try:
         lock_fd = _create_locked(partial)
-        tables = _vacuum_into(source, partial, progress)
-        digest = _verify(partial, tables, hash_it=not compress)
-        publish_from = partial
-        if compress:
-            publish_from = Path(f"{partial}.gz")
-            digest = _gzip(partial, publish_from, progress)
-        _fsync(publish_from)
+        with _timed(timings, "copy"):
+            tables = _vacuum_into(source, partial, progress)
+        with _timed(timings, "verify_compress" if compress else "verify"):
+            if compress:
+                digest = _verify_and_gzip(partial, gz, tables, progress)
+            else:
+                digest = _verify_and_hash(partial, tables, progress)
+        publish_from = gz if compress else partial
+        with _timed(timings, "sync"):
+            _fsync(publish_from)
         final = _link_into_place(publish_from, target, folder, label, compress)
         try:
-            write_checksum(final, digest)
+            _write_checksum(final, digest, temp=Path(f"{partial}{CHECKSUM_SUFFIX}"))
         except BaseException:
             final.unlink(missing_ok=True)
             raise
     except sqlite3.Error as err:
-        raise BackupError(_explain_sqlite_error(err, source, folder)) from err
+        _raise_if_interrupted(err)
+        raise BackupError(_explain_sqlite_error(err, source, folder, partial)) from err
     except OSError as err:
         raise BackupError(_explain_os_error(err, folder)) from err
     finally:
@@ -237,16 +246,21 @@ def create_backup(
             os.close(lock_fd)
 
     backup = get_backup_at(final)
+    duration = time.monotonic() - started
+    if progress:
+        progress("done", backup.size, backup.size)
     logger.info(
         "backup written: %s (%d bytes) in %.2f s",
         backup.name,
         backup.size,
-        time.monotonic() - started,
+        duration,
         extra={
             "event": "backup",
             "file": backup.name,
+            "path": str(backup.path),
             "size": backup.size,
-            "duration": round(time.monotonic() - started, 3),
+            "duration": round(duration, 3),
+            "timings": {step: round(seconds, 3) for step, seconds in timings.items()},
         },
     )
     return backup
@@ -263,8 +277,24 @@ def get_backup_at(path):
     )
 
 
+def check_output(output):
+    """Refuse, before any work, an --output that cannot be a new file; return it as a Path."""
+    raw = os.fspath(output)
+    if not raw or raw.endswith(os.sep) or Path(raw).name in ("", ".", ".."):
+        raise BackupError(f"{raw!r} is a folder; --output takes the path of the file to write")
+    target = Path(raw)
+    if any(ord(char) < 32 or char == "\x7f" for char in target.name):
+        raise BackupError(f"{raw!r}: the file name must not contain control characters")
+    if target.is_dir():
+        raise BackupError(f"{target} is a folder; --output takes the path of the file to write")
+    if target.exists() or target.is_symlink():
+        raise BackupError(f"{target} already exists; choose another --output or remove it first")
+    return target
+
+
 def check_source(source):
     """Refuse, before any work, a source that is missing or is not an SQLite database."""
+    source = Path(source)
     if not source.exists():
         raise BackupError(f"no database at {source}")
     if not source.is_file():
@@ -291,8 +321,9 @@ def remove_abandoned_temp_files(folder):
     """Delete temporary files of backups whose process died; return how many were removed.
 
     A backup holds an exclusive flock on its `.partial` file for its whole life, and the
-    kernel drops it when the process dies, even by SIGKILL. So a `.partial` we can lock, and
-    any temporary file without its `.partial`, belongs to nobody.
+    kernel drops it when the process dies, even by SIGKILL. Every other temporary file is
+    named after its `.partial` (`NAME.partial.gz`, `NAME.partial-journal`, ...). So a
+    `.partial` we can lock, and any temporary file without its `.partial`, belongs to nobody.
     """
     try:
         names = [n for n in os.listdir(folder) if n.startswith(TEMP_PREFIX)]
@@ -302,10 +333,10 @@ def remove_abandoned_temp_files(folder):
     removed = 0
     for name in names:
         owner = name if name in owners else name.split(".partial", 1)[0] + ".partial"
-        if owner in owners and _is_held(folder / owner):
+        if owner in owners and _is_held(Path(folder) / owner):
             continue
         try:
-            (folder / name).unlink()
+            (Path(folder) / name).unlink()
             removed += 1
         except FileNotFoundError:
             pass
@@ -334,14 +365,37 @@ def _create_locked(path):
     return fd
 
 
-def _connect(path, *, readonly=False):
+@contextlib.contextmanager
+def _timed(timings, step):
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        timings[step] = time.monotonic() - started
+
+
+def _connect(path, *, readonly=False, cancel=None):
+    """Open an SQLite connection that a signal (or `cancel`) can stop inside a long statement.
+
+    The progress handler gives Python's signal handlers a chance to run while SQLite works
+    (on the main thread only); when one raises, SQLite stops with "interrupted".
+    """
     mode = "ro" if readonly else "rw"
     conn = sqlite3.connect(
         f"file:{quote(str(path))}?mode={mode}", uri=True, timeout=30, isolation_level=None
     )
-    # Give Python's signal handlers a chance to run (Ctrl-C, SIGTERM) during long statements.
-    conn.set_progress_handler(lambda: 0, 100_000)
+    if cancel is None:
+        conn.set_progress_handler(lambda: 0, 20_000)
+    else:
+        conn.set_progress_handler(cancel.is_set, 20_000)
     return conn
+
+
+def _raise_if_interrupted(err):
+    """Turn SQLite's "interrupted" (a signal handler raised in our progress handler) back
+    into the KeyboardInterrupt Python would have raised, so callers treat it like Ctrl-C."""
+    if isinstance(err, sqlite3.OperationalError) and str(err) == "interrupted":
+        raise KeyboardInterrupt from err
 
 
 def _table_names(conn):
@@ -382,7 +436,7 @@ class _watch_size:
         return self
 
     def _run(self):
-        while not self.done.wait(0.5):
+        while not self.done.wait(0.25):
             with contextlib.suppress(OSError):
                 self.progress(self.phase, self.path.stat().st_size, self.total)
 
@@ -399,47 +453,104 @@ def verify_database(path, expected_tables=()):
     `integrity_check` alone is not enough: a write that failed half-way can leave a file
     that SQLite turns into an empty database which passes it (see FIELD-NOTES).
     """
+    _check_database(path, expected_tables)
+
+
+def _check_database(path, expected_tables, cancel=None):
     check_source(Path(path))
-    conn = _connect(path, readonly=True)
+    name = Path(path).name
     try:
-        result = conn.execute("PRAGMA integrity_check").fetchall()
-        if result != [("ok",)]:
-            problems = "; ".join(row[0] for row in result[:3])
-            raise BackupError(f"{Path(path).name} failed the integrity check: {problems}")
-        missing = set(expected_tables) - _table_names(conn)
+        conn = _connect(path, readonly=True, cancel=cancel)
+        try:
+            result = conn.execute("PRAGMA integrity_check").fetchall()
+            tables = _table_names(conn)
+        finally:
+            conn.close()
     except sqlite3.DatabaseError as err:
-        raise BackupError(f"{Path(path).name} is not a sound SQLite database: {err}") from err
-    finally:
-        conn.close()
+        if cancel is None:
+            _raise_if_interrupted(err)
+        elif cancel.is_set():
+            raise _Cancelled from err
+        raise BackupError(f"{name} is not a sound SQLite database: {err}") from err
+    if result != [("ok",)]:
+        problems = "; ".join(row[0] for row in result[:3])
+        raise BackupError(f"{name} failed the integrity check: {problems}")
+    missing = set(expected_tables) - tables
     if missing:
-        raise BackupError(
-            f"{Path(path).name} is incomplete: tables missing: {', '.join(sorted(missing))}"
-        )
+        raise BackupError(f"{name} is incomplete: tables missing: {', '.join(sorted(missing))}")
 
 
-def _verify(partial, tables, *, hash_it):
-    """Check the copy; hash it at the same time (both release the GIL) when asked."""
-    if not hash_it:
-        verify_database(partial, tables)
-        return None
+class _Cancelled(Exception):
+    """A helper thread stopped because the main step failed; never seen by callers."""
+
+
+def _alongside(main, side):
+    """Run `side(cancel)` in a thread while `main(cancel)` runs here; return main's result.
+
+    Both read the finished copy and release the GIL (sqlite3, hashlib, zlib), so they use
+    both cores. When one fails the other is told to stop, and the real error is raised.
+    """
+    cancel = threading.Event()
+
+    def run_side():
+        try:
+            return side(cancel)
+        except BaseException:
+            cancel.set()
+            raise
+
     with ThreadPoolExecutor(max_workers=1) as pool:
-        digest = pool.submit(sha256_of, partial)
-        verify_database(partial, tables)
-        return digest.result()
+        future = pool.submit(run_side)
+        try:
+            result = main(cancel)
+            side_result = future.result()
+        except _Cancelled:
+            future.result()  # main stopped because the side failed: raise the side's error
+            raise
+        except BaseException:
+            cancel.set()
+            raise
+    return result, side_result
+
+
+def _verify_and_hash(partial, tables, progress):
+    """integrity_check the copy while hashing it on the other core; return the SHA-256."""
+    if progress:
+        progress("verify", 0, 0)
+    digest, _ = _alongside(
+        lambda cancel: _sha256_of(partial, cancel),
+        lambda cancel: _check_database(partial, tables, cancel),
+    )
+    return digest
+
+
+def _verify_and_gzip(partial, gz, tables, progress):
+    """Compress the copy while integrity_check reads it; return the SHA-256 of the .gz."""
+    digest, _ = _alongside(
+        lambda cancel: _gzip(partial, gz, progress, cancel),
+        lambda cancel: _check_database(partial, tables, cancel),
+    )
+    return digest
 
 
 def sha256_of(path):
+    return _sha256_of(path)
+
+
+def _sha256_of(path, cancel=None):
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(READ_CHUNK):
+            if cancel is not None and cancel.is_set():
+                raise _Cancelled
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def _gzip(source, dest, progress):
+def _gzip(source, dest, progress=None, cancel=None):
     """gzip `source` into `dest` on every core; return the SHA-256 of what was written.
 
-    The output is a series of gzip members, one per 4 MB block, compressed in parallel
+    The output is a series of gzip members, one per GZIP_BLOCK, compressed in parallel
     (zlib releases the GIL); `gunzip` and `zcat` read such a file as one stream. At most
     two blocks per worker are in flight, so memory stays flat whatever the database size.
     """
@@ -459,15 +570,22 @@ def _gzip(source, dest, progress):
             fout.write(member)
             digest.update(member)
 
-        while block := fin.read(GZIP_BLOCK):
-            pending.append(pool.submit(zlib.compress, block, GZIP_LEVEL, 31))
-            done += len(block)
-            if len(pending) >= 2 * workers:
+        try:
+            while block := fin.read(GZIP_BLOCK):
+                if cancel is not None and cancel.is_set():
+                    raise _Cancelled
+                pending.append(pool.submit(zlib.compress, block, GZIP_LEVEL, 31))
+                done += len(block)
+                if len(pending) >= 2 * workers:
+                    write_next()
+                    if progress:
+                        progress("compress", done, total)
+            while pending:
                 write_next()
-                if progress:
-                    progress("compress", done, total)
-        while pending:
-            write_next()
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
     return digest.hexdigest()
 
 
@@ -516,10 +634,28 @@ def _link_into_place(temp, target, folder, label, compress):
 def write_checksum(path, digest):
     """Write `NAME.sha256` beside a backup, in the format `sha256sum -c` reads."""
     path = Path(path)
-    sidecar = path.with_name(path.name + CHECKSUM_SUFFIX)
-    temp = path.with_name(f"{TEMP_PREFIX}{secrets.token_hex(4)}.sha256")
+    temp = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}.partial")
+    # Held like a backup's `.partial`, so a backup starting now does not take it for debris.
+    fd = _create_locked(temp)
     try:
-        temp.write_text(f"{digest}  {path.name}\n")
+        return _write_checksum(path, digest, temp=temp, fd=fd)
+    finally:
+        os.close(fd)
+        temp.unlink(missing_ok=True)
+
+
+def _write_checksum(path, digest, *, temp, fd=None):
+    path = Path(path)
+    sidecar = path.with_name(path.name + CHECKSUM_SUFFIX)
+    name = path.name
+    line = f"{digest}  {name}\n"
+    if "\\" in name:  # coreutils' escaping: a leading backslash, then \\ for each backslash
+        line = "\\" + line.replace("\\", "\\\\")
+    try:
+        if fd is None:
+            temp.write_text(line)
+        else:
+            os.write(fd, line.encode())
         os.replace(temp, sidecar)
     finally:
         temp.unlink(missing_ok=True)
@@ -534,28 +670,44 @@ def read_checksum(path):
         text = sidecar.read_text()
     except FileNotFoundError:
         return None
-    return text.split()[0] if text.split() else ""
+    words = text.split()
+    return words[0].lstrip("\\") if words else ""
 
 
-def _explain_sqlite_error(err, source, folder):
+def _explain_sqlite_error(err, source, folder, partial=None):
     message = str(err)
     if "disk is full" in message:
         return f"disk full while writing to {folder}; the partial backup was removed"
     if "disk I/O error" in message:
-        return f"write error in {folder} (disk full or failing); the partial backup was removed"
+        return _explain_write_error(folder, partial)
     if "unable to open database" in message:
         return f"cannot write a backup in {folder} (missing or not writable)"
     if "not a database" in message:
         return f"{source} is not an SQLite database"
-    if "interrupted" in message:
-        return "backup interrupted; the partial file was removed"
     if "locked" in message or "busy" in message:
         return f"{source} stayed locked by another process; try again"
     return f"backup failed: {message}"
 
 
+def _explain_write_error(folder, partial):
+    """SQLite reports every failed write but ENOSPC as an I/O error; find the likely cause."""
+    limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if limit != resource.RLIM_INFINITY:
+        return (
+            f"disk full while writing to {folder}: the backup reached this process's file "
+            f"size limit ({human_size(limit)}, see ulimit -f); the partial backup was removed"
+        )
+    with contextlib.suppress(OSError):
+        stat = os.statvfs(folder)
+        if stat.f_bavail * stat.f_frsize < 1024 * 1024:
+            return f"disk full while writing to {folder}; the partial backup was removed"
+    return f"write error in {folder} (disk full or failing); the partial backup was removed"
+
+
 def _explain_os_error(err, folder):
-    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    if err.errno == errno.EFBIG:
+        return _explain_write_error(folder, None)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"disk full while writing to {folder}; the partial backup was removed"
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"destination folder {folder} is not writable"

@@ -1,5 +1,7 @@
 import signal
 import sys
+import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -7,19 +9,32 @@ from django.core.management.base import BaseCommand, CommandError
 
 from backups_app.backups import DATABASE_FILENAME, BackupError, create_backup, human_size
 
+# Progress appears only for a backup that takes longer than this (seconds).
+PROGRESS_DELAY = 0.5
+
 
 @contextmanager
-def sigterm_as_interrupt():
-    """Turn SIGTERM into KeyboardInterrupt so a killed backup cleans up like Ctrl-C."""
+def signals_as_interrupt():
+    """Turn SIGINT and SIGTERM into KeyboardInterrupt, so a stopped backup cleans up.
+
+    Yields the list of signals received. A signal that was ignored when we started (a
+    background job of a script) stays ignored, as Python itself does for SIGINT.
+    """
+    received = []
 
     def interrupt(signum, frame):
+        received.append(signum)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            previous[signum] = signal.signal(signum, interrupt)
     try:
-        yield
+        yield received
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class Command(BaseCommand):
@@ -27,7 +42,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "--output", type=Path, help="exact path to write (default: standard name in .)"
+            "--output", help="exact path of the file to write (default: standard name in .)"
         )
         parser.add_argument("--compress", action="store_true", help="gzip the backup")
         parser.add_argument(
@@ -38,26 +53,56 @@ class Command(BaseCommand):
 
     def handle(self, *args, output, compress, data_dir, **options):
         source = data_dir / DATABASE_FILENAME if data_dir else None
-        progress = self.show_progress if sys.stderr.isatty() else None
-        try:
-            with sigterm_as_interrupt():
+        progress = Progress(self.stderr) if sys.stderr.isatty() else None
+        with signals_as_interrupt() as received:
+            try:
                 backup = create_backup(
                     source, folder=Path.cwd(), output=output, compress=compress, progress=progress
                 )
-        except BackupError as err:
-            raise CommandError(str(err)) from err
-        except KeyboardInterrupt:
-            raise CommandError("interrupted; no backup was written") from None
-        finally:
-            if progress:
-                self.stderr.write("\r\033[K", ending="")
+            except BackupError as err:
+                raise CommandError(str(err)) from err
+            except KeyboardInterrupt:
+                signum = received[-1] if received else signal.SIGINT
+                raise CommandError(
+                    f"interrupted by {signal.Signals(signum).name}; no backup was written",
+                    returncode=128 + signum,
+                ) from None
+            finally:
+                if progress:
+                    progress.clear()
         self.stdout.write(f"{backup.path} ({human_size(backup.size)}, {backup.size} bytes)")
 
-    def show_progress(self, phase, done, total):
-        verb = {"copy": "Copying", "compress": "Compressing"}.get(phase, phase)
-        percent = f" ({100 * done // total}%)" if total else ""
-        self.stderr.write(
-            f"\r\033[K{verb}: {human_size(done)} of {human_size(total)}{percent}",
-            ending="",
-        )
-        self.stderr.flush()
+
+class Progress:
+    """One self-rewriting line on a terminal: bytes written against the expected size."""
+
+    VERBS = {"copy": "Copying", "verify": "Verifying", "compress": "Compressing"}
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.started = time.monotonic()
+        self.shown = False
+        self.lock = threading.Lock()  # called from the engine's helper threads too
+
+    def __call__(self, phase, done, total):
+        if phase == "done":
+            self.clear()
+            return
+        if time.monotonic() - self.started < PROGRESS_DELAY:
+            return
+        verb = self.VERBS.get(phase, phase)
+        if total:
+            text = f"{verb}: {human_size(done)} of {human_size(total)} ({100 * done // total}%)"
+        else:
+            text = f"{verb}..."
+        with self.lock:
+            self.stream.write(f"\r\033[K{text}", ending="")
+            self.stream.flush()
+            self.shown = True
+
+    def clear(self):
+        with self.lock:
+            if self.shown:
+                self.stream.write("\r\033[K", ending="")
+                self.stream.flush()
+                self.shown = False
