@@ -69,3 +69,46 @@ def manage(*args, env=None, cwd=None, check=False, timeout=120, **kwargs):
         timeout=timeout,
         **kwargs,
     )
+
+
+def make_large_database(path, megabytes, *, wal=True):
+    """A real SQLite file of about `megabytes` MB (random text, indexed), built in SQLite's C."""
+    make_database(path, rows=10, wal=wal)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?) "
+        "INSERT INTO item (name, n) SELECT hex(randomblob(150)), x FROM c",
+        (megabytes * 1024 * 1024 // 640,),
+    )
+    conn.close()
+    return path
+
+
+@pytest.fixture(scope="session")
+def large_data_dir(tmp_path_factory):
+    """A data folder holding a ~200 MB database, shared by tests that only read it."""
+    data = tmp_path_factory.mktemp("large")
+    make_large_database(data / "database.sqlite", 200)
+    return data
+
+
+@pytest.fixture
+def mount_point(tmp_path):
+    """A folder to mount a tmpfs on (skips when mounting is not allowed); unmounted after."""
+    point = tmp_path / "mnt"
+    point.mkdir()
+    mounted = []
+
+    def mount(*options):
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(point)],
+            capture_output=True,
+        )
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], check=False)

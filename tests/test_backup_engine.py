@@ -1,12 +1,17 @@
 import gzip
 import hashlib
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 
 import pytest
 
 from backups_app import backups
 from backups_app.backups import BackupError, create_backup, list_backups
-from tests.conftest import count_rows, make_database
+from tests.conftest import count_rows, make_database, make_large_database
 
 
 def test_it_writes_a_verified_backup_with_checksum(source_db, tmp_path):
@@ -87,3 +92,227 @@ def test_it_refuses_an_existing_output(source_db, tmp_path):
     with pytest.raises(BackupError, match="already exists"):
         create_backup(source_db, output=target)
     assert target.read_text() == "keep me"
+
+
+# --- consistency while the site writes -----------------------------------------------------
+
+WRITER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=5)
+conn.execute("PRAGMA synchronous=NORMAL")
+print("ready", flush=True)
+while True:
+    conn.execute("INSERT INTO item (name, n) VALUES ('writer', ?)", (time.time_ns(),))
+    time.sleep(0.0005)
+"""
+
+
+@pytest.mark.slow
+def test_it_copies_a_consistent_snapshot_while_another_process_writes(tmp_path):
+    source = make_large_database(tmp_path / "database.sqlite", 40)
+    out = tmp_path / "out"
+    out.mkdir()
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(source)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert writer.stdout.readline() == "ready\n"
+        time.sleep(0.2)
+        before = count_rows(source)
+        started = time.time_ns()
+        backup = create_backup(source, folder=out)
+        finished = time.time_ns()
+        after = count_rows(source)
+        assert writer.poll() is None, "the writer died (database is locked?)"
+    finally:
+        writer.terminate()
+        writer.wait()
+
+    conn = sqlite3.connect(source)
+    during = conn.execute(
+        "SELECT count(*) FROM item WHERE name = 'writer' AND n BETWEEN ? AND ?",
+        (started, finished),
+    ).fetchone()[0]
+    conn.close()
+    assert during > 0, "the writer did not commit while the backup ran"
+    assert before <= count_rows(backup.path) <= after
+    backups.verify_database(backup.path, {"item", "django_migrations"})
+
+
+# --- atomicity -------------------------------------------------------------------------------
+
+
+def test_it_removes_temp_files_of_dead_backups_but_not_of_live_ones(source_db, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = out / ".stanza-tmp-1-dead.partial"
+    dead.write_bytes(b"half a backup")
+    (out / ".stanza-tmp-1-dead.partial-journal").write_bytes(b"journal")
+    (out / ".stanza-tmp-2-orphan.partial.gz").write_bytes(b"gz")
+    live = out / ".stanza-tmp-3-live.partial"
+    fd = backups._create_locked(live)
+    try:
+        backup = create_backup(source_db, folder=out)
+        names = sorted(p.name for p in out.iterdir())
+    finally:
+        os.close(fd)
+
+    assert names == [live.name, backup.name, backup.name + ".sha256"]
+
+
+def test_it_leaves_no_temp_file_when_verification_fails(source_db, tmp_path, monkeypatch):
+    def fail(path, tables, cancel=None):
+        raise BackupError("failed the integrity check")
+
+    monkeypatch.setattr(backups, "_check_database", fail)
+
+    for compress in (False, True):
+        out = tmp_path / f"out-{compress}"
+        out.mkdir()
+        with pytest.raises(BackupError, match="integrity check"):
+            create_backup(source_db, folder=out, compress=compress)
+        assert list(out.iterdir()) == []
+
+
+def test_it_treats_a_signal_inside_sqlite_like_ctrl_c(tmp_path):
+    source = make_large_database(tmp_path / "database.sqlite", 20)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.02)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            create_backup(source, folder=out)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert list(out.iterdir()) == []
+
+
+# --- bad destinations --------------------------------------------------------------------
+
+
+def test_it_refuses_a_missing_destination_folder(source_db, tmp_path):
+    with pytest.raises(BackupError, match="does not exist"):
+        create_backup(source_db, folder=tmp_path / "missing")
+    with pytest.raises(BackupError, match="does not exist"):
+        create_backup(source_db, output=tmp_path / "missing" / "x.bak")
+
+
+def test_it_refuses_a_read_only_destination(source_db, mount_point):
+    folder = mount_point("ro", "size=1m")
+
+    with pytest.raises(BackupError, match="not writable"):
+        create_backup(source_db, folder=folder)
+
+
+@pytest.mark.parametrize("content", [None, b"", b"not a database at all"])
+def test_it_refuses_every_existing_output_and_leaves_it_alone(source_db, tmp_path, content):
+    target = tmp_path / "exists.bak"
+    if content is None:
+        create_backup(source_db, output=target)  # a valid database
+    else:
+        target.write_bytes(content)
+    before = target.read_bytes(), target.stat().st_mtime_ns
+
+    with pytest.raises(BackupError, match="already exists"):
+        create_backup(source_db, output=target)
+    assert (target.read_bytes(), target.stat().st_mtime_ns) == before
+
+
+def test_it_refuses_an_output_that_appears_during_the_backup(source_db, tmp_path, monkeypatch):
+    target = tmp_path / "late.bak"
+    real = backups._link_into_place
+
+    def someone_else_first(*args):
+        target.write_text("theirs")
+        return real(*args)
+
+    monkeypatch.setattr(backups, "_link_into_place", someone_else_first)
+
+    with pytest.raises(BackupError, match="already exists"):
+        create_backup(source_db, output=target)
+    assert target.read_text() == "theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["database.sqlite", "late.bak"]
+
+
+@pytest.mark.parametrize(
+    "output, message",
+    [
+        ("", "is a folder"),
+        (".", "is a folder"),
+        ("newdir/", "is a folder"),
+        ("bad\nname.bak", "control characters"),
+        ("bad\rname.bak", "control characters"),
+    ],
+)
+def test_it_refuses_hostile_outputs(source_db, tmp_path, monkeypatch, output, message):
+    monkeypatch.chdir(tmp_path)
+
+    with pytest.raises(BackupError, match=message):
+        create_backup(source_db, output=output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["database.sqlite"]
+
+
+def test_it_refuses_an_output_that_is_a_symlink(source_db, tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    link = tmp_path / "link.bak"
+    link.symlink_to(victim)
+    dangling = tmp_path / "dangling.bak"
+    dangling.symlink_to(tmp_path / "nowhere")
+
+    for target in (link, dangling):
+        with pytest.raises(BackupError, match="already exists"):
+            create_backup(source_db, output=target)
+    assert victim.read_text() == "precious"
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_it_writes_a_checksum_sha256sum_reads_for_an_odd_name(source_db, tmp_path):
+    target = tmp_path / "odd \\ name.bak"
+
+    backup = create_backup(source_db, output=target)
+
+    result = subprocess.run(
+        ["sha256sum", "-c", backup.name + ".sha256"], cwd=tmp_path, capture_output=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert backups.read_checksum(backup.path) == backups.sha256_of(backup.path)
+
+
+def test_it_refuses_a_source_that_is_a_folder(tmp_path):
+    (tmp_path / "database.sqlite").mkdir()
+
+    with pytest.raises(BackupError, match="not a file"):
+        create_backup(tmp_path / "database.sqlite", folder=tmp_path)
+
+
+# --- disk full ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_it_says_disk_full_on_a_small_tmpfs_and_removes_the_partial_file(
+    tmp_path, mount_point, compress
+):
+    folder = mount_point("size=4m")
+    other = folder / "someone-elses-file"
+    other.write_bytes(b"x" * 1000)
+    # Plain: the copy itself does not fit. Compressed: the copy fits, its .gz does not.
+    source = make_large_database(tmp_path / "database.sqlite", 3 if compress else 6)
+
+    with pytest.raises(BackupError, match="disk full"):
+        create_backup(source, folder=folder, compress=compress)
+    assert [p.name for p in folder.iterdir()] == [other.name]
+    assert other.read_bytes() == b"x" * 1000
+
+
+def test_it_verifies_the_copy_beside_the_compression(source_db, tmp_path):
+    backup = create_backup(source_db, folder=tmp_path, compress=True)
+
+    assert backups.read_checksum(backup.path) == backups.sha256_of(backup.path)
+    assert gzip.decompress(backup.path.read_bytes())[:16] == b"SQLite format 3\x00"
