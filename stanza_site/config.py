@@ -14,7 +14,8 @@ class ConfigError(ImproperlyConfigured):
 
 
 def env_str(name, default=""):
-    return os.environ.get(name, default).strip()
+    """The variable's value; unset or blank means the default (`VAR=` in a unit file)."""
+    return os.environ.get(name, "").strip() or default
 
 
 def env_bool(name, default=False):
