@@ -50,6 +50,7 @@ except ImportError:  # pragma: no cover
 # Each block is one gzip member, compressed on its own core; 4 MB loses nothing measurable.
 GZIP_BLOCK = 4 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
+FLUSH_EVERY = 32 * 1024 * 1024
 
 
 class BackupError(Exception):
@@ -225,7 +226,8 @@ def create_backup(
     try:
         lock_fd = _create_locked(partial)
         with _timed(timings, "copy"):
-            tables = _vacuum_into(source, partial, progress)
+            # A copy that is compressed next is deleted after: no point flushing it.
+            tables = _vacuum_into(source, partial, progress, flush=not compress)
         with _timed(timings, "verify_compress" if compress else "verify"):
             if compress:
                 digest = _verify_and_gzip(partial, gz, tables, progress)
@@ -407,7 +409,7 @@ def _table_names(conn):
     return {name for (name,) in rows}
 
 
-def _vacuum_into(source, partial, progress):
+def _vacuum_into(source, partial, progress, *, flush=True):
     """VACUUM INTO `partial`; return the source's table names, for the check that follows."""
     conn = _connect(source)
     try:
@@ -419,7 +421,7 @@ def _vacuum_into(source, partial, progress):
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
         free = conn.execute("PRAGMA freelist_count").fetchone()[0]
         expected = (pages - free) * page_size
-        with _watch_size(partial, expected, progress, "copy"):
+        with _watch_size(partial, expected, progress, "copy", flush=flush):
             conn.execute("VACUUM INTO ?", (str(partial),))
     finally:
         conn.close()
@@ -427,27 +429,38 @@ def _vacuum_into(source, partial, progress):
 
 
 class _watch_size:
-    """Report a file's growth to `progress` from a background thread while a step runs."""
+    """While a step writes `path`: report its growth to `progress`, and flush it to disk as
+    it grows, so the fsync before the rename does not push a gigabyte of dirty pages at once
+    (which stalls the site's own commits for a quarter of a second)."""
 
-    def __init__(self, path, total, progress, phase):
+    def __init__(self, path, total, progress, phase, *, flush=True):
         self.path, self.total, self.progress, self.phase = path, total, progress, phase
+        self.flush = flush
         self.done = threading.Event()
 
     def __enter__(self):
-        if self.progress:
-            self.thread = threading.Thread(target=self._run, daemon=True)
-            self.thread.start()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
         return self
 
     def _run(self):
-        while not self.done.wait(0.25):
-            with contextlib.suppress(OSError):
-                self.progress(self.phase, self.path.stat().st_size, self.total)
+        flushed = 0
+        with contextlib.suppress(OSError):
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                while not self.done.wait(0.1):
+                    size = os.fstat(fd).st_size
+                    if self.flush and size - flushed >= FLUSH_EVERY:
+                        os.fdatasync(fd)
+                        flushed = size
+                    if self.progress:
+                        self.progress(self.phase, size, self.total)
+            finally:
+                os.close(fd)
 
     def __exit__(self, *exc):
         self.done.set()
-        if self.progress:
-            self.thread.join()
+        self.thread.join()
         return False
 
 
@@ -574,11 +587,18 @@ def _gzip(source, dest, progress=None, cancel=None):
         open(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fout,
         ThreadPoolExecutor(max_workers=workers) as pool,
     ):
+        written = flushed = 0
 
         def write_next():
+            nonlocal written, flushed
             member = pending.popleft().result()
             fout.write(member)
             digest.update(member)
+            written += len(member)
+            if written - flushed >= FLUSH_EVERY:  # flush as we go, as _watch_size does
+                fout.flush()
+                os.fdatasync(fout.fileno())
+                flushed = written
 
         try:
             while block := fin.read(GZIP_BLOCK):
