@@ -146,6 +146,7 @@ import json, sqlite3, sys, threading, time
 conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=5)
 conn.execute("PRAGMA journal_mode=WAL")
 conn.execute("PRAGMA synchronous=NORMAL")
+conn.execute("DELETE FROM writer_log")  # keep the database the size it was built
 stop = threading.Event()
 threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
 samples, errors = [], []
