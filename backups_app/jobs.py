@@ -13,6 +13,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import close_old_connections
+from django.utils import timezone
 
 from backups_app import backups
 from backups_app.models import CronRun
@@ -46,6 +47,14 @@ def registry():
         ),
     ]
     return {job.name: job for job in jobs}
+
+
+def next_run_time(job, after=None):
+    """When the job is next due after `after` (default: now), from its cron expression."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    trigger = CronTrigger.from_crontab(job.schedule, timezone=settings.TIME_ZONE)
+    return trigger.get_next_fire_time(None, after or timezone.now())
 
 
 def run_job(name, trigger="manual"):

@@ -69,3 +69,51 @@ def manage(*args, env=None, cwd=None, check=False, timeout=120, **kwargs):
         timeout=timeout,
         **kwargs,
     )
+
+
+# --- the dashboard (views, admin, browser) ------------------------------------------------
+
+
+@pytest.fixture
+def live_database(monkeypatch, source_db):
+    """The database the site backs up: a real file, since the test database lives in memory."""
+    from backups_app import backups
+
+    monkeypatch.setattr(backups, "live_database_path", lambda: source_db)
+    return source_db
+
+
+@pytest.fixture
+def staff_user(db, django_user_model):
+    """A staff user with no model permissions: the dashboard is open to every staff user."""
+    return django_user_model.objects.create_user("staff", password="pw-staff-123", is_staff=True)
+
+
+@pytest.fixture
+def staff_client(client, staff_user):
+    client.force_login(staff_user)
+    return client
+
+
+@pytest.fixture
+def user_client(client, db, django_user_model):
+    """A logged-in user who is not staff."""
+    user = django_user_model.objects.create_user("visitor", password="pw-visitor-123")
+    client.force_login(user)
+    return client
+
+
+def write_backup_file(folder, name, content=b"backup bytes", *, age=None, checksum=True):
+    """A file with a backup's name (content need not be a database for listing or download)."""
+    import hashlib
+    import time
+
+    path = Path(folder) / name
+    path.write_bytes(content)
+    if checksum:
+        digest = hashlib.sha256(content).hexdigest()
+        path.with_name(name + ".sha256").write_text(f"{digest}  {name}\n")
+    if age is not None:
+        when = time.time() - age.total_seconds()
+        os.utime(path, (when, when))
+    return path
