@@ -184,10 +184,10 @@ def download_backup(request, filename):
         fd = os.open(folder / filename, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         raise Http404("No such backup.") from None
-    f = os.fdopen(fd, "rb")
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        f.close()
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a folder or a device with a backup's name
+        os.close(fd)
         raise Http404("No such backup.")
+    f = os.fdopen(fd, "rb")
     response = FileResponse(
         f, as_attachment=True, filename=filename, content_type="application/octet-stream"
     )
