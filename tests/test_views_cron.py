@@ -68,7 +68,7 @@ def test_it_shows_the_last_run_of_each_job(staff_client, registry):
 
     daily = job_row(html, "daily-backup")
     assert 'class="stanza-status stanza-status-failure">Failure<' in daily
-    assert "1\xa0hour, 30\xa0minutes ago" in daily
+    assert "an hour ago" in daily
     assert "took 2.0 s" in daily
     assert 'stanza-status-running">Running<' in job_row(html, "always-fails")
 
@@ -85,9 +85,7 @@ def test_it_computes_the_next_run_when_no_scheduler_is_up(staff_client, registry
 
 
 @time_machine.travel(NOW, tick=False)
-def test_it_reads_the_next_run_from_the_scheduler_when_one_is_up(
-    staff_client, registry, data_dir
-):
+def test_it_reads_the_next_run_from_the_scheduler_when_one_is_up(staff_client, registry, data_dir):
     DjangoJob.objects.create(id="daily-backup", next_run_time=NOW + timedelta(hours=5))
     fd = scheduler_lock.try_acquire()
     try:
@@ -226,7 +224,12 @@ def test_it_answers_api_clients_with_the_run_as_json(staff_client, registry):
     failed = staff_client.post("/admin/cron/always-fails/run", HTTP_ACCEPT="application/json")
 
     assert ok.status_code == 200
-    assert ok.json() == {"job": "daily-backup", "status": "success", "result": "made it", "error": ""}
+    assert ok.json() == {
+        "job": "daily-backup",
+        "status": "success",
+        "result": "made it",
+        "error": "",
+    }
     assert failed.status_code == 500
     assert failed.json()["status"] == "failure"
 
