@@ -25,10 +25,12 @@ def cron_words(expression):
 
 @register.filter
 def duration(value):
-    """A timedelta in short human units: '0.4 s', '3 min 12 s', '2 h 5 min'."""
+    """A timedelta in short human units: '0.04 s', '3.5 s', '3 min 12 s', '2 h 5 min'."""
     if value is None:
         return ""
     seconds = value.total_seconds()
+    if seconds < 1:
+        return f"{seconds:.2f} s"
     if seconds < 10:
         return f"{seconds:.1f} s"
     if seconds < 60:
