@@ -144,7 +144,26 @@ def test_it_reads_the_folder_without_a_query_per_backup(
     with django_assert_max_num_queries(8):
         response = staff_client.get(URL)
 
-    assert len(names_in_order(response.content.decode())) == 28 * 6
+    html = response.content.decode()
+    assert '<span class="stanza-figure" id="backup-count">168</span>' in html
+    assert len(names_in_order(html)) == 100
+
+
+def test_it_pages_thousands_of_backups_a_hundred_at_a_time(staff_client, backups_folder):
+    for day in range(1, 29):
+        for hour in range(0, 24, 4):
+            write_backup_file(
+                backups_folder, f"database.sqlite.202602{day:02}T{hour:02}0000Z.bak", checksum=False
+            )
+    everything = sorted(os.listdir(backups_folder), reverse=True)  # names sort by time here
+
+    first = staff_client.get(URL).content.decode()
+    second = staff_client.get(URL, {"page": 2}).content.decode()
+
+    assert names_in_order(first) == everything[:100]
+    assert names_in_order(second) == everything[100:]
+    assert "backups 101–168 of 168" in second
+    assert 'href="?page=2"' in first
 
 
 def test_it_has_a_back_up_now_form_with_csrf(staff_client, backups_folder):
