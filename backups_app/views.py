@@ -161,7 +161,7 @@ def backup_now(request):
     except backups.BackupError as err:
         logger.error("backup requested by %s failed: %s", request.user.get_username(), err)
         error, status = f"backup failed: {err}", 500
-        audit(request.user, f"Back up now failed: {err}", repr_="backup failed")
+        audit(request.user, f"Back up now failed: {err}", repr_="Back up now (failed)")
     else:
         size = backups.human_size(backup.size)
         audit(request.user, f"Made backup {backup.name} ({size})", repr_=backup.name)
@@ -198,7 +198,8 @@ def download_backup(request, filename):
     digest = read_checksum_sidecar(folder, filename)
     if digest:
         response["X-Checksum-SHA256"] = digest
-    audit(request.user, f"Downloaded backup {filename}", flag=CHANGE, repr_=filename)
+    if request.method == "GET":
+        audit(request.user, f"Downloaded backup {filename}", flag=CHANGE, repr_=filename)
     return response
 
 

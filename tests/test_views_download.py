@@ -68,6 +68,7 @@ def test_it_streams_from_disk_in_small_chunks(staff_client, backups_folder):
 def test_it_records_who_downloaded_a_backup(staff_client, staff_user, backups_folder):
     write_backup_file(backups_folder, NAME)
 
+    staff_client.head(URL).close()
     staff_client.get(URL).close()
 
     entry = LogEntry.objects.get()
