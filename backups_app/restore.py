@@ -15,7 +15,7 @@ import sqlite3
 import time
 import zlib
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
@@ -276,20 +276,19 @@ def restore_backup(path, *, database=None, backups_folder=None, confirm=None):
     database = Path(database or backups.live_database_path())
     folder = Path(backups_folder or backups.backups_dir())
     started = time.monotonic()
+    if database.exists() and Path(path).exists() and Path(path).samefile(database):
+        raise RestoreError(f"{path} is the live database itself, not a backup")
     with opened_backup(path, scratch_dir=_scratch_dir_for(database)) as (info, plain):
         if confirm is not None and not confirm(info):
             raise RestoreError("restore cancelled; nothing was changed")
-        safety = None
-        if database.exists():
-            folder.mkdir(parents=True, exist_ok=True)
-            try:
-                safety = backups.create_backup(database, folder=folder, label="pre-restore")
-            except BackupError as err:
-                raise RestoreError(
-                    f"the safety backup of the current database failed, so nothing was "
-                    f"restored: {err}"
-                ) from err
-        _copy_into(plain, database, info)
+        safety = _safety_backup(database, folder) if database.exists() else None
+        try:
+            _copy_into(plain, database, info)
+        except RestoreError:
+            if safety is None:  # the copy created an empty file where there was none
+                for leftover in (database, *(Path(f"{database}{s}") for s in ("-wal", "-shm"))):
+                    leftover.unlink(missing_ok=True)
+            raise
     result = RestoreResult(
         backup=info, database=database, safety_backup=safety, duration=time.monotonic() - started
     )
@@ -301,6 +300,45 @@ def restore_backup(path, *, database=None, backups_folder=None, confirm=None):
         extra={"event": "restore", "file": info.name, "duration": round(result.duration, 3)},
     )
     return result
+
+
+def _safety_backup(database, folder):
+    from backups_app.drill import record_counts  # drill builds on this module
+
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        safety = backups.create_backup(database, folder=folder, label="pre-restore")
+    except BackupError as err:
+        raise RestoreError(
+            f"the safety backup of the current database failed, so nothing was restored: {err}"
+        ) from err
+    try:
+        record_counts(safety)
+    except (BackupError, OSError):
+        logger.warning("could not write the manifest of %s", safety.name, exc_info=True)
+    return safety
+
+
+def record_restore(result=None, *, error=None, trigger="manual"):
+    """Record a restore in the run history (job "restore"), after the copy so it survives it.
+
+    Pass the RestoreResult, or the error of a restore that failed. Returns the CronRun, or
+    None when the restored database cannot take the record (a backup older than the table).
+    """
+    from django.db import DatabaseError
+
+    from backups_app.models import CronRun
+
+    try:
+        run = CronRun.start("restore", trigger=trigger)
+        if error is None:
+            run.finish(CronRun.Status.SUCCESS, result=result.summary())
+        else:
+            run.finish(CronRun.Status.FAILURE, error=str(error))
+    except DatabaseError:
+        logger.warning("could not record the restore in the run history", exc_info=True)
+        return None
+    return run
 
 
 def _scratch_dir_for(database):
@@ -454,15 +492,12 @@ def _link_as_uploaded(temp, folder, compressed, now):
 
 def describe(info):
     """A few words on a checked backup, for a confirmation prompt or page."""
-    created = _created(info.path)
-    when = f"made {created:%Y-%m-%d %H:%M:%S %Z}, " if created else ""
+    parts = backups.parse_backup_name(info.name)
+    when = ""
+    if parts:
+        created = datetime.strptime(parts["stamp"], backups.STAMP_FORMAT).replace(tzinfo=UTC)
+        when = f"made {created:%Y-%m-%d %H:%M:%S} UTC, "
     return (
         f"{info.name} ({when}{backups.human_size(info.size)}, {len(info.row_counts)} tables, "
         f"{info.total_rows} rows)"
     )
-
-
-def _created(path) -> datetime | None:
-    if not backups.is_backup_name(path.name):
-        return None
-    return backups.Backup(path=path, size=0, modified=timezone.now()).created

@@ -71,6 +71,27 @@ def test_it_restores_the_data_as_it_was_at_the_backup(live, backups_folder):
     assert result.safety_backup.path.parent == backups_folder
     assert "after the backup" in names(result.safety_backup.path)
     assert result.backup.row_counts == {"django_migrations": 0, "item": 100}
+    assert drill.read_manifest(result.safety_backup.path)["tables"]["item"] == 51
+    conn = sqlite3.connect(live)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
+
+
+def test_it_refuses_to_restore_the_live_database_onto_itself(live, backups_folder):
+    message = unchanged_after(live, backups_folder, lambda: restore_backup(live, database=live))
+
+    assert "live database itself" in message
+
+
+def test_a_failed_restore_into_a_missing_database_leaves_no_file(data_dir, tmp_path):
+    source = make_database(tmp_path / "elsewhere.sqlite", rows=3)
+    target = data_dir / "missing-folder" / "database.sqlite"
+
+    with pytest.raises(RestoreError):
+        restore_backup(source, database=target)
+
+    assert not target.parent.exists()
 
 
 def test_it_restores_a_gzipped_backup(live, backups_folder):

@@ -53,6 +53,14 @@ def groups(data):
         conn.close()
 
 
+def history(data):
+    conn = sqlite3.connect(data / "database.sqlite")
+    try:
+        return conn.execute("SELECT job_name, status FROM cron_runs").fetchall()
+    finally:
+        conn.close()
+
+
 def env_for(data):
     return {"STANZA_DATA_DIR": str(data), "DJANGO_SECRET_KEY": "test"}
 
@@ -76,6 +84,7 @@ def test_it_restores_a_backup_named_in_the_backups_folder(project):
     [safety] = pre_restore_backups(data)
     assert f"Restored {backup.name}" in result.stdout
     assert f"Safety backup of the previous database: {safety}" in result.stdout
+    assert history(data) == [("restore", "success")]
 
 
 def test_it_restores_into_the_data_dir_given(project, tmp_path):

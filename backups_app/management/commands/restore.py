@@ -30,6 +30,8 @@ class Command(BaseCommand):
         if not yes and not sys.stdin.isatty():
             raise CommandError("not restoring without confirmation: no terminal; pass --yes")
         path = find_backup(backup, folder)
+        # The run history lives in the configured database; record only restores into it.
+        is_live = database.resolve() == backups.live_database_path().resolve()
         try:
             result = restore.restore_backup(
                 path,
@@ -38,9 +40,13 @@ class Command(BaseCommand):
                 confirm=None if yes else lambda info: self.ask(info, database),
             )
         except BackupError as err:
+            if is_live and "cancelled" not in str(err):
+                restore.record_restore(error=err, trigger="command")
             raise CommandError(str(err)) from err
         except KeyboardInterrupt:
             raise CommandError("interrupted; the database was not changed") from None
+        if is_live:
+            restore.record_restore(result, trigger="command")
         self.stdout.write(f"Restored {restore.describe(result.backup)} into {result.database}")
         if result.safety_backup:
             safety = result.safety_backup.path
