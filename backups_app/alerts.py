@@ -23,6 +23,8 @@ ERROR_LINES = 20
 
 def notify_run_finished(run):
     """Call after each run of a job: a failure or a recovery changes its state (and mails)."""
+    if run.job_name not in jobs.registry():  # e.g. a restore from the page: not a job
+        return
     if run.status == CronRun.Status.FAILURE:
         _set_state(run.job_name, AlertState.State.FAILING, run=run)
     elif run.status == CronRun.Status.SUCCESS:

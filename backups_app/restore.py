@@ -113,6 +113,13 @@ def _check_is_file(path):
         raise RestoreError(f"{path} is not a file")
     if path.stat().st_size == 0:
         raise RestoreError(f"{path.name} is empty")
+    wal = Path(f"{path}-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        # Part of its data is in the -wal file, which a backup never has: it is in use.
+        raise RestoreError(
+            f"{path.name} is a database in use (it has a -wal file), not a backup; "
+            "back it up first with `manage.py backup`"
+        )
 
 
 def _check_checksum(path):

@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiosmtpd.controller import Controller
+from django.core.management import call_command
 from django.db.migrations.recorder import MigrationRecorder
 
 from backups_app import alerts, jobs
@@ -181,3 +182,20 @@ def test_without_admins_nothing_is_sent_but_the_state_is_kept(smtp, settings, jo
 
     assert smtp.messages == []
     assert AlertState.objects.get(job_name="daily-backup").notified_state == "failing"
+
+
+def test_runs_of_things_that_are_not_jobs_send_nothing(smtp, jobs_on_time):
+    fail(job_name="restore")
+
+    assert smtp.messages == []
+    assert not AlertState.objects.filter(job_name="restore").exists()
+
+
+def test_checkbackups_notify_sends_the_alerts(smtp, backups_folder, jobs_on_time, time_machine):
+    time_machine.move_to(NOW, tick=False)
+    finished_run("daily-backup", NOW, CronRun.Status.FAILURE, error="boom")
+
+    with pytest.raises(SystemExit):
+        call_command("checkbackups", "--notify")
+
+    assert smtp.subjects == ["[Stanza Backups] job daily-backup failed"]

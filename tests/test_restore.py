@@ -84,6 +84,17 @@ def test_it_refuses_to_restore_the_live_database_onto_itself(live, backups_folde
     assert "live database itself" in message
 
 
+def test_it_refuses_a_database_in_use_whose_data_is_partly_in_its_wal(live, tmp_path):
+    other = make_database(tmp_path / "other.sqlite", rows=5)
+    holder = sqlite3.connect(other, isolation_level=None)
+    holder.execute("PRAGMA wal_autocheckpoint=0")
+    holder.execute("INSERT INTO item (name, n) VALUES ('only in the wal', 1)")
+
+    with pytest.raises(RestoreError, match="in use"):
+        restore_backup(other, database=live)
+    holder.close()
+
+
 def test_a_failed_restore_into_a_missing_database_leaves_no_file(data_dir, tmp_path):
     source = make_database(tmp_path / "elsewhere.sqlite", rows=3)
     target = data_dir / "missing-folder" / "database.sqlite"
