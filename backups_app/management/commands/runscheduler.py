@@ -21,6 +21,7 @@ from apscheduler.events import (
 from apscheduler.schedulers.blocking import BlockingScheduler
 from django.conf import settings
 from django.core.management.base import BaseCommand
+from django.utils import timezone
 from django_apscheduler.jobstores import DjangoJobStore
 from django_apscheduler.models import DjangoJob
 
@@ -130,17 +131,19 @@ class Command(BaseCommand):
 
     def on_started_event(self, scheduler):
         def log_next_runs(event):
+            now = timezone.now()
             for job in scheduler.get_jobs():
+                when = job.next_run_time
+                if when is not None and when <= now:
+                    message = "job %s (%s) was due at %s while no scheduler ran: running it now"
+                else:
+                    message = "job %s (%s) next runs at %s"
                 logger.info(
-                    "job %s (%s) next runs at %s",
+                    message,
                     job.id,
                     jobs.registry()[job.id].schedule,
-                    job.next_run_time.isoformat() if job.next_run_time else "never",
-                    extra={
-                        "event": "scheduler_next_run",
-                        "job": job.id,
-                        "next_run_time": job.next_run_time,
-                    },
+                    when.isoformat() if when else "never",
+                    extra={"event": "scheduler_next_run", "job": job.id, "next_run_time": when},
                 )
             logger.info(
                 "scheduler started (pid %d, time zone %s)",
