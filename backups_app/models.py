@@ -1,4 +1,5 @@
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -199,9 +200,9 @@ class CronRun(models.Model):
 
     @property
     def error_summary(self):
-        """The last line of the error: the exception itself, below its traceback."""
+        """The last line of the error (the exception below its traceback), without module path."""
         lines = self.error.strip().splitlines()
-        return lines[-1] if lines else ""
+        return re.sub(r"^(?:\w+\.)+(\w+: )", r"\1", lines[-1]) if lines else ""
 
     def process_is_gone(self):
         """Whether the process that made this run has certainly ended (only known on its host)."""

@@ -161,7 +161,7 @@ def test_it_records_a_job_that_raises_with_its_traceback(data_dir, settings):
     assert run.error.startswith("Traceback (most recent call last):")
     assert "retention.py" in run.error
     assert run.error_summary == (
-        f"backups_app.backups.BackupError: backups folder {data_dir / 'vanished'} does not exist"
+        f"BackupError: backups folder {data_dir / 'vanished'} does not exist"
     )
     assert run.finished_at is not None
 
@@ -331,7 +331,7 @@ def test_runjob_fails_with_one_line_when_the_job_fails(data_dir, settings):
         call_command("runjob", "purge-old-backups")
 
     assert str(caught.value) == (
-        "purge-old-backups failed: backups_app.backups.BackupError: "
+        "purge-old-backups failed: BackupError: "
         f"backups folder {data_dir / 'vanished'} does not exist"
     )
     assert CronRun.objects.get().status == FAILURE

@@ -18,7 +18,12 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
+from django_apscheduler.models import DjangoJob
 
+from backups_app import jobs
+from backups_app.management.commands import runscheduler
+from backups_app.models import CronRun
 from tests.conftest import MANAGE, hold_jobs, live_env, read_runs, release, wait_until
 
 EVERY_MINUTE = "* * * * *"
@@ -292,3 +297,44 @@ def test_two_schedulers_run_each_due_job_once(live_data, schedulers):
     # Only the scheduler holding the lock ran jobs while both were up.
     assert runs[0]["pid"] == first.pid
     assert "scheduler started" in second.output
+
+
+def test_a_standby_stops_cleanly_while_it_waits(live_data, schedulers):
+    first = schedulers(live_data)
+    first.wait_for("scheduler started")
+    standby = schedulers(live_data)
+    standby.wait_for("waiting to take over")
+
+    standby.signal()
+
+    assert standby.wait() == 0
+    assert "stopped while waiting for the other scheduler" in standby.output
+    assert first.proc.poll() is None
+
+
+@pytest.mark.django_db
+def test_it_records_a_due_time_skipped_because_the_previous_run_is_still_going(data_dir):
+    previous = CronRun.start("purge-old-backups", "scheduler")
+    due = datetime(2026, 11, 26, 2, 31, tzinfo=UTC)
+    event = JobSubmissionEvent(EVENT_JOB_MAX_INSTANCES, "purge-old-backups", "default", [due])
+
+    runscheduler.Command().on_skipped(event)
+
+    skipped = CronRun.objects.exclude(pk=previous.pk).get()
+    assert (skipped.status, skipped.trigger, skipped.due_at) == ("failure", "scheduler", due)
+    assert skipped.error.startswith("skipped: the previous run of purge-old-backups (started ")
+
+
+@pytest.mark.django_db
+def test_it_resumes_from_a_stored_due_time_only_if_the_schedule_still_has_it(settings):
+    settings.STANZA_BACKUP_SCHEDULE = "0 2 * * *"
+    job = jobs.registry()["daily-backup"]
+    stored = DjangoJob.objects.create(
+        id="daily-backup", next_run_time=datetime(2026, 11, 26, 2, 0, tzinfo=UTC), job_state=b""
+    )
+    command = runscheduler.Command()
+
+    assert command.stored_due_time(job) == stored.next_run_time
+
+    settings.STANZA_BACKUP_SCHEDULE = "0 3 * * *"  # changed while the scheduler was stopped
+    assert command.stored_due_time(jobs.registry()["daily-backup"]) is None

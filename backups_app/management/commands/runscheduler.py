@@ -26,7 +26,7 @@ from django_apscheduler.jobstores import DjangoJobStore
 from django_apscheduler.models import DjangoJob
 
 from backups_app import jobs, scheduler_lock
-from backups_app.models import CronRun
+from backups_app.models import CronRun, this_host
 
 logger = logging.getLogger(__name__)
 
@@ -78,14 +78,16 @@ class Command(BaseCommand):
             return "unknown"
 
     def run_scheduler(self):
-        closed = CronRun.objects.close_interrupted()
-        if closed:
-            logger.warning("closed %d run(s) left running by a process that died", closed)
-        scheduler = self.build_scheduler()
+        scheduler = None
         try:
+            closed = CronRun.objects.close_interrupted()
+            if closed:
+                logger.warning("closed %d run(s) left running by a process that died", closed)
+            scheduler = self.build_scheduler()
             scheduler.start()  # blocks until a signal
         except KeyboardInterrupt:
-            self.stop(scheduler)
+            if scheduler is not None:
+                self.stop(scheduler)
 
     def build_scheduler(self):
         registry = jobs.registry()
@@ -173,11 +175,10 @@ class Command(BaseCommand):
         )
 
     def stop(self, scheduler):
-        running = list(
-            CronRun.objects.filter(status=CronRun.Status.RUNNING, pid=os.getpid()).values_list(
-                "job_name", flat=True
-            )
+        mine = CronRun.objects.filter(
+            status=CronRun.Status.RUNNING, hostname=this_host(), pid=os.getpid()
         )
+        running = list(mine.values_list("job_name", flat=True))
         if running:
             logger.info(
                 "stopping: waiting for %s to finish (signal again to abandon it)",
