@@ -13,7 +13,6 @@ from datetime import timedelta
 from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
 from django.conf import settings
-from django.db import close_old_connections
 from django.utils import timezone
 from django_apscheduler import util
 from django_apscheduler.models import DjangoJobExecution
@@ -164,12 +163,12 @@ def previous_due_time(job, before):
         first = trigger.get_next_fire_time(None, start)
         return first is not None and first <= before
 
+    if not due_between(before - LONGEST_CRON_GAP):  # e.g. "0 0 31 2 *"
+        return None
     # Cron can only be read forwards: widen a window back from `before` until it holds a
-    # due time, then bisect for the last one (about 50 steps even for a yearly schedule).
+    # due time, then bisect for the last one (about 50 steps even for a leap-day schedule).
     window = timedelta(minutes=1)
     while not due_between(before - window):
-        if window > LONGEST_CRON_GAP:
-            return None
         window *= 2
     low, high = before - window, before + timedelta(seconds=1)
     # Due times fall on whole seconds, so once low and high are a second apart, the first due
@@ -194,23 +193,19 @@ def run_job(name, trigger="manual", *, due_at=None):
     without running when that due time already has a run.
     """
     job = registry()[name]
-    close_old_connections()
-    try:
-        run = CronRun.objects.begin(job.name, trigger=trigger, due_at=due_at)
-        if run is None:
-            logger.warning(
-                "job %s already ran for its due time %s; not running it again",
-                job.name,
-                due_at,
-                extra={"event": "job_duplicate", "job": job.name, "due_at": due_at},
-            )
-            return None
-        if run.status == CronRun.Status.RUNNING:
-            _execute(job, run)
-        _log_run(job, run)
-        return run
-    finally:
-        close_old_connections()
+    run = CronRun.objects.begin(job.name, trigger=trigger, due_at=due_at)
+    if run is None:
+        logger.warning(
+            "job %s already ran for its due time %s; not running it again",
+            job.name,
+            due_at,
+            extra={"event": "job_duplicate", "job": job.name, "due_at": due_at},
+        )
+        return None
+    if run.status == CronRun.Status.RUNNING:
+        _execute(job, run)
+    _log_run(job, run)
+    return run
 
 
 def _execute(job, run):
@@ -266,7 +261,7 @@ def _log_run(job, run):
         )
 
 
-@util.close_old_connections
+@util.close_old_connections  # a scheduler lives for months: no run gets a stale connection
 def run_scheduled(name):
     """What the scheduler calls when a job falls due: one recorded run for that due time."""
     job = registry().get(name)

@@ -46,14 +46,16 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
-            lock = self.wait_for_lock()
-        except KeyboardInterrupt:
-            logger.info("stopped while waiting for the other scheduler")
-            return
-        try:
-            self.run_scheduler()
+            try:
+                lock = self.wait_for_lock()
+            except KeyboardInterrupt:
+                logger.info("stopped while waiting for the other scheduler")
+                return
+            try:
+                self.run_scheduler()
+            finally:
+                os.close(lock)
         finally:
-            os.close(lock)
             signal.signal(signal.SIGTERM, previous)
 
     def wait_for_lock(self):
@@ -168,7 +170,8 @@ class Command(BaseCommand):
 
     def on_missed(self, event):
         logger.warning(
-            "job %s missed its due time %s (no scheduler was running); next at its next due time",
+            "job %s missed its due time %s by more than its grace (no scheduler was running); "
+            "it runs again at its next due time",
             event.job_id,
             event.scheduled_run_time.isoformat(),
             extra={"event": "job_missed", "job": event.job_id},
