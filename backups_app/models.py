@@ -236,3 +236,32 @@ class CronRun(models.Model):
             f"skipped: the previous run of {self.job_name} (started {started:%Y-%m-%d %H:%M:%S %Z}"
             f", pid {self.pid} on {self.hostname}) is still running"
         )
+
+
+class AlertState(models.Model):
+    """What the admins were last told about one job, so each change is emailed once.
+
+    Kept in the database so a restart of the scheduler does not send the same alert again.
+    """
+
+    class State(models.TextChoices):
+        OK = "ok"
+        FAILING = "failing"
+        LATE = "late"
+
+    job_name = models.CharField(max_length=100, unique=True)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.OK)
+    changed_at = models.DateTimeField(default=timezone.now)
+    # What the last email said, and when; a state that differs is still to be sent.
+    notified_state = models.CharField(max_length=10, choices=State.choices, default=State.OK)
+    notified_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "alert_states"
+
+    def __str__(self):
+        return f"{self.job_name}: {self.state}"
+
+    @property
+    def needs_notice(self):
+        return self.state != self.notified_state

@@ -133,3 +133,22 @@ def release(fifo):
             return None
 
     os.close(wait_until(open_for_writing))
+
+
+# --- restore, drills, health, alerts ---------------------------------------------------------
+
+
+def corrupt_middle(path, length=4096):
+    """Overwrite `length` bytes in the middle of a file, as a failing disk might."""
+    size = Path(path).stat().st_size
+    offset = (size // 2) // 4096 * 4096
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        original = f.read(length)
+        f.seek(offset)
+        f.write(bytes(b ^ 0xFF for b in original))
+
+
+def file_state(folder):
+    """{name: bytes} of every file in a folder, to prove that nothing changed."""
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()}
