@@ -100,7 +100,7 @@ def read_runs(folder, job_name=None):
     return [dict(row) for row in rows if job_name in (None, row["job_name"])]
 
 
-def wait_until(predicate, timeout=30, interval=0.05):
+def wait_until(predicate, timeout=60, interval=0.05):
     """Poll `predicate` until it returns something true; return that, or fail after `timeout`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -391,7 +391,7 @@ def test_a_run_while_another_process_runs_the_job_is_skipped_as_a_failure(live_d
 
     second = manage("runjob", "purge-old-backups", env=live_env(live_data))
     release(fifo)
-    held.communicate(timeout=30)
+    held.communicate(timeout=60)
 
     assert second.returncode == 1
     assert second.stderr.splitlines()[-1].startswith(
@@ -412,7 +412,7 @@ def test_sigterm_stops_runjob_and_records_the_run_as_interrupted(live_data):
     wait_until(lambda: running(live_data))
 
     held.send_signal(signal.SIGTERM)
-    _, stderr = held.communicate(timeout=30)
+    _, stderr = held.communicate(timeout=60)
 
     assert held.returncode == 1
     assert stderr.splitlines()[-1] == "CommandError: purge-old-backups was interrupted"
