@@ -1,7 +1,9 @@
+import errno
 import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -69,6 +71,68 @@ def manage(*args, env=None, cwd=None, check=False, timeout=120, **kwargs):
         timeout=timeout,
         **kwargs,
     )
+
+
+@pytest.fixture
+def live_data(tmp_path):
+    """A data folder with a migrated database, for commands run in subprocesses.
+
+    Returns the folder; `live_env(folder)` gives the environment that points a subprocess at it.
+    """
+    folder = tmp_path / "live"
+    folder.mkdir()
+    manage("migrate", "--no-input", "-v0", env=live_env(folder), check=True)
+    return folder
+
+
+def live_env(folder, **extra):
+    return {"STANZA_DATA_DIR": str(folder), **extra}
+
+
+def read_runs(folder, job_name=None):
+    """The rows of cron_runs in the database of data folder `folder`, oldest first, as dicts."""
+    conn = sqlite3.connect(f"file:{folder / 'database.sqlite'}?mode=ro", uri=True, timeout=20)
+    conn.row_factory = sqlite3.Row
+    try:
+        rows = conn.execute("SELECT * FROM cron_runs ORDER BY id").fetchall()
+    finally:
+        conn.close()
+    return [dict(row) for row in rows if job_name in (None, row["job_name"])]
+
+
+def wait_until(predicate, timeout=60, interval=0.05):
+    """Poll `predicate` until it returns something true; return that, or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {predicate.__name__}")
+
+
+def hold_jobs(backups_dir):
+    """Make the jobs that check the backups folder's temporary files wait until `release()`.
+
+    A FIFO named like a backup's temporary file: the check opens it, and opening a FIFO blocks
+    until a writer comes. So a real job in a real process lasts as long as a test wants.
+    """
+    fifo = Path(backups_dir) / ".stanza-tmp-held.partial"
+    os.mkfifo(fifo)
+    return fifo
+
+
+def release(fifo):
+    """Let a job held by `hold_jobs` go on (it then removes the FIFO as an abandoned file)."""
+
+    def open_for_writing():
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as err:  # ENXIO: the job has not opened it yet
+            if err.errno != errno.ENXIO:
+                raise
+            return None
+
+    os.close(wait_until(open_for_writing))
 
 
 # --- restore, drills, health, alerts ---------------------------------------------------------
