@@ -1,4 +1,5 @@
-"""The staff dashboard inside the admin: Backups page, "Back up now", downloads, Cron page."""
+"""The staff dashboard inside the admin: Backups page, "Back up now", downloads, restores,
+uploads, Cron page."""
 
 import contextlib
 import fcntl
@@ -18,14 +19,17 @@ from django.contrib.auth.views import redirect_to_login
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
+from django.db import DatabaseError
 from django.db.models import Q, Subquery
 from django.http import FileResponse, Http404, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
-from django.views.decorators.http import require_POST, require_safe
+from django.utils.dateparse import parse_datetime
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from backups_app import backups, jobs, scheduler_lock
+from backups_app import backups, drill, health, jobs, restore, scheduler_lock
 from backups_app.models import CronRun
 
 logger = logging.getLogger(__name__)
@@ -115,6 +119,7 @@ def backups_page(request):
     except OSError:
         free = None
     newest = found[0] if found else None
+    page = Paginator(found, BACKUPS_PAGE_SIZE).get_page(request.GET.get("page"))
     return render(
         request,
         "backups/backups.html",
@@ -122,7 +127,9 @@ def backups_page(request):
             request,
             "Backups",
             count=len(found),
-            page=Paginator(found, BACKUPS_PAGE_SIZE).get_page(request.GET.get("page")),
+            page=page,
+            # Only the rows shown: one manifest read each, whatever the folder holds.
+            rows=[{"backup": backup, "drill": drill_status(backup)} for backup in page],
             folder=folder,
             problem=problem,
             total_size=sum(b.size for b in found),
@@ -135,9 +142,23 @@ def backups_page(request):
     )
 
 
+def drill_status(backup):
+    """The backup's last restore drill, for the page: {"ok", "at", "problems"} or None."""
+    result = drill.drill_result(backup)
+    if result is None:
+        return None
+    problems = result.get("problems")
+    at = result.get("at")
+    return {
+        "ok": result.get("ok") is True,
+        "at": parse_datetime(at) if isinstance(at, str) else None,
+        "problems": [str(p) for p in problems] if isinstance(problems, list) else [],
+    }
+
+
 @contextlib.contextmanager
 def one_backup_at_a_time():
-    """Refuse a second "Back up now" while one runs, rather than make two copies at once."""
+    """Refuse a second "Back up now" or restore while one runs, rather than run two at once."""
     path = Path(settings.STANZA_DATA_DIR) / BACKUP_LOCK_FILENAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -215,6 +236,144 @@ def read_checksum_sidecar(folder, filename):
     return digest if SHA256_RE.match(digest) else None
 
 
+# --- Restore and upload --------------------------------------------------------------------
+
+
+def find_backup(filename):
+    """The listed backup called `filename`: 400 for a name that is not a backup's, else 404."""
+    if not backups.is_backup_name(filename):
+        return None
+    try:
+        return backups.get_backup(filename)
+    except backups.BackupError:
+        raise Http404("No such backup.") from None
+
+
+@staff_required
+@require_http_methods(["GET", "HEAD", "POST"])
+def restore_backup(request, filename):
+    """GET: what restoring this backup would do (it is checked; nothing changes). POST: do it."""
+    backup = find_backup(filename)
+    if backup is None:
+        return HttpResponseBadRequest("Not a backup file name.", content_type="text/plain")
+    if request.method == "POST":
+        return restore_now(request, backup)
+    try:
+        info, problem = restore.check_backup_file(backup.path), ""
+    except backups.BackupError as err:
+        info, problem = None, str(err)
+    return render(
+        request,
+        "backups/restore.html",
+        admin_context(
+            request,
+            "Restore a backup",
+            backup=backup,
+            info=info,
+            summary=restore.describe(info) if info else "",
+            problem=problem,
+            database=backups.live_database_path(),
+            folder=backups.backups_dir(),
+        ),
+    )
+
+
+def restore_now(request, backup):
+    user = request.user
+    trigger = f"admin:{user.get_username()}"
+    try:
+        with one_backup_at_a_time():
+            result = restore.restore_backup(backup.path)
+    except BackupAlreadyRunning:
+        error, status = (
+            "a backup or restore is already running; try again when it has finished",
+            409,
+        )
+    except backups.BackupError as err:
+        logger.error("restore of %s requested by %s failed: %s", backup.name, trigger, err)
+        restore.record_restore(error=err, trigger=trigger)
+        error, status = f"restore failed, nothing was changed: {err}", 400
+        audit(user, f"Restore of {backup.name} failed: {err}", repr_=backup.name)
+    else:
+        return restored(request, result, trigger)
+    if wants_json(request):
+        return JsonResponse({"error": error}, status=status)
+    messages.error(request, error[:1].upper() + error[1:] + ".")
+    return redirect("backups:backups")
+
+
+def restored(request, result, trigger):
+    """Record a restore that succeeded, in the restored database, and say so.
+
+    The restored database has its own sessions table: when it lacks this session, the next
+    page is the login page, which shows the message (messages live in a cookie).
+    """
+    ContentType.objects.clear_cache()  # ids in the restored database may differ
+    restore.record_restore(result, trigger=trigger)
+    name = result.backup.name
+    safety = result.safety_backup.name if result.safety_backup else ""
+    try:
+        audit(
+            request.user, f"Restored backup {name}; safety backup: {safety or 'none'}", repr_=name
+        )
+    except DatabaseError:  # e.g. this user is not in the restored database
+        logger.warning("could not record the restore of %s in the audit trail", name, exc_info=True)
+    if wants_json(request):
+        return JsonResponse({"restored": name, "safety_backup": safety or None})
+    text = f"Restored {name}."
+    if safety:
+        text += f" The database as it was before is in the safety backup {safety}."
+    messages.success(request, text)
+    pending = len(result.backup.pending_migrations)
+    if pending:
+        messages.warning(
+            request,
+            f"This backup predates {pending} migration(s) of this code: run "
+            "`python manage.py migrate` (or restart with scripts/run) before using the site.",
+        )
+    key = request.session.session_key
+    if key and not request.session.exists(key):
+        messages.info(request, "Sessions were restored with the data: please log in again.")
+    return redirect("backups:backups")
+
+
+@csrf_exempt  # checked below, after the staff check, so nobody else can make us read a body
+@staff_required
+@require_POST
+def upload_backup(request):
+    # Parsing the upload streams it into FILE_UPLOAD_TEMP_DIR; make sure that folder is there.
+    Path(settings.FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
+    return _upload_backup(request)
+
+
+@csrf_protect
+def _upload_backup(request):
+    upload = request.FILES.get("file")
+    if upload is None:
+        error = "choose a backup file to upload"
+    else:
+        try:
+            backup = restore.accept_upload(upload)
+        except backups.BackupError as err:
+            logger.warning("upload of %s refused: %s", upload.name, err)
+            error = f"upload of {upload.name} refused: {err}"
+            audit(request.user, f"Upload of {upload.name} refused: {err}", repr_=upload.name)
+        else:
+            size = backups.human_size(backup.size)
+            audit(
+                request.user, f"Uploaded {upload.name} as {backup.name} ({size})", repr_=backup.name
+            )
+            if wants_json(request):
+                return JsonResponse({"file": backup.name, "size": backup.size})
+            text = f"Uploaded {upload.name}: it passed the checks and is kept as {backup.name}"
+            messages.success(request, f"{text} ({size}).")
+            return redirect("backups:backups")
+    if wants_json(request):
+        return JsonResponse({"error": error}, status=400)
+    messages.error(request, error[:1].upper() + error[1:] + ".")
+    return redirect("backups:backups")
+
+
 # --- Cron page -----------------------------------------------------------------------------
 
 
@@ -257,9 +416,12 @@ def cron_page(request):
     registry = jobs.registry()
     latest = latest_runs(registry)
     next_runs = next_run_times(registry)
+    states = health.job_states()
     job_rows = [
         {
             "job": job,
+            "state": states.get(name, ""),
+            "grace": span_words(job.grace),
             "last_run": latest.get(name),
             "next_run": next_runs[name][0],
             "next_run_note": next_runs[name][1],
@@ -298,6 +460,15 @@ def cron_page(request):
             audit_entries=recent_audit_entries(),
         ),
     )
+
+
+def span_words(span):
+    """A grace time in words: '1 h', '30 min', '2 h 30 min'."""
+    hours, minutes = divmod(round(span.total_seconds() / 60), 60)
+    words = [f"{hours} h"] if hours else []
+    if minutes or not hours:
+        words.append(f"{minutes} min")
+    return " ".join(words)
 
 
 def run_job_by_hand(user, name):
