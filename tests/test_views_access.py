@@ -12,6 +12,9 @@ PAGES = [
     ("get", "/admin/database/backups/database.sqlite.20260101T020000Z.bak"),
     ("post", "/admin/database/backup"),
     ("post", "/admin/cron/daily-backup/run"),
+    ("get", "/admin/backups/restore/database.sqlite.20260101T020000Z.bak"),
+    ("post", "/admin/backups/restore/database.sqlite.20260101T020000Z.bak"),
+    ("post", "/admin/backups/upload"),
 ]
 
 
@@ -43,7 +46,15 @@ def test_it_forbids_users_who_are_not_staff(user_client, backups_folder, method,
     assert backups.list_backups(backups_folder) == []
 
 
-@pytest.mark.parametrize("url", ["/admin/database/backup", "/admin/cron/daily-backup/run"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/admin/database/backup",
+        "/admin/cron/daily-backup/run",
+        "/admin/backups/restore/database.sqlite.20260101T020000Z.bak",
+        "/admin/backups/upload",
+    ],
+)
 def test_it_refuses_posts_without_a_csrf_token(staff_user, backups_folder, live_database, url):
     client = Client(enforce_csrf_checks=True)
     client.force_login(staff_user)

@@ -8,7 +8,7 @@ import pytest
 from django.contrib.admin.models import LogEntry
 from django.test import Client
 
-from backups_app import backups, views
+from backups_app import backups, drill, views
 from tests.conftest import count_rows, write_backup_file
 
 URL = "/admin/backups/"
@@ -276,3 +276,77 @@ def test_it_accepts_a_post_with_the_pages_csrf_token(staff_user, backups_folder,
 
     assert response.status_code == 302
     assert len(backups.list_backups(backups_folder)) == 1
+
+
+# --- restore drills ------------------------------------------------------------------------
+
+
+def drill_cell(html, name):
+    row = re.search(
+        rf"<tr>\s*<td><code class=\"stanza-name\">{re.escape(name)}</code>.*?</tr>", html, re.S
+    )
+    return re.search(r'<td class="stanza-drill">(.*?)</td>', row.group(0), re.S).group(1)
+
+
+def test_it_shows_each_backups_last_drill(staff_client, backups_folder):
+    passed = write_backup_file(backups_folder, "database.sqlite.20260103T020000Z.bak")
+    failed = write_backup_file(backups_folder, "database.sqlite.20260102T020000Z.bak")
+    write_backup_file(backups_folder, "database.sqlite.20260101T020000Z.bak")
+    drill.write_manifest(
+        passed, {"item": 3}, drill={"at": "2026-01-03T03:00:00+00:00", "ok": True, "problems": []}
+    )
+    drill.write_manifest(
+        failed,
+        drill={
+            "at": "2026-01-02T03:00:00+00:00",
+            "ok": False,
+            "problems": ["table item has 2 rows, 3 at backup time", "<script>x</script>"],
+        },
+    )
+
+    html = staff_client.get(URL).content.decode()
+
+    ok = drill_cell(html, passed.name)
+    assert "&#10003; passed" in ok
+    assert 'title="Restored into a scratch file and checked 2026-01-03 03:00 UTC"' in ok
+    bad = drill_cell(html, failed.name)
+    assert "<summary>failed" in bad
+    assert "<li>table item has 2 rows, 3 at backup time</li>" in bad
+    assert "<li>&lt;script&gt;x&lt;/script&gt;</li>" in bad
+    assert "not drilled" in drill_cell(html, "database.sqlite.20260101T020000Z.bak")
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    ['{"drill": "yes"}', '{"drill": {"ok": "true", "problems": "x"}}', "[1]", "not json"],
+)
+def test_it_survives_a_manifest_it_cannot_read(staff_client, backups_folder, manifest):
+    path = write_backup_file(backups_folder, "database.sqlite.20260103T020000Z.bak")
+    path.with_name(path.name + ".json").write_text(manifest)
+
+    response = staff_client.get(URL)
+
+    assert response.status_code == 200
+    cell = drill_cell(response.content.decode(), path.name)
+    assert "not drilled" in cell or "failed" in cell
+
+
+def test_it_reads_the_manifests_of_the_rows_shown_only(staff_client, backups_folder, monkeypatch):
+    for day in range(1, 29):
+        for hour in range(0, 24, 4):
+            write_backup_file(
+                backups_folder, f"database.sqlite.202602{day:02}T{hour:02}0000Z.bak", checksum=False
+            )
+    read = []
+    real_read = drill.read_manifest
+    monkeypatch.setattr(drill, "read_manifest", lambda path: read.append(path) or real_read(path))
+
+    staff_client.get(URL)
+    first = list(read)
+    read.clear()
+    staff_client.get(URL, {"page": 2})
+
+    assert len(first) == 100
+    assert len(set(first)) == 100
+    assert len(read) == 68
+    assert not set(first) & set(read)

@@ -254,3 +254,55 @@ def test_it_runs_the_real_daily_backup(staff_client, backups_folder, live_databa
     assert run.result.startswith("database.sqlite.")
     assert f"Job daily-backup succeeded: {run.result}." in response.content.decode()
     assert len(os.listdir(backups_folder)) == 2  # the backup and its .sha256
+
+
+# --- health --------------------------------------------------------------------------------
+
+
+def health_cell(html, name):
+    return re.search(r'<td class="stanza-job-health">(.*?)</td>', job_row(html, name), re.S).group(
+        1
+    )
+
+
+@time_machine.travel(NOW, tick=False)
+def test_it_shows_failing_jobs_in_red_and_healthy_ones_plainly(staff_client, registry):
+    make_run("daily-backup", "success", minutes_ago=30)
+    make_run("always-fails", "failure", minutes_ago=5, error="boom")
+
+    html = staff_client.get(URL).content.decode()
+
+    assert '<tr id="job-always-fails" class="stanza-job-failing">' in html
+    failing = health_cell(html, "always-fails")
+    assert 'class="stanza-health stanza-health-failing"' in failing
+    assert ">failing</span>" in failing
+    assert '<tr id="job-daily-backup" class="stanza-job-ok">' in html
+    ok = health_cell(html, "daily-backup")
+    assert '<span class="stanza-health stanza-health-ok">ok</span>' in ok
+    assert "grace 1 h" in ok
+
+
+@time_machine.travel(NOW, tick=False)
+def test_it_shows_a_job_that_missed_its_due_time_and_grace_as_late(staff_client, registry):
+    registry["daily-backup"] = jobs.Job(
+        "daily-backup", "0 2 * * *", lambda: "", "Back up", grace=timedelta(minutes=90)
+    )
+    make_run("daily-backup", "success", minutes_ago=60 * 31)  # yesterday 02:31; due today 02:00
+    make_run("always-fails", "success", minutes_ago=1)
+
+    html = staff_client.get(URL).content.decode()
+
+    assert '<tr id="job-daily-backup" class="stanza-job-late">' in html
+    late = health_cell(html, "daily-backup")
+    assert 'class="stanza-health stanza-health-late"' in late
+    assert "grace 1 h 30 min" in late
+    assert ">ok</span>" in health_cell(html, "always-fails")
+
+
+def test_it_shows_the_health_of_every_registered_job(staff_client, data_dir):
+    html = staff_client.get(URL).content.decode()
+
+    for name in jobs.registry():
+        cell = health_cell(html, name)
+        assert re.search(r">(ok|late|failing)</span>", cell), name
+        assert "grace " in cell
