@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -290,3 +291,116 @@ def test_it_serves_static_files_and_plain_error_pages(stack):
         assert "Traceback" not in body
     else:
         raise AssertionError("expected a 404")
+
+
+# --- restore and upload (these change the stack's database: keep them last) -----------------
+
+
+TABLE_FITS = """() => {
+    const module = document.querySelector(".stanza-table-module");
+    return module.scrollWidth <= module.clientWidth;
+}"""
+
+
+def group_names(stack):
+    conn = sqlite3.connect(f"file:{stack['data'] / 'database.sqlite'}?mode=ro", uri=True)
+    try:
+        return {name for (name,) in conn.execute("SELECT name FROM auth_group")}
+    finally:
+        conn.close()
+
+
+def test_it_restores_a_backup_from_the_backups_page(page, stack):
+    page.set_viewport_size({"width": 1280, "height": 800})
+    log_in(page, stack)
+    page.click("text=Back up now")
+    expect(page.locator(".messagelist .success")).to_contain_text("made")
+    name = backup_names(page)[0]
+    # Data changed after the backup, through the admin.
+    page.goto(stack["url"] + "/admin/auth/group/add/")
+    page.fill("#id_name", "made after the backup")
+    page.click("input[name=_save]")
+    expect(page.locator(".messagelist .success")).to_contain_text("made after the backup")
+    assert "made after the backup" in group_names(stack)
+
+    page.goto(stack["url"] + "/admin/backups/")
+    page.locator("#backups tbody tr", has_text=name).get_by_role("link", name="Restore").click()
+
+    expect(page).to_have_url(stack["url"] + f"/admin/backups/restore/{name}")
+    expect(page.locator("#restore-backup")).to_contain_text(name)
+    expect(page.locator("#restore-checks")).to_contain_text("sound")
+    expect(page.locator("#restore-checks")).to_contain_text("matches its .sha256 checksum")
+    expect(page.locator("#restore-warning")).to_contain_text("pre-restore safety backup")
+    assert "made after the backup" in group_names(stack)  # nothing changed yet
+    shoot(page, "restore-confirm")
+
+    page.click("#restore-confirm")
+
+    expect(page).to_have_url(stack["url"] + "/admin/backups/")
+    message = page.locator(".messagelist .success")
+    expect(message).to_contain_text(f"Restored {name}.")
+    expect(message).to_contain_text(".pre-restore.bak")
+    safety = re.search(r"safety backup (\S+\.pre-restore\.bak)", message.inner_text()).group(1)
+    assert backup_names(page)[0] == safety
+    assert "made after the backup" not in group_names(stack)
+    expect(page.locator(".stanza-audit")).to_contain_text(f"Restored backup {name}")
+    page.goto(stack["url"] + "/admin/auth/group/")
+    expect(page.locator("#content")).not_to_contain_text("made after the backup")
+
+    # A restore drill of the newest backup (the safety backup) shows on the page.
+    env = {"STANZA_DATA_DIR": str(stack["data"])}
+    drill = "from backups_app import drill; drill.verify_latest_backup()"
+    assert manage("shell", "-c", drill, env=env).returncode == 0
+    page.goto(stack["url"] + "/admin/backups/")
+    expect(page.locator("#backups tbody tr").first.locator(".stanza-drill")).to_contain_text(
+        "passed"
+    )
+    assert page.evaluate(TABLE_FITS), "the backups table scrolls sideways at 1280 px"
+    shoot(page, "backups-after-restore")
+
+
+def test_it_asks_to_log_in_again_after_restoring_an_older_database(page, stack):
+    page.set_viewport_size({"width": 1280, "height": 800})
+    log_in(page, stack)
+    oldest = backup_names(page)[-1]  # the stack's first backup: made before anyone logged in
+    page.goto(stack["url"] + f"/admin/backups/restore/{oldest}")
+
+    page.click("#restore-confirm")
+
+    expect(page).to_have_url(re.compile(r"/admin/login/\?next=/admin/backups/$"))
+    messages = page.locator(".messagelist")
+    expect(messages).to_contain_text(f"Restored {oldest}.")
+    expect(messages).to_contain_text("please log in again")
+    shoot(page, "restore-logged-out")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+    expect(page).to_have_url(stack["url"] + "/admin/backups/")
+    expect(page.locator(".stanza-audit")).to_contain_text(f"Restored backup {oldest}")
+
+
+def test_it_uploads_a_backup_and_refuses_a_file_that_is_not_one(page, stack, tmp_path):
+    page.set_viewport_size({"width": 1280, "height": 800})
+    log_in(page, stack)
+    elsewhere = tmp_path / "from-another-machine.sqlite"
+    elsewhere.write_bytes((stack["backups"] / backup_names(page)[-1]).read_bytes())
+    not_one = tmp_path / "notes.txt"
+    not_one.write_text("not a backup\n" * 100)
+
+    page.set_input_files("#upload-file", str(not_one))
+    page.click("#upload")
+    expect(page.locator(".messagelist .error")).to_contain_text(
+        "Upload of notes.txt refused: the file is not an SQLite database"
+    )
+
+    page.set_input_files("#upload-file", str(elsewhere))
+    page.click("#upload")
+
+    message = page.locator(".messagelist .success")
+    expect(message).to_contain_text("Uploaded from-another-machine.sqlite")
+    kept = re.search(r"kept as (\S+\.uploaded\.bak)", message.inner_text()).group(1)
+    assert backup_names(page)[0] == kept
+    assert (stack["backups"] / kept).read_bytes() == elsewhere.read_bytes()
+    expect(page.locator("#backups tbody tr").first).to_contain_text("uploaded")
+    assert not list((stack["data"] / "tmp").iterdir())
+    shoot(page, "backups-after-upload")

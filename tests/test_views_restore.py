@@ -393,6 +393,7 @@ def test_it_refuses_a_bad_upload_keeps_nothing_and_says_why(
     [message] = messages_of(response)
     assert message.startswith("Upload of bad.bak refused: ")
     assert why in message
+    assert ".stanza-tmp-" not in message
     assert list(backups_folder.iterdir()) == []
     assert "Upload of bad.bak refused" in LogEntry.objects.get().change_message
 
