@@ -160,10 +160,16 @@ def test_it_logs_each_jobs_next_run_and_stops_cleanly(live_data, schedulers, sig
     assert "job daily-backup (0 2 * * *) next runs at " in log
     assert "job purge-old-backups (30 2 * * *) next runs at " in log
     assert "job purge-old-cron-runs (0 4 * * 0) next runs at " in log
+    assert "job verify-latest-backup (0 3 * * *) next runs at " in log
     assert "scheduler stopped" in log
     assert "Traceback" not in log
     assert lock_is_free(live_data)
-    assert stored_job_ids(live_data) == {"daily-backup", "purge-old-backups", "purge-old-cron-runs"}
+    assert stored_job_ids(live_data) == {
+        "daily-backup",
+        "purge-old-backups",
+        "purge-old-cron-runs",
+        "verify-latest-backup",
+    }
 
 
 def test_it_removes_stored_jobs_that_left_the_registry(live_data, schedulers):
