@@ -38,7 +38,7 @@ def check_lateness(now=None):
     that stops running, which no run can report, still raises an alert.
     """
     now = now or timezone.now()
-    latest = CronRun.objects.latest_per_job()
+    latest = CronRun.objects.latest_per_job(jobs.registry())
     for name, state in health.job_states(now).items():
         _set_state(name, state, run=latest.get(name), now=now)
 

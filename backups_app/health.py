@@ -1,11 +1,8 @@
 """Are the backups healthy? One verdict for /healthz, `checkbackups`, the Cron page and alerts."""
 
 import logging
-import zoneinfo
 from datetime import UTC, datetime, timedelta
 
-from apscheduler.triggers.cron import CronTrigger
-from django.conf import settings
 from django.db.migrations.recorder import MigrationRecorder
 from django.utils import timezone
 
@@ -50,10 +47,11 @@ def backup_problems(now):
 def job_states(now=None):
     """{job name: "ok" | "failing" | "late"} for every registered job."""
     now = now or timezone.now()
-    latest = CronRun.objects.latest_per_job()
+    registry = jobs.registry()
+    latest = CronRun.objects.latest_per_job(registry)
     created = None
     states = {}
-    for name, job in jobs.registry().items():
+    for name, job in registry.items():
         run = latest.get(name)
         if run is not None and run.status == CronRun.Status.FAILURE:
             states[name] = FAILING
@@ -71,16 +69,10 @@ def overdue_since(job, since, now):
     """The first due time after `since` whose grace has run out by `now`, or None."""
     if since is None:
         return None
-    due = next_due_time(job, since)
+    due = jobs.next_run_time(job, since)
     if due is not None and due + job.grace <= now:
         return due
     return None
-
-
-def next_due_time(job, after):
-    """The first time strictly after `after` at which the job's schedule is due."""
-    trigger = CronTrigger.from_crontab(job.schedule, timezone=zoneinfo.ZoneInfo(settings.TIME_ZONE))
-    return trigger.get_next_fire_time(None, after + timedelta(microseconds=1))
 
 
 def database_created():

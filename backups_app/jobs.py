@@ -10,14 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from apscheduler.triggers.combining import OrTrigger
-from apscheduler.triggers.cron import CronTrigger
 from django.conf import settings
 from django.utils import timezone
 from django_apscheduler import util
 from django_apscheduler.models import DjangoJobExecution
 
 from backups_app import backups, retention
+from backups_app.cron import crontab_trigger
 from backups_app.models import CronRun
 
 logger = logging.getLogger(__name__)
@@ -62,6 +61,12 @@ def purge_old_cron_runs():
     )
 
 
+def verify_latest_backup():
+    from backups_app import drill  # drill builds on restore, which the jobs need not load
+
+    return drill.verify_latest_backup()
+
+
 def registry():
     """Every job, by name, with schedules from the settings of this process."""
     jobs = [
@@ -86,6 +91,12 @@ def registry():
             func=purge_old_cron_runs,
             description=f"Delete run history older than {CRON_RUN_HISTORY.days} days",
         ),
+        Job(
+            name="verify-latest-backup",
+            schedule="0 3 * * *",
+            func=verify_latest_backup,
+            description="Restore the newest backup into a scratch file and check what it holds",
+        ),
     ]
     return {job.name: job for job in jobs}
 
@@ -96,57 +107,6 @@ def registry():
 def cron_trigger(job):
     """The job's schedule as APScheduler reads it: its cron expression in settings.TIME_ZONE."""
     return crontab_trigger(job.schedule, settings.TIME_ZONE)
-
-
-CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
-
-
-def crontab_trigger(expression, time_zone):
-    """An APScheduler trigger that fires when cron(8) would run `expression`.
-
-    `CronTrigger.from_crontab` differs from cron in two ways this corrects: it counts weekdays
-    from Monday (so cron's `0 4 * * 0`, Sunday, would run on Mondays), and when both the day
-    of month and the day of week are restricted, cron runs on either, not only on both.
-    """
-    minute, hour, day, month, day_of_week = expression.split()
-    day_of_week = _day_of_week_names(day_of_week)
-    common = {"minute": minute, "hour": hour, "month": month, "timezone": time_zone}
-    if day.startswith("*") or day_of_week.startswith("*"):
-        return CronTrigger(day=day, day_of_week=day_of_week, **common)
-    return OrTrigger(
-        [CronTrigger(day=day, **common), CronTrigger(day_of_week=day_of_week, **common)]
-    )
-
-
-def _day_of_week_names(field):
-    """Cron's day-of-week field (0 or 7 is Sunday, names, ranges, steps) as a list of names."""
-    if field == "*":
-        return field
-
-    def number(token):
-        token = token.lower()
-        value = CRON_DAYS.index(token) if token in CRON_DAYS else int(token)
-        if not 0 <= value <= 7:
-            raise ValueError(token)
-        return value
-
-    days = set()
-    try:
-        for part in field.split(","):
-            base, has_step, step = part.partition("/")
-            if base == "*":
-                first, last = 0, 6
-            elif "-" in base:
-                first, last = (number(token) for token in base.split("-", 1))
-            else:
-                first = number(base)
-                last = 6 if has_step else first
-            days.update(d % 7 for d in range(first, last + 1, int(step) if has_step else 1))
-    except ValueError:
-        days = set()
-    if not days:
-        raise ValueError(f"{field!r} is not a cron day-of-week field")
-    return ",".join(CRON_DAYS[d] for d in sorted(days))
 
 
 def next_run_time(job, after=None):
@@ -205,7 +165,18 @@ def run_job(name, trigger="manual", *, due_at=None):
     if run.status == CronRun.Status.RUNNING:
         _execute(job, run)
     _log_run(job, run)
+    _alert(run)
     return run
+
+
+def _alert(run):
+    """Tell the admins when the job's state changed; a mail problem never fails the run."""
+    from backups_app import alerts  # alerts read the job states, which read this registry
+
+    try:
+        alerts.notify_run_finished(run)
+    except Exception:
+        logger.exception("could not update the alert state of job %s", run.job_name)
 
 
 def _execute(job, run):

@@ -44,10 +44,16 @@ def test_it_declares_the_jobs_with_schedules_from_the_settings(settings):
 
     registry = jobs.registry()
 
-    assert list(registry) == ["daily-backup", "purge-old-backups", "purge-old-cron-runs"]
+    assert list(registry) == [
+        "daily-backup",
+        "purge-old-backups",
+        "purge-old-cron-runs",
+        "verify-latest-backup",
+    ]
     assert registry["daily-backup"].schedule == "15 1 * * *"
     assert registry["purge-old-backups"].schedule == "45 1 * * *"
     assert registry["purge-old-cron-runs"].schedule == "0 4 * * 0"
+    assert registry["verify-latest-backup"].schedule == "0 3 * * *"
     assert all(job.name == name and job.description for name, job in registry.items())
 
 
@@ -319,7 +325,8 @@ def test_runjob_lists_the_known_jobs_for_an_unknown_name():
         call_command("runjob", "nightly")
 
     assert str(caught.value) == (
-        "unknown job 'nightly'; known jobs: daily-backup, purge-old-backups, purge-old-cron-runs"
+        "unknown job 'nightly'; known jobs: daily-backup, purge-old-backups, purge-old-cron-runs, "
+        "verify-latest-backup"
     )
     assert not CronRun.objects.exists()
 

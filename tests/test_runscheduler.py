@@ -160,10 +160,16 @@ def test_it_logs_each_jobs_next_run_and_stops_cleanly(live_data, schedulers, sig
     assert "job daily-backup (0 2 * * *) next runs at " in log
     assert "job purge-old-backups (30 2 * * *) next runs at " in log
     assert "job purge-old-cron-runs (0 4 * * 0) next runs at " in log
+    assert "job verify-latest-backup (0 3 * * *) next runs at " in log
     assert "scheduler stopped" in log
     assert "Traceback" not in log
     assert lock_is_free(live_data)
-    assert stored_job_ids(live_data) == {"daily-backup", "purge-old-backups", "purge-old-cron-runs"}
+    assert stored_job_ids(live_data) == {
+        "daily-backup",
+        "purge-old-backups",
+        "purge-old-cron-runs",
+        "verify-latest-backup",
+    }
 
 
 def test_it_removes_stored_jobs_that_left_the_registry(live_data, schedulers):
@@ -270,7 +276,9 @@ def test_a_standby_takes_over_from_a_killed_scheduler_without_running_a_due_time
     )
     # The standby resumes from the next due time: the killed one is not run again.
     assert one_run_per_due_time(runs)
-    assert all(run["pid"] == standby.pid for run in runs[1:])
+    # Runs after the killed one are the standby's, or (when the held run straddled a minute
+    # boundary under load) the first scheduler's record that it skipped a due time.
+    assert all(run["pid"] == standby.pid or run["error"].startswith("skipped:") for run in runs[1:])
 
 
 @pytest.mark.slow

@@ -18,19 +18,31 @@ from apscheduler.events import (
     EVENT_JOB_MISSED,
     EVENT_SCHEDULER_STARTED,
 )
+from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.blocking import BlockingScheduler
 from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.utils import timezone
+from django_apscheduler import util
 from django_apscheduler.jobstores import DjangoJobStore
 from django_apscheduler.models import DjangoJob
 
-from backups_app import jobs, scheduler_lock
+from backups_app import alerts, jobs, scheduler_lock
 from backups_app.models import CronRun, this_host
 
 logger = logging.getLogger(__name__)
 
 LOCK_POLL_SECONDS = 1
+LATENESS_CHECK_MINUTES = 5
+
+
+@util.close_old_connections
+def check_lateness():
+    """Mail the admins about jobs that became late (or recovered); never stop the scheduler."""
+    try:
+        alerts.check_lateness()
+    except Exception:
+        logger.exception("the lateness check failed")
 
 
 def _interrupt(signum, frame):
@@ -115,6 +127,19 @@ class Command(BaseCommand):
                 misfire_grace_time=int(job.grace.total_seconds()),
                 **options,
             )
+        # Lateness cannot be reported by a run that never happens: look every few minutes.
+        # It lives in memory only and is not a job of the registry (no run history rows).
+        scheduler.add_jobstore(MemoryJobStore(), "local")
+        scheduler.add_job(
+            check_lateness,
+            trigger="interval",
+            minutes=LATENESS_CHECK_MINUTES,
+            id="check-lateness",
+            jobstore="local",
+            next_run_time=timezone.now(),
+            max_instances=1,
+            coalesce=True,
+        )
         scheduler.add_listener(self.on_started_event(scheduler), EVENT_SCHEDULER_STARTED)
         scheduler.add_listener(self.on_skipped, EVENT_JOB_MAX_INSTANCES)
         scheduler.add_listener(self.on_missed, EVENT_JOB_MISSED)
@@ -136,7 +161,7 @@ class Command(BaseCommand):
     def on_started_event(self, scheduler):
         def log_next_runs(event):
             now = timezone.now()
-            for job in scheduler.get_jobs():
+            for job in scheduler.get_jobs(jobstore="default"):
                 when = job.next_run_time
                 if when is not None and when <= now:
                     message = "job %s (%s) was due at %s while no scheduler ran: running it now"
