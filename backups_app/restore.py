@@ -140,7 +140,7 @@ def _is_gzip(path):
         return f.read(2) == GZIP_MAGIC
 
 
-def _gunzip(source, dest):
+def _gunzip(source, dest, name=None):
     """Decompress `source` into `dest` a chunk at a time (a big backup never sits in memory)."""
     try:
         with gzip.open(source, "rb") as fin, open(dest, "wb") as fout:
@@ -148,34 +148,40 @@ def _gunzip(source, dest):
                 fout.write(chunk)
     except (gzip.BadGzipFile, EOFError, zlib.error) as err:
         raise RestoreError(
-            f"{source.name} is not a valid gzip file (truncated or damaged)"
+            f"{name or source.name} is not a valid gzip file (truncated or damaged)"
         ) from err
     except OSError as err:
-        raise RestoreError(f"cannot decompress {source.name}: {err.strerror or err}") from err
+        raise RestoreError(
+            f"cannot decompress {name or source.name}: {err.strerror or err}"
+        ) from err
 
 
-def _inspect(path, plain, compressed, checksum_verified):
-    """Run the database checks on the plain file; return what they found."""
-    _check_header(plain, path.name)
+def _inspect(path, plain, compressed, checksum_verified, name=None):
+    """Run the database checks on the plain file; return what they found.
+
+    `name` is how errors call the file (default: its own name).
+    """
+    name = name or path.name
+    _check_header(plain, name)
     try:
         conn = open_readonly(plain)
     except sqlite3.Error as err:
-        raise RestoreError(f"{path.name} cannot be opened as an SQLite database: {err}") from err
+        raise RestoreError(f"{name} cannot be opened as an SQLite database: {err}") from err
     try:
         result = conn.execute("PRAGMA integrity_check").fetchall()
         if result != [("ok",)]:
             details = "; ".join(str(row[0]) for row in result[:3])
-            raise RestoreError(f"{path.name} failed the integrity check: {details}")
+            raise RestoreError(f"{name} failed the integrity check: {details}")
         tables = _table_names(conn)
         if "django_migrations" not in tables:
             raise RestoreError(
-                f"{path.name} is not a database of this project (no django_migrations table)"
+                f"{name} is not a database of this project (no django_migrations table)"
             )
-        applied = _applied_migrations(conn, path.name)
+        applied = _applied_migrations(conn, name)
         counts = {table: _count(conn, table) for table in sorted(tables)}
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
     except sqlite3.DatabaseError as err:
-        raise RestoreError(f"{path.name} is not a sound SQLite database: {err}") from err
+        raise RestoreError(f"{name} is not a sound SQLite database: {err}") from err
     finally:
         conn.close()
     unknown, pending = compare_migrations(applied)
@@ -183,7 +189,7 @@ def _inspect(path, plain, compressed, checksum_verified):
         shown = ", ".join(f"{app}.{name}" for app, name in sorted(unknown)[:3])
         more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
         raise RestoreError(
-            f"{path.name} comes from a newer version of this project: it has migrations this "
+            f"{name} comes from a newer version of this project: it has migrations this "
             f"code does not know ({shown}{more}); upgrade the code first"
         )
     return BackupInfo(
@@ -455,10 +461,12 @@ def accept_upload(upload, folder=None, *, now=None):
         if temp.stat().st_size == 0:
             raise RestoreError("the uploaded file is empty")
         compressed = _is_gzip(temp)
+        # Errors name what the admin uploaded, not the temporary file it was streamed into.
+        shown = Path(getattr(upload, "name", "") or "the uploaded file").name
         with scratch_file(folder) as plain:
             if compressed:
-                _gunzip(temp, plain)
-            info = _inspect(temp, plain if compressed else temp, compressed, False)
+                _gunzip(temp, plain, name=shown)
+            info = _inspect(temp, plain if compressed else temp, compressed, False, name=shown)
         final = _link_as_uploaded(temp, folder, compressed, now or timezone.now())
         try:
             backups.write_checksum(final, digest.hexdigest())

@@ -41,7 +41,6 @@ BACKUPS_PAGE_SIZE = 100
 AUDIT_ENTRIES_SHOWN = 10
 BACKUP_LOCK_FILENAME = "backup-now.lock"
 SHA256_RE = re.compile(r"\A[0-9a-f]{64}\Z")
-TEMP_NAME_RE = re.compile(re.escape(backups.TEMP_PREFIX) + r"[\w-]+\.partial")
 
 
 class BackupAlreadyRunning(Exception):
@@ -355,8 +354,7 @@ def _upload_backup(request):
         try:
             backup = restore.accept_upload(upload)
         except backups.BackupError as err:
-            # The checks name the temporary file the upload was streamed into; say "the file".
-            why = TEMP_NAME_RE.sub("the file", str(err))
+            why = str(err)
             logger.warning("upload of %s refused: %s", upload.name, why)
             error = f"upload of {upload.name} refused: {why}"
             audit(request.user, f"Upload of {upload.name} refused: {why}", repr_=upload.name)

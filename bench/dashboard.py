@@ -57,12 +57,13 @@ def build():
                 "scheduler",
                 "bench",
                 1,
+                "",
             )
 
     db.execute("BEGIN")
     db.executemany(
         "INSERT INTO cron_runs (job_name, started_at, finished_at, duration, status, result,"
-        " error, trigger, hostname, pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " error, trigger, hostname, pid, process_start) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         rows(),
     )
     db.execute("COMMIT")
