@@ -5,19 +5,25 @@ declared once.
 """
 
 import logging
-import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.utils import timezone
+from django_apscheduler import util
+from django_apscheduler.models import DjangoJobExecution
 
-from backups_app import backups
+from backups_app import backups, retention
+from backups_app.cron import crontab_trigger
 from backups_app.models import CronRun
 
 logger = logging.getLogger(__name__)
+
+CRON_RUN_HISTORY = timedelta(days=90)
+# The longest gap between two due times of a 5-field cron expression: "0 0 29 2 *" (8 years).
+LONGEST_CRON_GAP = timedelta(days=366 * 8 + 2)
 
 
 @dataclass(frozen=True)
@@ -26,13 +32,39 @@ class Job:
     schedule: str  # 5-field cron expression, read in settings.TIME_ZONE
     func: Callable[[], str]  # does the work; returns the one-line result
     description: str
-    timeout: timedelta = timedelta(hours=1)
-    grace: timedelta = timedelta(hours=1)
+    timeout: timedelta = timedelta(hours=1)  # a run taking longer is logged as a warning
+    grace: timedelta = timedelta(hours=1)  # how late a run may start and still be on time
+
+
+# --- the jobs ------------------------------------------------------------------------------
 
 
 def daily_backup():
     backup = backups.create_backup()
     return f"{backup.name} ({backups.human_size(backup.size)})"
+
+
+def purge_old_backups():
+    days = settings.STANZA_BACKUP_RETENTION_DAYS
+    removed = retention.purge_old_backups(backups.backups_dir(), days, timezone.now())
+    return f"removed {len(removed)} backup(s) older than {days} day(s)"
+
+
+def purge_old_cron_runs():
+    cutoff = timezone.now() - CRON_RUN_HISTORY
+    runs = CronRun.objects.delete_older_than(cutoff)
+    # django-apscheduler's own record of each execution would grow forever too.
+    executions, _ = DjangoJobExecution.objects.filter(run_time__lt=cutoff).delete()
+    return (
+        f"deleted {runs} run(s) and {executions} scheduler execution record(s) "
+        f"older than {CRON_RUN_HISTORY.days} days"
+    )
+
+
+def verify_latest_backup():
+    from backups_app import drill  # drill builds on restore, which the jobs need not load
+
+    return drill.verify_latest_backup()
 
 
 def registry():
@@ -44,36 +76,167 @@ def registry():
             func=daily_backup,
             description="Back up the database into the backups folder",
         ),
+        Job(
+            name="purge-old-backups",
+            schedule=settings.STANZA_PURGE_SCHEDULE,
+            func=purge_old_backups,
+            description=(
+                f"Delete backups older than {settings.STANZA_BACKUP_RETENTION_DAYS} day(s), "
+                "never the newest one"
+            ),
+        ),
+        Job(
+            name="purge-old-cron-runs",
+            schedule="0 4 * * 0",
+            func=purge_old_cron_runs,
+            description=f"Delete run history older than {CRON_RUN_HISTORY.days} days",
+        ),
+        Job(
+            name="verify-latest-backup",
+            schedule="0 3 * * *",
+            func=verify_latest_backup,
+            description="Restore the newest backup into a scratch file and check what it holds",
+        ),
     ]
     return {job.name: job for job in jobs}
 
 
-def run_job(name, trigger="manual"):
-    """Run one job now, recorded in CronRun like a scheduled run; return the finished run."""
+# --- due times -----------------------------------------------------------------------------
+
+
+def cron_trigger(job):
+    """The job's schedule as APScheduler reads it: its cron expression in settings.TIME_ZONE."""
+    return crontab_trigger(job.schedule, settings.TIME_ZONE)
+
+
+def next_run_time(job, after=None):
+    """The job's first due time strictly after `after` (default: now), in settings.TIME_ZONE."""
+    after = after or timezone.now()
+    return cron_trigger(job).get_next_fire_time(None, after + timedelta(microseconds=1))
+
+
+def previous_due_time(job, before):
+    """The job's most recent due time at or before `before`; None if it never falls due."""
+    trigger = cron_trigger(job)
+
+    def due_between(start):  # is there a due time in [start, before]?
+        first = trigger.get_next_fire_time(None, start)
+        return first is not None and first <= before
+
+    if not due_between(before - LONGEST_CRON_GAP):  # e.g. "0 0 31 2 *"
+        return None
+    # Cron can only be read forwards: widen a window back from `before` until it holds a
+    # due time, then bisect for the last one (about 50 steps even for a leap-day schedule).
+    window = timedelta(minutes=1)
+    while not due_between(before - window):
+        window *= 2
+    low, high = before - window, before + timedelta(seconds=1)
+    # Due times fall on whole seconds, so once low and high are a second apart, the first due
+    # time at or after low is the last one at or before `before`.
+    while high - low > timedelta(seconds=1):
+        middle = low + (high - low) / 2
+        if due_between(middle):
+            low = middle
+        else:
+            high = middle
+    return trigger.get_next_fire_time(None, low)
+
+
+# --- the wrapper every run goes through -----------------------------------------------------
+
+
+def run_job(name, trigger="manual", *, due_at=None):
+    """Run one job now, recorded in CronRun like a scheduled run; return the finished run.
+
+    A run while the previous run of the job is still going (in any process) does nothing and
+    is returned as a failure that says so. With `due_at` (the scheduler's runs), returns None
+    without running when that due time already has a run.
+    """
     job = registry()[name]
-    close_old_connections()
-    run = CronRun.start(job.name, trigger=trigger)
-    started = time.monotonic()
+    run = CronRun.objects.begin(job.name, trigger=trigger, due_at=due_at)
+    if run is None:
+        logger.warning(
+            "job %s already ran for its due time %s; not running it again",
+            job.name,
+            due_at,
+            extra={"event": "job_duplicate", "job": job.name, "due_at": due_at},
+        )
+        return None
+    if run.status == CronRun.Status.RUNNING:
+        _execute(job, run)
+    _log_run(job, run)
+    _alert(run)
+    return run
+
+
+def _alert(run):
+    """Tell the admins when the job's state changed; a mail problem never fails the run."""
+    from backups_app import alerts  # alerts read the job states, which read this registry
+
+    try:
+        alerts.notify_run_finished(run)
+    except Exception:
+        logger.exception("could not update the alert state of job %s", run.job_name)
+
+
+def _execute(job, run):
     try:
         result = job.func() or ""
-    except Exception as err:
+    except Exception:
         run.finish(CronRun.Status.FAILURE, error=traceback.format_exc())
-        logger.error(
-            "job %s failed after %.2f s: %s",
-            job.name,
-            time.monotonic() - started,
-            err,
-            extra={"event": "job", "job": job.name, "status": run.status},
+    except BaseException:  # KeyboardInterrupt, SystemExit: the process is being stopped
+        run.finish(
+            CronRun.Status.FAILURE,
+            error="interrupted: the process was stopped during the run\n" + traceback.format_exc(),
         )
+        _log_run(job, run)
+        raise
     else:
-        run.finish(CronRun.Status.SUCCESS, result=result)
+        run.finish(CronRun.Status.SUCCESS, result=" ".join(str(result).split()))
+
+
+def _log_run(job, run):
+    seconds = run.duration.total_seconds() if run.duration is not None else 0.0
+    extra = {
+        "event": "job_run",
+        "job": job.name,
+        "status": run.status,
+        "trigger": run.trigger,
+        "run_id": run.pk,
+        "duration": round(seconds, 3),
+        "due_at": run.due_at,
+    }
+    if run.status == CronRun.Status.SUCCESS:
         logger.info(
             "job %s succeeded in %.2f s: %s",
             job.name,
-            time.monotonic() - started,
-            result,
-            extra={"event": "job", "job": job.name, "status": run.status, "result": result},
+            seconds,
+            run.result,
+            extra={**extra, "result": run.result},
         )
-    finally:
-        close_old_connections()
-    return run
+    else:
+        logger.error(
+            "job %s failed after %.2f s: %s",
+            job.name,
+            seconds,
+            run.error_summary,
+            extra={**extra, "error": run.error},
+        )
+    if run.duration is not None and run.duration > job.timeout:
+        logger.warning(
+            "job %s took %s, longer than its timeout of %s",
+            job.name,
+            run.duration,
+            job.timeout,
+            extra={"event": "job_overtime", "job": job.name, "run_id": run.pk},
+        )
+
+
+@util.close_old_connections  # a scheduler lives for months: no run gets a stale connection
+def run_scheduled(name):
+    """What the scheduler calls when a job falls due: one recorded run for that due time."""
+    job = registry().get(name)
+    if job is None:  # removed from the registry since the scheduler stored it
+        logger.warning("job %s is not in the registry any more; not running it", name)
+        return
+    run_job(name, trigger="scheduler", due_at=previous_due_time(job, timezone.now()))

@@ -1,21 +1,135 @@
 import os
+import re
 import socket
+from pathlib import Path
 
-from django.db import models
-from django.db.models import OuterRef, Subquery
+from django.db import models, transaction
+from django.db.models import Q, Subquery
 from django.utils import timezone
 
 
+def this_host():
+    return socket.gethostname()[:255]
+
+
+def _boot_id():
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _proc_stat(pid):
+    """(state, start time in clock ticks since boot) of a process from /proc; None if it is gone.
+
+    Raises OSError where there is no /proc (not Linux).
+    """
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) may hold spaces and parentheses; the rest follows the last ")".
+    fields = raw.rsplit(")", 1)[1].split()
+    return fields[0], fields[19]
+
+
+def process_identity(pid=None):
+    """What tells this process apart from a later one given the same pid: boot id and start time."""
+    if not Path("/proc/self/stat").exists():
+        return ""
+    stat = _proc_stat(pid or os.getpid())
+    boot = _boot_id()
+    return f"{boot}/{stat[1]}" if stat and boot else ""
+
+
+def process_is_alive(pid, identity=""):
+    """Whether process `pid` on this machine is still the one recorded with `identity`."""
+    if identity:
+        boot, _, ticks = identity.partition("/")
+        if boot != _boot_id():
+            return False  # the machine restarted since: every process of that boot is gone
+    try:
+        stat = _proc_stat(pid)
+    except OSError:  # no /proc: all we can ask is whether the pid exists
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    if stat is None or stat[0] in ("Z", "X"):  # gone, or a zombie waiting for its parent
+        return False
+    return not identity or stat[1] == ticks  # another start time: the pid was reused
+
+
 class CronRunQuerySet(models.QuerySet):
-    def latest_per_job(self):
-        """The newest run of each job, in one query: {job_name: CronRun}."""
-        newest = (
-            CronRun.objects.filter(job_name=OuterRef("job_name"))
-            .order_by("-started_at", "-id")
-            .values("id")[:1]
-        )
-        runs = self.filter(id=Subquery(newest))
-        return {run.job_name: run for run in runs}
+    def latest_per_job(self, job_names):
+        """{job name: its newest run} for the named jobs, in one query.
+
+        Each `id = (SELECT ...)` is uncorrelated, so SQLite evaluates it once on the
+        (job_name, -started_at) index: one index entry per job, whatever the history's size
+        (a correlated subquery took ~1 s with a million runs; this takes ~30 ms).
+        """
+        condition = Q()
+        for name in job_names:
+            newest = CronRun.objects.filter(job_name=name).order_by("-started_at", "-id")
+            condition |= Q(id=Subquery(newest.values("id")[:1]))
+        if not condition:
+            return {}
+        return {run.job_name: run for run in self.filter(condition)}
+
+    def close_interrupted(self, job_name=None):
+        """Close as failed the runs left `running` by processes of this machine that are gone.
+
+        A run on another machine is left alone: from here we cannot tell whether it is alive.
+        Returns how many runs were closed.
+        """
+        runs = self.filter(status=CronRun.Status.RUNNING, hostname=this_host())
+        if job_name is not None:
+            runs = runs.filter(job_name=job_name)
+        return sum(run.close_if_interrupted() for run in runs)
+
+    def begin(self, job_name, trigger="", due_at=None):
+        """Record the start of a run, unless it must not run; return the run, or None.
+
+        In one write transaction (so two processes cannot both start the job): runs of the
+        job whose process died are closed first; a second run for the same due time is
+        refused (None); a run while another run of the job is still going is recorded as a
+        failure that says so and returned finished: the caller must not do the work then.
+        """
+        with transaction.atomic():
+            self.close_interrupted(job_name)
+            return self._start(job_name, trigger, due_at, skip=False)
+
+    def record_skipped(self, job_name, trigger="", due_at=None):
+        """Record a due run that was not started because the previous run is still going."""
+        with transaction.atomic():
+            return self._start(job_name, trigger, due_at, skip=True)
+
+    def _start(self, job_name, trigger, due_at, *, skip):
+        if due_at is not None and self.filter(job_name=job_name, due_at=due_at).exists():
+            return None
+        previous = self.filter(job_name=job_name, status=CronRun.Status.RUNNING).first()
+        run = CronRun.start(job_name, trigger, due_at=due_at)
+        if previous is not None or skip:
+            message = (
+                previous.skip_message()
+                if previous
+                else f"skipped: the previous run of {job_name} was still running"
+            )
+            run.finish(CronRun.Status.FAILURE, error=message)
+        return run
+
+    def close_own_runs(self, reason):
+        """Close the runs this very process has `running` (it is about to exit without them)."""
+        runs = self.filter(status=CronRun.Status.RUNNING, hostname=this_host(), pid=os.getpid())
+        return sum(run.close_as_interrupted(reason) for run in runs)
+
+    def delete_older_than(self, cutoff):
+        """Delete the history of runs started before `cutoff`; return how many were deleted."""
+        deleted, _ = self.filter(started_at__lt=cutoff).delete()
+        return deleted
 
 
 class CronRun(models.Model):
@@ -36,6 +150,14 @@ class CronRun(models.Model):
     trigger = models.CharField(max_length=100, blank=True, help_text="what started the run")
     hostname = models.CharField(max_length=255, blank=True)
     pid = models.PositiveIntegerField(null=True, blank=True)
+    process_start = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="boot id and start time of the process, to tell it from a later one with the pid",
+    )
+    due_at = models.DateTimeField(
+        null=True, blank=True, help_text="the due time a scheduled run was for"
+    )
 
     objects = CronRunQuerySet.as_manager()
 
@@ -50,17 +172,27 @@ class CronRun(models.Model):
             # The history filtered by status, and the search for runs left `running`.
             models.Index(fields=("status", "-started_at"), name="cron_runs_status_started"),
         )
+        constraints = (
+            # No job runs twice for the same due time, however many schedulers are started.
+            models.UniqueConstraint(
+                fields=("job_name", "due_at"),
+                condition=Q(due_at__isnull=False),
+                name="cron_runs_one_per_due_time",
+            ),
+        )
 
     def __str__(self):
         return f"{self.job_name} at {self.started_at:%Y-%m-%d %H:%M:%S} ({self.status})"
 
     @classmethod
-    def start(cls, job_name, trigger=""):
+    def start(cls, job_name, trigger="", *, due_at=None):
         return cls.objects.create(
             job_name=job_name,
             trigger=trigger[:100],
-            hostname=socket.gethostname()[:255],
+            hostname=this_host(),
             pid=os.getpid(),
+            process_start=process_identity(),
+            due_at=due_at,
         )
 
     def finish(self, status, *, result="", error=""):
@@ -70,3 +202,71 @@ class CronRun(models.Model):
         self.result = result[:500]
         self.error = error
         self.save(update_fields=("finished_at", "duration", "status", "result", "error"))
+
+    @property
+    def error_summary(self):
+        """The last line of the error (the exception below its traceback), without module path."""
+        lines = self.error.strip().splitlines()
+        return re.sub(r"^(?:\w+\.)+(\w+: )", r"\1", lines[-1]) if lines else ""
+
+    def process_is_gone(self):
+        """Whether the process that made this run has certainly ended (only known on its host)."""
+        if self.hostname != this_host() or self.pid is None:
+            return False
+        return not process_is_alive(self.pid, self.process_start)
+
+    def close_if_interrupted(self):
+        """Close this `running` run as failed if its process is gone; return whether it did."""
+        if self.status != self.Status.RUNNING or not self.process_is_gone():
+            return False
+        return self.close_as_interrupted(
+            f"interrupted: the process that ran it (pid {self.pid} on {self.hostname}) "
+            "ended before the run finished"
+        )
+
+    def close_as_interrupted(self, reason):
+        # Conditional, so a run that finished meanwhile, or that another process closed, is kept.
+        # Duration stays empty: the moment the process died is not known.
+        closed = CronRun.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(
+            status=self.Status.FAILURE, finished_at=timezone.now(), error=reason
+        )
+        if closed:
+            self.refresh_from_db()
+        return bool(closed)
+
+    def skip_message(self):
+        """The error of a run skipped because this run of the same job is still going."""
+        started = timezone.localtime(self.started_at)
+        return (
+            f"skipped: the previous run of {self.job_name} (started {started:%Y-%m-%d %H:%M:%S %Z}"
+            f", pid {self.pid} on {self.hostname}) is still running"
+        )
+
+
+class AlertState(models.Model):
+    """What the admins were last told about one job, so each change is emailed once.
+
+    Kept in the database so a restart of the scheduler does not send the same alert again.
+    """
+
+    class State(models.TextChoices):
+        OK = "ok"
+        FAILING = "failing"
+        LATE = "late"
+
+    job_name = models.CharField(max_length=100, unique=True)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.OK)
+    changed_at = models.DateTimeField(default=timezone.now)
+    # What the last email said, and when; a state that differs is still to be sent.
+    notified_state = models.CharField(max_length=10, choices=State.choices, default=State.OK)
+    notified_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "alert_states"
+
+    def __str__(self):
+        return f"{self.job_name}: {self.state}"
+
+    @property
+    def needs_notice(self):
+        return self.state != self.notified_state

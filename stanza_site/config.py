@@ -69,7 +69,9 @@ def env_time_zone(name, default="UTC"):
 
 def env_cron(name, default, time_zone):
     """Return a 5-field cron expression, checked the way the scheduler will read it."""
-    from apscheduler.triggers.cron import CronTrigger
+    from datetime import UTC, datetime
+
+    from backups_app.cron import crontab_trigger
 
     raw = " ".join(env_str(name, default).split())
     if len(raw.split()) != 5:
@@ -78,9 +80,11 @@ def env_cron(name, default, time_zone):
             "(minute hour day-of-month month day-of-week), e.g. '0 2 * * *'"
         )
     try:
-        CronTrigger.from_crontab(raw, timezone=time_zone)
+        trigger = crontab_trigger(raw, time_zone)
     except ValueError as err:
         raise ConfigError(f"{name}={raw!r} is not a valid cron expression: {err}") from None
+    if trigger.get_next_fire_time(None, datetime.now(UTC)) is None:
+        raise ConfigError(f"{name}={raw!r} never falls due (no such date)")
     return raw
 
 

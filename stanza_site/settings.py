@@ -40,6 +40,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    "django.contrib.humanize",
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django_apscheduler",
@@ -112,6 +113,12 @@ if DEBUG:
     STORAGES["staticfiles"] = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}
 
 LOGIN_URL = "admin:login"
+
+# Uploaded backups (the Backups page's upload form) are streamed to disk beside the data,
+# not into /tmp (often a small tmpfs) and not into memory: only files up to 1 MB stay in RAM.
+FILE_UPLOAD_TEMP_DIR = STANZA_DATA_DIR / "tmp"
+FILE_UPLOAD_TEMP_DIR.mkdir(exist_ok=True)
+FILE_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 
 # --- Security (production values; TLS-only ones are switched on by DJANGO_SECURE_TLS) -------
 SECURE_CONTENT_TYPE_NOSNIFF = True

@@ -1,7 +1,9 @@
+import errno
 import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -112,3 +114,132 @@ def mount_point(tmp_path):
     yield mount
     for path in mounted:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.fixture
+def live_data(tmp_path):
+    """A data folder with a migrated database, for commands run in subprocesses.
+
+    Returns the folder; `live_env(folder)` gives the environment that points a subprocess at it.
+    """
+    folder = tmp_path / "live"
+    folder.mkdir()
+    manage("migrate", "--no-input", "-v0", env=live_env(folder), check=True)
+    return folder
+
+
+def live_env(folder, **extra):
+    return {"STANZA_DATA_DIR": str(folder), **extra}
+
+
+def read_runs(folder, job_name=None):
+    """The rows of cron_runs in the database of data folder `folder`, oldest first, as dicts."""
+    conn = sqlite3.connect(f"file:{folder / 'database.sqlite'}?mode=ro", uri=True, timeout=20)
+    conn.row_factory = sqlite3.Row
+    try:
+        rows = conn.execute("SELECT * FROM cron_runs ORDER BY id").fetchall()
+    finally:
+        conn.close()
+    return [dict(row) for row in rows if job_name in (None, row["job_name"])]
+
+
+def wait_until(predicate, timeout=60, interval=0.05):
+    """Poll `predicate` until it returns something true; return that, or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {predicate.__name__}")
+
+
+def hold_jobs(backups_dir):
+    """Make the jobs that check the backups folder's temporary files wait until `release()`.
+
+    A FIFO named like a backup's temporary file: the check opens it, and opening a FIFO blocks
+    until a writer comes. So a real job in a real process lasts as long as a test wants.
+    """
+    fifo = Path(backups_dir) / ".stanza-tmp-held.partial"
+    os.mkfifo(fifo)
+    return fifo
+
+
+def release(fifo):
+    """Let a job held by `hold_jobs` go on (it then removes the FIFO as an abandoned file)."""
+
+    def open_for_writing():
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as err:  # ENXIO: the job has not opened it yet
+            if err.errno != errno.ENXIO:
+                raise
+            return None
+
+    os.close(wait_until(open_for_writing))
+
+
+# --- restore, drills, health, alerts ---------------------------------------------------------
+
+
+def corrupt_middle(path, length=4096):
+    """Overwrite `length` bytes in the middle of a file, as a failing disk might."""
+    size = Path(path).stat().st_size
+    offset = (size // 2) // 4096 * 4096
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        original = f.read(length)
+        f.seek(offset)
+        f.write(bytes(b ^ 0xFF for b in original))
+
+
+def file_state(folder):
+    """{name: bytes} of every file in a folder, to prove that nothing changed."""
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()}
+
+
+# --- the dashboard (views, admin, browser) ------------------------------------------------
+
+
+@pytest.fixture
+def live_database(monkeypatch, source_db):
+    """The database the site backs up: a real file, since the test database lives in memory."""
+    from backups_app import backups
+
+    monkeypatch.setattr(backups, "live_database_path", lambda: source_db)
+    return source_db
+
+
+@pytest.fixture
+def staff_user(db, django_user_model):
+    """A staff user with no model permissions: the dashboard is open to every staff user."""
+    return django_user_model.objects.create_user("staff", password="pw-staff-123", is_staff=True)
+
+
+@pytest.fixture
+def staff_client(client, staff_user):
+    client.force_login(staff_user)
+    return client
+
+
+@pytest.fixture
+def user_client(client, db, django_user_model):
+    """A logged-in user who is not staff."""
+    user = django_user_model.objects.create_user("visitor", password="pw-visitor-123")
+    client.force_login(user)
+    return client
+
+
+def write_backup_file(folder, name, content=b"backup bytes", *, age=None, checksum=True):
+    """A file with a backup's name (content need not be a database for listing or download)."""
+    import hashlib
+    import time
+
+    path = Path(folder) / name
+    path.write_bytes(content)
+    if checksum:
+        digest = hashlib.sha256(content).hexdigest()
+        path.with_name(name + ".sha256").write_text(f"{digest}  {name}\n")
+    if age is not None:
+        when = time.time() - age.total_seconds()
+        os.utime(path, (when, when))
+    return path

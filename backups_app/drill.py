@@ -1,0 +1,195 @@
+"""Restore drills: prove that the newest backup restores, and still holds what it held.
+
+Beside each backup a manifest `NAME.json` records the row count of every table at backup
+time. The drill (`verify-latest-backup`) restores the newest backup into a scratch file,
+checks it, counts its rows again, compares, and writes its verdict into the manifest.
+"""
+
+import json
+import logging
+import os
+import secrets
+import sqlite3
+from pathlib import Path
+
+from django.utils import timezone
+
+from backups_app import backups, restore
+from backups_app.backups import BackupError
+
+logger = logging.getLogger(__name__)
+
+
+class DrillError(BackupError):
+    """The newest backup did not pass its restore drill."""
+
+
+# --- manifests ----------------------------------------------------------------------------
+
+
+def manifest_path(backup_path):
+    backup_path = Path(backup_path)
+    return backup_path.with_name(backup_path.name + backups.MANIFEST_SUFFIX)
+
+
+def table_row_counts(db_path):
+    """{table: rows} of every table of a plain SQLite file."""
+    conn = restore.open_readonly(db_path)
+    try:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        return {name: restore._count(conn, name) for (name,) in sorted(rows)}
+    except sqlite3.DatabaseError as err:
+        raise BackupError(f"cannot count the rows of {Path(db_path).name}: {err}") from err
+    finally:
+        conn.close()
+
+
+def read_manifest(backup_path):
+    """The manifest beside a backup as a dict, or None when there is none (or it is unreadable)."""
+    try:
+        data = json.loads(manifest_path(backup_path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_manifest(backup_path, counts=None, *, drill=None):
+    """Write (or update) `NAME.json` beside a backup; keep what it held unless replaced."""
+    backup_path = Path(backup_path)
+    data = read_manifest(backup_path) or {"backup": backup_path.name}
+    if counts is not None:
+        data["tables"] = dict(sorted(counts.items()))
+        data["counted_at"] = timezone.now().isoformat()
+    if drill is not None:
+        data["drill"] = drill
+    target = manifest_path(backup_path)
+    temp = target.with_name(f"{backups.TEMP_PREFIX}{secrets.token_hex(4)}.json")
+    try:
+        temp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+    return target
+
+
+def record_counts(backup):
+    """Count the rows of a freshly made backup and write its manifest (call after a backup).
+
+    The backup file itself is the database at the backup's time, so its counts are exact.
+    """
+    path = Path(getattr(backup, "path", backup))
+    folder = path.parent
+    with restore.scratch_file(folder) as plain:
+        if restore._is_gzip(path):
+            restore._gunzip(path, plain)
+            counts = table_row_counts(plain)
+        else:
+            counts = table_row_counts(path)
+    return write_manifest(path, counts)
+
+
+def drill_result(backup):
+    """The last drill of a backup: {"at", "ok", "problems"}, or None when none ran."""
+    manifest = read_manifest(getattr(backup, "path", backup))
+    drill = manifest.get("drill") if manifest else None
+    return drill if isinstance(drill, dict) else None
+
+
+def latest_drill(listed):
+    """The most recent drill result among the backups `listed`, or None."""
+    results = [r for b in listed if (r := drill_result(b)) and r.get("at")]
+    return max(results, key=lambda r: r["at"], default=None)
+
+
+# --- the drill ----------------------------------------------------------------------------
+
+
+def verify_latest_backup(folder=None):
+    """Drill the newest backup; return a one-line result, raise DrillError when it fails."""
+    listed = backups.list_backups(folder)
+    if not listed:
+        raise DrillError("no backup to verify")
+    backup = listed[0]
+    problems, notes, counts = _drill(backup)
+    result = {"at": timezone.now().isoformat(), "ok": not problems, "problems": problems}
+    write_manifest(backup.path, drill=result)
+    if problems:
+        logger.error(
+            "restore drill of %s failed: %s",
+            backup.name,
+            "; ".join(problems),
+            extra={"event": "drill", "file": backup.name, "ok": False},
+        )
+        raise DrillError(f"restore drill of {backup.name} failed: {'; '.join(problems)}")
+    logger.info(
+        "restore drill of %s passed",
+        backup.name,
+        extra={"event": "drill", "file": backup.name, "ok": True},
+    )
+    summary = f"{backup.name}: restored, integrity ok, {len(counts)} tables, "
+    summary += f"{sum(counts.values())} rows"
+    return summary + "".join(f"; {note}" for note in notes)
+
+
+def _drill(backup):
+    """(problems, notes, counts) of restoring one backup into a scratch file."""
+    problems, notes = [], []
+    path = backup.path
+    expected = (read_manifest(path) or {}).get("tables")
+    try:
+        with (
+            restore.opened_backup(path, scratch_dir=path.parent) as (info, plain),
+            restore.scratch_file(path.parent) as scratch,
+        ):
+            _restore_into(plain, scratch)
+            counts = _check_restored(scratch)
+    except BackupError as err:
+        return [str(err)], notes, {}
+    if not info.checksum_verified:
+        notes.append("no .sha256 checksum to compare")
+    if isinstance(expected, dict):
+        problems.extend(_compare_counts(expected, counts))
+    else:
+        write_manifest(path, counts)
+        notes.append("no row counts were recorded at backup time; recorded them now")
+    return problems, notes, counts
+
+
+def _restore_into(plain, scratch):
+    """Restore the backup into the scratch file the way a real restore does (backup API)."""
+    source = restore.open_readonly(plain)
+    dest = sqlite3.connect(scratch, isolation_level=None)
+    try:
+        source.backup(dest, pages=-1)
+    except sqlite3.Error as err:
+        raise DrillError(f"the backup could not be restored into a scratch file: {err}") from err
+    finally:
+        dest.close()
+        source.close()
+
+
+def _check_restored(scratch):
+    conn = restore.open_readonly(scratch)
+    try:
+        result = conn.execute("PRAGMA integrity_check").fetchall()
+    except sqlite3.DatabaseError as err:
+        raise DrillError(f"the restored copy is not a sound database: {err}") from err
+    finally:
+        conn.close()
+    if result != [("ok",)]:
+        raise DrillError(f"the restored copy failed the integrity check: {result[0][0]}")
+    return table_row_counts(scratch)
+
+
+def _compare_counts(expected, counts):
+    problems = []
+    for table in sorted(set(expected) | set(counts)):
+        if table not in counts:
+            problems.append(f"table {table} is missing")
+        elif table not in expected:
+            problems.append(f"table {table} was not there at backup time")
+        elif counts[table] != expected[table]:
+            problems.append(
+                f"table {table} has {counts[table]} rows, {expected[table]} at backup time"
+            )
+    return problems

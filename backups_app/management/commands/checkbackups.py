@@ -1,0 +1,28 @@
+import sys
+
+from django.core.management.base import BaseCommand
+
+from backups_app import alerts, health
+
+
+class Command(BaseCommand):
+    help = "Exit 0 when backups are healthy, 1 with the problems listed (for cron or Nagios)."
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--notify",
+            action="store_true",
+            help="also email ADMINS about jobs that became late or failing (or recovered)",
+        )
+
+    def handle(self, *args, notify, **options):
+        if notify:
+            alerts.check_lateness()
+        problems = health.problems()
+        if not problems:
+            self.stdout.write("OK: backups are healthy")
+            return
+        self.stdout.write(f"FAILING: {'; '.join(problems)}")
+        for problem in problems:
+            self.stdout.write(f"- {problem}")
+        sys.exit(1)

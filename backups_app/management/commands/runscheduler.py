@@ -1,0 +1,229 @@
+"""Run the scheduled jobs of the registry in the foreground, one scheduler at a time.
+
+Only the process holding the scheduler lock runs jobs. A second `runscheduler` does not exit:
+it says which process holds the lock and waits as a standby, taking over when that one stops
+(a restart or a deploy that overlaps the old process loses no due time). Ctrl-C or SIGTERM
+stops the scheduler: a running job is allowed to finish; a second signal abandons it, and
+its run is recorded as interrupted.
+"""
+
+import logging
+import os
+import signal
+import sys
+import time
+
+from apscheduler.events import (
+    EVENT_JOB_MAX_INSTANCES,
+    EVENT_JOB_MISSED,
+    EVENT_SCHEDULER_STARTED,
+)
+from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.schedulers.blocking import BlockingScheduler
+from django.conf import settings
+from django.core.management.base import BaseCommand
+from django.utils import timezone
+from django_apscheduler import util
+from django_apscheduler.jobstores import DjangoJobStore
+from django_apscheduler.models import DjangoJob
+
+from backups_app import alerts, jobs, scheduler_lock
+from backups_app.models import CronRun, this_host
+
+logger = logging.getLogger(__name__)
+
+LOCK_POLL_SECONDS = 1
+LATENESS_CHECK_MINUTES = 5
+
+
+@util.close_old_connections
+def check_lateness():
+    """Mail the admins about jobs that became late (or recovered); never stop the scheduler."""
+    try:
+        alerts.check_lateness()
+    except Exception:
+        logger.exception("the lateness check failed")
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+class Command(BaseCommand):
+    help = (
+        "Run the scheduled jobs in the foreground. A second runscheduler waits as a standby "
+        "until the running one stops. Ctrl-C or SIGTERM stops it after the running job ends."
+    )
+
+    def handle(self, *args, **options):
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            try:
+                lock = self.wait_for_lock()
+            except KeyboardInterrupt:
+                logger.info("stopped while waiting for the other scheduler")
+                return
+            try:
+                self.run_scheduler()
+            finally:
+                os.close(lock)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def wait_for_lock(self):
+        lock = scheduler_lock.try_acquire()
+        if lock is None:
+            holder = self.lock_holder()
+            logger.warning(
+                "another scheduler is running (pid %s); waiting to take over when it stops "
+                "(Ctrl-C to quit)",
+                holder,
+                extra={"event": "scheduler_standby", "holder_pid": holder},
+            )
+        while lock is None:
+            time.sleep(LOCK_POLL_SECONDS)
+            lock = scheduler_lock.try_acquire()
+        return lock
+
+    def lock_holder(self):
+        try:
+            return scheduler_lock.lock_path().read_text().strip() or "unknown"
+        except OSError:
+            return "unknown"
+
+    def run_scheduler(self):
+        scheduler = None
+        try:
+            closed = CronRun.objects.close_interrupted()
+            if closed:
+                logger.warning("closed %d run(s) left running by a process that died", closed)
+            scheduler = self.build_scheduler()
+            scheduler.start()  # blocks until a signal
+        except KeyboardInterrupt:
+            if scheduler is not None:
+                self.stop(scheduler)
+
+    def build_scheduler(self):
+        registry = jobs.registry()
+        scheduler = BlockingScheduler(timezone=settings.TIME_ZONE)
+        scheduler.add_jobstore(DjangoJobStore(), "default")
+        removed, _ = DjangoJob.objects.exclude(id__in=registry).delete()
+        if removed:
+            logger.info("removed %d stored job(s) that are no longer in the registry", removed)
+        for job in registry.values():
+            options = {}
+            resume_at = self.stored_due_time(job)
+            if resume_at is not None:
+                options["next_run_time"] = resume_at
+            scheduler.add_job(
+                jobs.run_scheduled,
+                trigger=jobs.cron_trigger(job),
+                args=(job.name,),
+                id=job.name,
+                name=job.description,
+                replace_existing=True,
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=int(job.grace.total_seconds()),
+                **options,
+            )
+        # Lateness cannot be reported by a run that never happens: look every few minutes.
+        # It lives in memory only and is not a job of the registry (no run history rows).
+        scheduler.add_jobstore(MemoryJobStore(), "local")
+        scheduler.add_job(
+            check_lateness,
+            trigger="interval",
+            minutes=LATENESS_CHECK_MINUTES,
+            id="check-lateness",
+            jobstore="local",
+            next_run_time=timezone.now(),
+            max_instances=1,
+            coalesce=True,
+        )
+        scheduler.add_listener(self.on_started_event(scheduler), EVENT_SCHEDULER_STARTED)
+        scheduler.add_listener(self.on_skipped, EVENT_JOB_MAX_INSTANCES)
+        scheduler.add_listener(self.on_missed, EVENT_JOB_MISSED)
+        return scheduler
+
+    def stored_due_time(self, job):
+        """The due time the job store holds for `job`, if it is one of its current schedule.
+
+        Resuming from it runs a due time that passed while no scheduler was running (a
+        restart, a deploy) if it is less than the job's grace late; a new schedule starts afresh.
+        """
+        stored = (
+            DjangoJob.objects.filter(id=job.name).values_list("next_run_time", flat=True).first()
+        )
+        if stored is None or jobs.previous_due_time(job, stored) != stored:
+            return None
+        return stored
+
+    def on_started_event(self, scheduler):
+        def log_next_runs(event):
+            now = timezone.now()
+            for job in scheduler.get_jobs(jobstore="default"):
+                when = job.next_run_time
+                if when is not None and when <= now:
+                    message = "job %s (%s) was due at %s while no scheduler ran: running it now"
+                else:
+                    message = "job %s (%s) next runs at %s"
+                logger.info(
+                    message,
+                    job.id,
+                    jobs.registry()[job.id].schedule,
+                    when.isoformat() if when else "never",
+                    extra={"event": "scheduler_next_run", "job": job.id, "next_run_time": when},
+                )
+            logger.info(
+                "scheduler started (pid %d, time zone %s)",
+                os.getpid(),
+                settings.TIME_ZONE,
+                extra={"event": "scheduler_started"},
+            )
+
+        return log_next_runs
+
+    def on_skipped(self, event):
+        due = max(event.scheduled_run_times)
+        run = CronRun.objects.record_skipped(event.job_id, trigger="scheduler", due_at=due)
+        logger.error(
+            "job %s skipped at its due time %s: the previous run is still going",
+            event.job_id,
+            due.isoformat(),
+            extra={"event": "job_skipped", "job": event.job_id, "run_id": run and run.pk},
+        )
+
+    def on_missed(self, event):
+        logger.warning(
+            "job %s missed its due time %s by more than its grace (no scheduler was running); "
+            "it runs again at its next due time",
+            event.job_id,
+            event.scheduled_run_time.isoformat(),
+            extra={"event": "job_missed", "job": event.job_id},
+        )
+
+    def stop(self, scheduler):
+        mine = CronRun.objects.filter(
+            status=CronRun.Status.RUNNING, hostname=this_host(), pid=os.getpid()
+        )
+        running = list(mine.values_list("job_name", flat=True))
+        if running:
+            logger.info(
+                "stopping: waiting for %s to finish (signal again to abandon it)",
+                ", ".join(running),
+            )
+        if not scheduler.running:
+            return
+        try:
+            scheduler.shutdown(wait=True)
+        except KeyboardInterrupt:
+            closed = CronRun.objects.close_own_runs(
+                "interrupted: the scheduler was stopped before the run finished"
+            )
+            logger.warning(
+                "stopped; %d running job(s) abandoned and recorded as interrupted", closed
+            )
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)  # the job's thread cannot be stopped; leave without waiting for it
+        logger.info("scheduler stopped", extra={"event": "scheduler_stopped"})

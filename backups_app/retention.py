@@ -1,0 +1,49 @@
+"""Retention: delete backups older than the configured number of days, never the newest one."""
+
+import logging
+from datetime import timedelta
+from pathlib import Path
+
+from backups_app import backups
+
+logger = logging.getLogger(__name__)
+
+
+def purge_old_backups(folder, retention_days, now):
+    """Delete the backups in `folder` older than `retention_days` at `now`; return their names.
+
+    A backup's age is its file's modification time. The newest backup is always kept, however
+    old, so a run of failing backups cannot leave none; with 0 days it is the only one kept.
+    Files whose names do not match the backup pattern are never touched, except temporary
+    files of backups whose process died, which are removed. Sidecars go with their backup.
+    """
+    folder = Path(folder)
+    found = backups.list_backups(folder)  # newest first; only regular files with backup names
+    cutoff = now - timedelta(days=retention_days)
+    removed = []
+    for backup in found[1:]:
+        if retention_days and backup.modified >= cutoff:
+            continue
+        try:
+            backup.path.unlink()
+        except FileNotFoundError:  # deleted meanwhile by hand or by another purge
+            continue
+        for sidecar in backups.sidecars(backup.path):
+            sidecar.unlink(missing_ok=True)
+        removed.append(backup.name)
+    temp_files = backups.remove_abandoned_temp_files(folder)
+    logger.info(
+        "purged %d backup(s) older than %d day(s) from %s; kept %d; removed %d temporary file(s)",
+        len(removed),
+        retention_days,
+        folder,
+        len(found) - len(removed),
+        temp_files,
+        extra={
+            "event": "purge",
+            "removed": len(removed),
+            "kept": len(found) - len(removed),
+            "temp_files": temp_files,
+        },
+    )
+    return removed

@@ -1,0 +1,125 @@
+"""How fast the dashboard pages are with a million runs of history and thousands of backups.
+
+Run by hand: `python bench/dashboard.py [ROWS] [BACKUP_FILES]` (defaults 1000000 and 5000).
+Builds everything in a temporary data folder; prints medians of a few requests per page and
+the query plans of the Cron page's queries.
+"""
+
+import os
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROWS = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
+BACKUP_FILES = int(sys.argv[2]) if len(sys.argv) > 2 else 5000
+JOBS = ("daily-backup", "purge-old-backups", "purge-old-cron-runs", "verify-latest-backup")
+
+tmp = Path(tempfile.mkdtemp(prefix="stanza-bench-"))
+os.environ["STANZA_DATA_DIR"] = str(tmp)
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "stanza_site.settings")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.conf import settings  # noqa: E402
+from django.contrib.auth.models import User  # noqa: E402
+from django.core.management import call_command  # noqa: E402
+from django.db import connection  # noqa: E402
+from django.test import Client  # noqa: E402
+from django.test.utils import CaptureQueriesContext  # noqa: E402
+
+
+def build():
+    call_command("migrate", verbosity=0)
+    started = time.monotonic()
+    db = sqlite3.connect(settings.DATABASES["default"]["NAME"])
+    start = datetime(2020, 1, 1, tzinfo=UTC)
+    error = "Traceback (most recent call last):\n" + "  File ...\n" * 20 + "OSError: boom\n"
+
+    def rows():
+        for i in range(ROWS):
+            failed = i % 20 == 0
+            when = start + timedelta(minutes=i)
+            yield (
+                JOBS[i % len(JOBS)],
+                when.isoformat(" "),
+                (when + timedelta(seconds=3)).isoformat(" "),
+                3_000_000,
+                "failure" if failed else "success",
+                "" if failed else "database.sqlite.20200101T020000Z.bak (120.0 MB)",
+                error if failed else "",
+                "scheduler",
+                "bench",
+                1,
+                "",
+            )
+
+    db.execute("BEGIN")
+    db.executemany(
+        "INSERT INTO cron_runs (job_name, started_at, finished_at, duration, status, result,"
+        " error, trigger, hostname, pid, process_start) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rows(),
+    )
+    db.execute("COMMIT")
+    db.execute("ANALYZE")
+    db.close()
+    folder = Path(settings.STANZA_BACKUPS_DIR)
+    for i in range(BACKUP_FILES):
+        name = f"database.sqlite.{(start + timedelta(hours=i)):%Y%m%dT%H%M%SZ}.bak"
+        (folder / name).write_bytes(b"x")
+        (folder / (name + ".sha256")).write_text("0" * 64 + f"  {name}\n")
+    print(f"built {ROWS} runs and {BACKUP_FILES} backups in {time.monotonic() - started:.1f} s")
+
+
+def timed(client, url, repeat=5):
+    times = []
+    for _ in range(repeat):
+        started = time.monotonic()
+        response = client.get(url)
+        times.append(time.monotonic() - started)
+        assert response.status_code == 200, response.status_code
+    with CaptureQueriesContext(connection) as captured:
+        client.get(url)
+    queries = list(captured.captured_queries)
+    print(f"{url:<55} median {statistics.median(times) * 1000:7.1f} ms  {len(queries)} queries")
+    return queries
+
+
+def main():
+    build()
+    user = User.objects.create_user("bench", password="x", is_staff=True, is_superuser=True)
+    client = Client(HTTP_HOST="localhost")
+    client.force_login(user)
+    queries = timed(client, "/admin/cron/")
+    timed(client, "/admin/cron/?page=2")
+    filtered = timed(client, "/admin/cron/?job=daily-backup&status=failure")
+    timed(client, "/admin/cron/?status=failure&page=100")
+    timed(client, f"/admin/cron/?page={ROWS // 50 // 2}", repeat=3)
+    timed(client, "/admin/backups_app/cronrun/")
+    timed(client, "/admin/backups_app/cronrun/?status__exact=failure")
+    timed(client, "/admin/backups/")
+
+    print("\nCron page queries, unfiltered then filtered by job and status (ms, plan):")
+    with connection.cursor() as cursor:
+        for query in queries + filtered:
+            sql = query["sql"]
+            if "cron_runs" not in sql:
+                continue
+            started = time.monotonic()
+            cursor.execute(sql)
+            cursor.fetchall()
+            took = (time.monotonic() - started) * 1000
+            plan = cursor.execute("EXPLAIN QUERY PLAN " + sql).fetchall()
+            print(f"{took:8.1f}  {sql[:150]}")
+            for row in plan:
+                print(f"          {row[-1]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+import json
+import os
+import sqlite3
+
+import pytest
+
+from backups_app import backups, drill
+from backups_app.backups import create_backup
+from backups_app.drill import DrillError, drill_result, verify_latest_backup
+from tests.conftest import corrupt_middle, make_database
+
+
+@pytest.fixture
+def live(data_dir):
+    return make_database(data_dir / "database.sqlite", rows=3000)
+
+
+def backup_with_manifest(live, folder, **kwargs):
+    backup = create_backup(live, folder=folder, **kwargs)
+    drill.record_counts(backup)
+    return backup
+
+
+def make_newest(backup):
+    """Give a backup the newest modification time of its folder."""
+    newest = max(b.modified for b in backups.list_backups(backup.path.parent))
+    stamp = newest.timestamp() + 60
+    os.utime(backup.path, (stamp, stamp))
+
+
+def test_it_records_row_counts_beside_a_backup(live, backups_folder):
+    backup = backup_with_manifest(live, backups_folder)
+
+    manifest = json.loads(backup.path.with_name(backup.name + ".json").read_text())
+
+    assert manifest["backup"] == backup.name
+    assert manifest["tables"] == {"django_migrations": 0, "item": 3000}
+
+
+def test_it_passes_a_sound_backup_and_records_the_result(live, backups_folder, time_machine):
+    time_machine.move_to("2026-11-26 03:00:00Z", tick=False)
+    backup = backup_with_manifest(live, backups_folder)
+
+    result = verify_latest_backup()
+
+    assert result.startswith(f"{backup.name}: restored, integrity ok, 2 tables, 3000 rows")
+    assert drill_result(backup) == {"at": "2026-11-26T03:00:00+00:00", "ok": True, "problems": []}
+    leftovers = [p.name for p in backups_folder.iterdir() if p.name.startswith(".stanza-tmp-")]
+    assert leftovers == []
+
+
+def test_it_drills_a_gzipped_backup(live, backups_folder):
+    backup = backup_with_manifest(live, backups_folder, compress=True)
+
+    verify_latest_backup()
+
+    assert drill_result(backup)["ok"] is True
+
+
+def test_it_catches_a_backup_corrupted_on_disk(live, backups_folder):
+    backup = backup_with_manifest(live, backups_folder)
+    corrupt_middle(backup.path)
+
+    with pytest.raises(DrillError, match="does not match its .sha256 checksum"):
+        verify_latest_backup()
+
+    result = drill_result(backup)
+    assert result["ok"] is False
+    assert "checksum" in result["problems"][0]
+
+
+def test_it_catches_corruption_without_a_checksum(live, backups_folder):
+    backup = backup_with_manifest(live, backups_folder)
+    backup.path.with_name(backup.name + ".sha256").unlink()
+    corrupt_middle(backup.path)
+
+    with pytest.raises(DrillError):
+        verify_latest_backup()
+
+    assert drill_result(backup)["ok"] is False
+
+
+def test_it_catches_missing_rows(live, backups_folder):
+    backup = backup_with_manifest(live, backups_folder)
+    drill.write_manifest(backup.path, {"django_migrations": 0, "item": 3001, "gone": 1})
+
+    with pytest.raises(DrillError) as info:
+        verify_latest_backup()
+
+    assert "table item has 3000 rows, 3001 at backup time" in str(info.value)
+    assert "table gone is missing" in drill_result(backup)["problems"]
+
+
+def test_it_drills_only_the_newest_backup(live, backups_folder):
+    old = backup_with_manifest(live, backups_folder)
+    corrupt_middle(old.path)
+    new = backup_with_manifest(live, backups_folder, label="manual")
+    make_newest(new)
+
+    verify_latest_backup()
+
+    assert drill_result(new)["ok"] is True
+    assert drill_result(old) is None
+
+
+def test_it_records_counts_when_a_backup_has_no_manifest(live, backups_folder):
+    backup = create_backup(live, folder=backups_folder)
+
+    result = verify_latest_backup()
+
+    assert "recorded them now" in result
+    assert drill.read_manifest(backup.path)["tables"]["item"] == 3000
+    assert drill_result(backup)["ok"] is True
+
+
+def test_it_fails_when_there_is_no_backup(backups_folder):
+    with pytest.raises(DrillError, match="no backup to verify"):
+        verify_latest_backup()
+
+
+def test_a_later_drill_replaces_the_result_but_keeps_the_counts(live, backups_folder):
+    backup = backup_with_manifest(live, backups_folder)
+    verify_latest_backup()
+    conn = sqlite3.connect(backup.path)
+    conn.execute("DELETE FROM item WHERE n < 10")
+    conn.commit()
+    conn.close()
+    backup.path.with_name(backup.name + ".sha256").unlink()
+
+    with pytest.raises(DrillError, match="table item has 2990 rows, 3000 at backup time"):
+        verify_latest_backup()
+
+    assert drill.read_manifest(backup.path)["tables"]["item"] == 3000
+    assert drill_result(backup)["ok"] is False

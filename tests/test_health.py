@@ -1,0 +1,199 @@
+import os
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.core.management import call_command
+from django.db.migrations.recorder import MigrationRecorder
+
+from backups_app import drill, health, jobs
+from backups_app.backups import create_backup
+from backups_app.models import CronRun
+from tests.conftest import make_database
+
+pytestmark = pytest.mark.django_db
+
+NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def utc(settings):
+    settings.TIME_ZONE = "UTC"
+
+
+@pytest.fixture
+def fresh_backup(data_dir, backups_folder):
+    return make_backup(data_dir, backups_folder, age=timedelta(hours=8))
+
+
+def make_backup(data_dir, folder, *, age, label=""):
+    source = data_dir / "database.sqlite"
+    if not source.exists():
+        make_database(source, rows=10)
+    backup = create_backup(source, folder=folder, label=label)
+    stamp = (NOW - age).timestamp()
+    os.utime(backup.path, (stamp, stamp))
+    return backup
+
+
+def database_created_at(when):
+    MigrationRecorder.Migration.objects.update(applied=when)
+
+
+def run(job_name, started_at, status=CronRun.Status.SUCCESS):
+    return CronRun.objects.create(
+        job_name=job_name,
+        started_at=started_at,
+        finished_at=started_at + timedelta(seconds=1),
+        duration=timedelta(seconds=1),
+        status=status,
+    )
+
+
+@pytest.fixture
+def jobs_on_time():
+    """Every registered job ran a minute ago, and the database is a week old."""
+    database_created_at(NOW - timedelta(days=7))
+    for name in jobs.registry():
+        run(name, NOW - timedelta(minutes=1))
+
+
+def test_it_is_healthy(fresh_backup, jobs_on_time):
+    assert health.problems(NOW) == []
+
+
+def test_it_reports_no_backup(backups_folder, jobs_on_time):
+    assert health.problems(NOW) == ["no backup"]
+
+
+def test_it_reports_an_old_backup(data_dir, backups_folder, jobs_on_time):
+    make_backup(data_dir, backups_folder, age=timedelta(hours=27))
+
+    assert health.problems(NOW) == ["newest backup older than 26 hours"]
+
+
+def test_an_uploaded_file_does_not_count_as_a_backup(data_dir, backups_folder, jobs_on_time):
+    make_backup(data_dir, backups_folder, age=timedelta(hours=1), label="uploaded")
+
+    assert health.problems(NOW) == ["no backup"]
+
+
+def test_it_reports_a_failed_drill(fresh_backup, jobs_on_time):
+    drill.write_manifest(fresh_backup.path, drill={"at": NOW.isoformat(), "ok": False})
+
+    assert health.problems(NOW) == ["restore drill failed"]
+
+
+def test_only_the_newest_drill_counts(data_dir, backups_folder, fresh_backup, jobs_on_time):
+    older = make_backup(data_dir, backups_folder, age=timedelta(hours=30))
+    drill.write_manifest(older.path, drill={"at": "2026-11-25T03:00:00+00:00", "ok": False})
+    drill.write_manifest(fresh_backup.path, drill={"at": "2026-11-26T03:00:00+00:00", "ok": True})
+
+    assert health.problems(NOW) == []
+
+
+def test_it_reports_a_failing_job(fresh_backup, jobs_on_time):
+    run("daily-backup", NOW, status=CronRun.Status.FAILURE)
+
+    assert health.problems(NOW) == ["job daily-backup failing"]
+
+
+def test_a_job_is_late_when_a_due_time_and_its_grace_passed(fresh_backup, jobs_on_time):
+    CronRun.objects.filter(job_name="daily-backup").delete()
+    run("daily-backup", datetime(2026, 11, 25, 2, 0, 3, tzinfo=UTC))
+    due = datetime(2026, 11, 26, 2, 0, tzinfo=UTC)
+
+    assert health.job_states(due + timedelta(minutes=59))["daily-backup"] == "ok"
+    assert health.job_states(due + timedelta(minutes=61))["daily-backup"] == "late"
+    assert "job daily-backup late" in health.problems(NOW)
+
+
+def test_a_run_at_the_due_time_itself_counts(fresh_backup, jobs_on_time):
+    CronRun.objects.filter(job_name="daily-backup").delete()
+    run("daily-backup", datetime(2026, 11, 26, 2, 0, 0, tzinfo=UTC))
+
+    assert health.job_states(NOW)["daily-backup"] == "ok"
+
+
+def test_a_job_that_never_ran_is_late_only_after_the_database_is_old_enough(fresh_backup):
+    CronRun.objects.all().delete()
+
+    database_created_at(NOW - timedelta(hours=2))  # after today's 02:00
+    assert health.job_states(NOW)["daily-backup"] == "ok"
+
+    database_created_at(NOW - timedelta(days=1))  # yesterday 10:00, before today's 02:00
+    assert health.job_states(NOW)["daily-backup"] == "late"
+
+
+def test_schedules_are_read_in_the_configured_time_zone(settings):
+    settings.TIME_ZONE = "Europe/Paris"
+    job = jobs.Job(name="x", schedule="0 2 * * *", func=str, description="")
+
+    due = jobs.next_run_time(job, NOW)
+
+    assert due.astimezone(UTC) == datetime(2026, 11, 27, 1, 0, tzinfo=UTC)
+
+
+# --- /healthz -----------------------------------------------------------------------------
+
+
+def test_healthz_says_ok(client, fresh_backup, jobs_on_time, time_machine):
+    time_machine.move_to(NOW, tick=False)
+
+    response = client.get("/healthz")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+    assert "no-cache" in response["Cache-Control"]
+
+
+def test_healthz_names_the_problems_without_details(client, data_dir, time_machine):
+    time_machine.move_to(NOW, tick=False)
+    database_created_at(NOW - timedelta(days=7))
+    run("daily-backup", NOW, status=CronRun.Status.FAILURE)
+
+    response = client.get("/healthz")
+
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "failing"
+    assert "no backup" in body["problems"]
+    assert "job daily-backup failing" in body["problems"]
+    assert str(data_dir) not in response.content.decode()
+
+
+def test_healthz_reports_an_unreadable_backups_folder(client, settings, tmp_path, jobs_on_time):
+    settings.STANZA_BACKUPS_DIR = tmp_path / "missing"
+
+    response = client.get("/healthz")
+
+    assert response.status_code == 503
+    assert response.json()["problems"][0] == "backups folder unreadable"
+    assert "missing" not in response.content.decode()
+
+
+def test_healthz_only_answers_get(client, fresh_backup):
+    assert client.post("/healthz").status_code == 405
+
+
+# --- checkbackups -------------------------------------------------------------------------
+
+
+def test_checkbackups_exits_0_when_healthy(fresh_backup, jobs_on_time, time_machine, capsys):
+    time_machine.move_to(NOW, tick=False)
+
+    call_command("checkbackups")
+
+    assert capsys.readouterr().out == "OK: backups are healthy\n"
+
+
+def test_checkbackups_exits_1_with_the_problems(backups_folder, jobs_on_time, time_machine, capsys):
+    time_machine.move_to(NOW, tick=False)
+    run("daily-backup", NOW, status=CronRun.Status.FAILURE)
+
+    with pytest.raises(SystemExit) as exit_info:
+        call_command("checkbackups")
+
+    assert exit_info.value.code == 1
+    out = capsys.readouterr().out
+    assert out.startswith("FAILING: no backup; job daily-backup failing\n")
+    assert "- no backup\n- job daily-backup failing\n" in out

@@ -1,0 +1,212 @@
+import os
+import pty
+import select
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from backups_app.backups import create_backup
+from tests.conftest import MANAGE, REPO_DIR, corrupt_middle, file_state, manage
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def migrated_template(tmp_path_factory):
+    """One migrated project database, copied into each test's data folder."""
+    data = tmp_path_factory.mktemp("template")
+    result = manage("migrate", "--noinput", env={"STANZA_DATA_DIR": str(data)})
+    assert result.returncode == 0, result.stderr
+    return data / "database.sqlite"
+
+
+@pytest.fixture
+def project(tmp_path, migrated_template):
+    """A data folder holding a migrated database and one backup of it; returns (dir, backup)."""
+    data = tmp_path / "project"
+    (data / "backups").mkdir(parents=True)
+    source = sqlite3.connect(migrated_template)
+    dest = sqlite3.connect(data / "database.sqlite")
+    source.backup(dest)
+    dest.execute("PRAGMA journal_mode=WAL")
+    dest.close()
+    source.close()
+    backup = create_backup(data / "database.sqlite", folder=data / "backups")
+    add_group(data, "made after the backup")
+    return data, backup
+
+
+def add_group(data, name):
+    conn = sqlite3.connect(data / "database.sqlite", isolation_level=None)
+    conn.execute("INSERT INTO auth_group (name) VALUES (?)", (name,))
+    conn.close()
+
+
+def groups(data):
+    conn = sqlite3.connect(data / "database.sqlite")
+    try:
+        return [name for (name,) in conn.execute("SELECT name FROM auth_group")]
+    finally:
+        conn.close()
+
+
+def history(data):
+    conn = sqlite3.connect(data / "database.sqlite")
+    try:
+        return conn.execute("SELECT job_name, status FROM cron_runs").fetchall()
+    finally:
+        conn.close()
+
+
+def env_for(data):
+    return {"STANZA_DATA_DIR": str(data), "DJANGO_SECRET_KEY": "test"}
+
+
+def error_lines(result):
+    """What the user is told (system check warnings aside)."""
+    return [line for line in result.stderr.splitlines() if line.startswith("CommandError")]
+
+
+def pre_restore_backups(data):
+    return sorted((data / "backups").glob("*.pre-restore.bak"))
+
+
+def test_it_restores_a_backup_named_in_the_backups_folder(project):
+    data, backup = project
+
+    result = manage("restore", backup.name, "--yes", env=env_for(data), stdin=subprocess.DEVNULL)
+
+    assert result.returncode == 0, result.stderr
+    assert groups(data) == []
+    [safety] = pre_restore_backups(data)
+    assert f"Restored {backup.name}" in result.stdout
+    assert f"Safety backup of the previous database: {safety}" in result.stdout
+    assert history(data) == [("restore", "success")]
+
+
+def test_it_restores_into_the_data_dir_given(project, tmp_path):
+    data, backup = project
+    configured = tmp_path / "configured"
+
+    result = manage(
+        "restore",
+        str(backup.path),
+        "--data-dir",
+        str(data),
+        "--yes",
+        env=env_for(configured),
+        stdin=subprocess.DEVNULL,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert groups(data) == []
+    assert len(pre_restore_backups(data)) == 1
+    assert not (configured / "backups").exists() or not any((configured / "backups").iterdir())
+
+
+def test_it_refuses_without_a_terminal_and_without_yes(project):
+    data, backup = project
+    before = file_state(data)
+
+    result = manage("restore", backup.name, env=env_for(data), stdin=subprocess.DEVNULL)
+
+    assert result.returncode == 1
+    assert len(error_lines(result)) == 1
+    assert "pass --yes" in error_lines(result)[0]
+    assert "Traceback" not in result.stderr
+    assert file_state(data) == before
+
+
+@pytest.mark.parametrize(("answer", "restored"), [("y", True), ("n", False)])
+def test_it_asks_on_a_terminal(project, answer, restored):
+    data, backup = project
+    output, returncode = run_on_terminal(
+        ["restore", backup.name], answer, env={**os.environ, **env_for(data)}
+    )
+
+    assert "[y/N]" in output
+    assert backup.name in output
+    if restored:
+        assert returncode == 0, output
+        assert groups(data) == []
+        assert len(pre_restore_backups(data)) == 1
+    else:
+        assert returncode == 1
+        assert "cancelled" in output
+        assert groups(data) == ["made after the backup"]
+        assert pre_restore_backups(data) == []
+
+
+def test_it_refuses_a_corrupt_backup_in_one_line(project):
+    data, backup = project
+    backup.path.with_name(backup.name + ".sha256").write_text("0" * 64 + f"  {backup.name}\n")
+    before = file_state(data / "backups")
+
+    result = manage("restore", backup.name, "--yes", env=env_for(data), stdin=subprocess.DEVNULL)
+
+    assert result.returncode == 1
+    [error] = error_lines(result)
+    assert "does not match its .sha256 checksum" in error
+    assert "Traceback" not in result.stderr
+    assert groups(data) == ["made after the backup"]
+    assert file_state(data / "backups") == before
+
+
+def test_it_refuses_a_damaged_file(project):
+    data, backup = project
+    backup.path.with_name(backup.name + ".sha256").unlink()
+    corrupt_middle(backup.path, length=backup.size // 4)
+
+    result = manage("restore", backup.name, "--yes", env=env_for(data), stdin=subprocess.DEVNULL)
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert groups(data) == ["made after the backup"]
+    assert pre_restore_backups(data) == []
+
+
+def test_it_refuses_a_missing_file(project):
+    data, _backup = project
+
+    result = manage("restore", "database.sqlite.20200101T000000Z.bak", "--yes", env=env_for(data))
+
+    assert result.returncode == 1
+    assert "does not exist" in result.stderr
+
+
+def run_on_terminal(args, answer, env):
+    """Run manage.py ARGS with a pseudo-terminal as stdin/stdout; type `answer` at the prompt."""
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, str(MANAGE), *args],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        cwd=REPO_DIR,
+        env=env,
+    )
+    os.close(follower)
+    output = b""
+    answered = False
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 0.1)
+        if ready:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the process closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+        if not answered and b"[y/N]" in output:
+            os.write(leader, answer.encode() + b"\n")
+            answered = True
+        if process.poll() is not None and not ready:
+            break
+    os.close(leader)
+    process.wait(timeout=60)
+    return output.decode(errors="replace"), process.returncode

@@ -1,0 +1,352 @@
+"""The Backups page and "Back up now" (POST /admin/database/backup)."""
+
+import os
+import re
+from datetime import timedelta
+
+import pytest
+from django.contrib.admin.models import LogEntry
+from django.test import Client
+
+from backups_app import backups, drill, views
+from tests.conftest import count_rows, write_backup_file
+
+URL = "/admin/backups/"
+BACKUP_URL = "/admin/database/backup"
+JSON = {"HTTP_ACCEPT": "application/json"}
+
+
+def names_in_order(html):
+    return re.findall(r'<code class="stanza-name">([^<]+)</code>', html)
+
+
+# --- the page ------------------------------------------------------------------------------
+
+
+def test_it_lists_backups_newest_first_with_kind_size_time_checksum_and_link(
+    staff_client, backups_folder
+):
+    write_backup_file(backups_folder, "database.sqlite.20260101T020000Z.bak", age=timedelta(days=2))
+    write_backup_file(
+        backups_folder,
+        "database.sqlite.20260102T020000Z.manual.bak",
+        b"x" * 2048,
+        age=timedelta(hours=3),
+        checksum=False,
+    )
+    write_backup_file(
+        backups_folder, "database.sqlite.20260101T120000Z.pre-migrate.bak", age=timedelta(days=1)
+    )
+
+    response = staff_client.get(URL)
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert names_in_order(html) == [
+        "database.sqlite.20260102T020000Z.manual.bak",
+        "database.sqlite.20260101T120000Z.pre-migrate.bak",
+        "database.sqlite.20260101T020000Z.bak",
+    ]
+    assert ">manual<" in html
+    assert ">pre-migrate<" in html
+    assert ">scheduled<" in html
+    assert "2.0\xa0KB" in html
+    assert "3\xa0hours ago" in html
+    assert html.count("&#10003; present") == 2
+    assert html.count(">missing<") == 1
+    assert 'href="/admin/database/backups/database.sqlite.20260102T020000Z.manual.bak"' in html
+
+
+def test_it_shows_count_total_size_and_free_space(staff_client, backups_folder):
+    write_backup_file(backups_folder, "database.sqlite.20260101T020000Z.bak", b"x" * 1024)
+    write_backup_file(backups_folder, "database.sqlite.20260102T020000Z.bak", b"x" * 1024)
+
+    response = staff_client.get(URL)
+
+    html = response.content.decode()
+    assert '<span class="stanza-figure" id="backup-count">2</span>' in html
+    assert "2.0\xa0KB in total" in html
+    assert re.search(r'id="free-space">[0-9.]+\xa0(KB|MB|GB|TB)<', html)
+
+
+def test_it_leaves_out_files_that_are_not_backups_and_symlinks(
+    staff_client, backups_folder, tmp_path
+):
+    write_backup_file(backups_folder, "database.sqlite.20260101T020000Z.bak")
+    (backups_folder / "notes.txt").write_text("hello")
+    (backups_folder / ".stanza-tmp-1-abcd.partial").write_text("partial")
+    outside = tmp_path / "outside.bak"
+    outside.write_text("secret")
+    (backups_folder / "database.sqlite.20260103T020000Z.bak").symlink_to(outside)
+
+    html = staff_client.get(URL).content.decode()
+
+    assert names_in_order(html) == ["database.sqlite.20260101T020000Z.bak"]
+    assert "notes.txt" not in html
+    assert "partial" not in html
+
+
+def test_it_shows_the_last_backup_in_red_when_older_than_a_day_and_a_half(
+    staff_client, backups_folder
+):
+    write_backup_file(
+        backups_folder, "database.sqlite.20260101T020000Z.bak", age=timedelta(hours=37)
+    )
+
+    html = staff_client.get(URL).content.decode()
+
+    assert 'class="stanza-card stanza-card-bad" id="last-backup"' in html
+    assert "older than 36 hours" in html
+
+
+def test_it_shows_a_recent_last_backup_without_alarm(staff_client, backups_folder):
+    write_backup_file(
+        backups_folder, "database.sqlite.20260101T020000Z.bak", age=timedelta(hours=35)
+    )
+
+    html = staff_client.get(URL).content.decode()
+
+    assert 'class="stanza-card" id="last-backup"' in html
+    assert "1\xa0day, 11\xa0hours ago" in html
+
+
+def test_it_says_when_there_is_no_backup_yet(staff_client, backups_folder):
+    html = staff_client.get(URL).content.decode()
+
+    assert "No backups yet." in html
+    assert 'class="stanza-card stanza-card-bad" id="last-backup"' in html
+
+
+@pytest.mark.parametrize("state", ["missing", "file"])
+def test_it_says_clearly_when_the_backups_folder_is_missing_or_a_file(
+    staff_client, backups_folder, state
+):
+    backups_folder.rmdir()
+    if state == "file":
+        backups_folder.write_text("not a folder")
+
+    response = staff_client.get(URL)
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "The backups folder cannot be read." in html
+    expected = "does not exist" if state == "missing" else "is a file, not a folder"
+    assert expected in html
+
+
+def test_it_reads_the_folder_without_a_query_per_backup(
+    staff_client, backups_folder, django_assert_max_num_queries
+):
+    for day in range(1, 29):
+        for hour in range(0, 24, 4):
+            write_backup_file(backups_folder, f"database.sqlite.202602{day:02}T{hour:02}0000Z.bak")
+
+    with django_assert_max_num_queries(8):
+        response = staff_client.get(URL)
+
+    html = response.content.decode()
+    assert '<span class="stanza-figure" id="backup-count">168</span>' in html
+    assert len(names_in_order(html)) == 100
+
+
+def test_it_pages_thousands_of_backups_a_hundred_at_a_time(staff_client, backups_folder):
+    for day in range(1, 29):
+        for hour in range(0, 24, 4):
+            write_backup_file(
+                backups_folder, f"database.sqlite.202602{day:02}T{hour:02}0000Z.bak", checksum=False
+            )
+    everything = sorted(os.listdir(backups_folder), reverse=True)  # names sort by time here
+
+    first = staff_client.get(URL).content.decode()
+    second = staff_client.get(URL, {"page": 2}).content.decode()
+
+    assert names_in_order(first) == everything[:100]
+    assert names_in_order(second) == everything[100:]
+    assert "backups 101–168 of 168" in second
+    assert 'href="?page=2"' in first
+
+
+def test_it_has_a_back_up_now_form_with_csrf(staff_client, backups_folder):
+    html = staff_client.get(URL).content.decode()
+
+    form = re.search(r'<form method="post" action="/admin/database/backup".*?</form>', html, re.S)
+    assert form
+    assert 'name="csrfmiddlewaretoken"' in form.group(0)
+    assert ">Back up now</button>" in form.group(0)
+
+
+# --- Back up now ---------------------------------------------------------------------------
+
+
+def test_it_backs_up_from_the_form_and_returns_to_the_page_with_a_message(
+    staff_client, backups_folder, live_database
+):
+    response = staff_client.post(BACKUP_URL, follow=True)
+
+    assert response.redirect_chain == [(URL, 302)]
+    [backup] = backups.list_backups(backups_folder)
+    assert backup.label == "manual"
+    assert backup.has_checksum
+    assert count_rows(backup.path) == 100
+    html = response.content.decode()
+    assert f"Backup {backup.name} made (" in html
+    assert names_in_order(html) == [backup.name]
+
+
+def test_it_answers_api_clients_with_json(staff_client, backups_folder, live_database):
+    response = staff_client.post(BACKUP_URL, **JSON)
+
+    assert response.status_code == 200
+    body = response.json()
+    [backup] = backups.list_backups(backups_folder)
+    assert body == {"file": backup.name, "size": backup.size}
+    assert backup.name.endswith(".manual.bak")
+    assert os.path.getsize(backups_folder / body["file"]) == body["size"]
+
+
+def test_it_records_who_made_a_backup(staff_client, staff_user, backups_folder, live_database):
+    staff_client.post(BACKUP_URL, **JSON)
+
+    [backup] = backups.list_backups(backups_folder)
+    entry = LogEntry.objects.get()
+    assert entry.user == staff_user
+    assert entry.object_repr == backup.name
+    assert entry.change_message.startswith(f"Made backup {backup.name} (")
+    assert f"Made backup {backup.name}" in staff_client.get(URL).content.decode()
+
+
+def test_it_reports_a_failed_backup_as_json_error(staff_client, backups_folder, live_database):
+    backups_folder.rmdir()
+
+    response = staff_client.post(BACKUP_URL, **JSON)
+
+    assert response.status_code == 500
+    assert "does not exist" in response.json()["error"]
+    assert not backups_folder.exists()
+    assert "Back up now failed" in LogEntry.objects.get().change_message
+
+
+def test_it_reports_a_failed_backup_on_the_page(staff_client, backups_folder, live_database):
+    live_database.write_bytes(b"this is not a database at all")
+
+    response = staff_client.post(BACKUP_URL, follow=True)
+
+    assert response.redirect_chain == [(URL, 302)]
+    assert "Backup failed: " in response.content.decode()
+    assert "is not an SQLite database" in response.content.decode()
+    assert backups.list_backups(backups_folder) == []
+
+
+def test_it_refuses_a_second_backup_while_one_runs(staff_client, backups_folder, live_database):
+    with views.one_backup_at_a_time():
+        api = staff_client.post(BACKUP_URL, **JSON)
+        page = staff_client.post(BACKUP_URL, follow=True)
+
+    assert api.status_code == 409
+    assert api.json() == {"error": "a backup is already running; try again when it has finished"}
+    assert "A backup is already running" in page.content.decode()
+    assert backups.list_backups(backups_folder) == []
+    assert os.listdir(backups_folder) == []
+
+    # The lock went with the request that held it.
+    assert staff_client.post(BACKUP_URL, **JSON).status_code == 200
+
+
+def test_it_does_not_back_up_on_get(staff_client, backups_folder, live_database):
+    assert staff_client.get(BACKUP_URL).status_code == 405
+    assert backups.list_backups(backups_folder) == []
+
+
+def test_it_refuses_a_post_without_csrf_token(staff_user, backups_folder, live_database):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(staff_user)
+
+    assert client.post(BACKUP_URL).status_code == 403
+    assert client.post(BACKUP_URL, **JSON).status_code == 403
+    assert backups.list_backups(backups_folder) == []
+
+
+def test_it_accepts_a_post_with_the_pages_csrf_token(staff_user, backups_folder, live_database):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(staff_user)
+    html = client.get(URL).content.decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html).group(1)
+
+    response = client.post(BACKUP_URL, {"csrfmiddlewaretoken": token})
+
+    assert response.status_code == 302
+    assert len(backups.list_backups(backups_folder)) == 1
+
+
+# --- restore drills ------------------------------------------------------------------------
+
+
+def drill_cell(html, name):
+    row = re.search(
+        rf"<tr>\s*<td><code class=\"stanza-name\">{re.escape(name)}</code>.*?</tr>", html, re.S
+    )
+    return re.search(r'<td class="stanza-drill">(.*?)</td>', row.group(0), re.S).group(1)
+
+
+def test_it_shows_each_backups_last_drill(staff_client, backups_folder):
+    passed = write_backup_file(backups_folder, "database.sqlite.20260103T020000Z.bak")
+    failed = write_backup_file(backups_folder, "database.sqlite.20260102T020000Z.bak")
+    write_backup_file(backups_folder, "database.sqlite.20260101T020000Z.bak")
+    drill.write_manifest(
+        passed, {"item": 3}, drill={"at": "2026-01-03T03:00:00+00:00", "ok": True, "problems": []}
+    )
+    drill.write_manifest(
+        failed,
+        drill={
+            "at": "2026-01-02T03:00:00+00:00",
+            "ok": False,
+            "problems": ["table item has 2 rows, 3 at backup time", "<script>x</script>"],
+        },
+    )
+
+    html = staff_client.get(URL).content.decode()
+
+    ok = drill_cell(html, passed.name)
+    assert "&#10003; passed" in ok
+    assert 'title="Restored into a scratch file and checked 2026-01-03 03:00 UTC"' in ok
+    bad = drill_cell(html, failed.name)
+    assert "<summary>failed" in bad
+    assert "<li>table item has 2 rows, 3 at backup time</li>" in bad
+    assert "<li>&lt;script&gt;x&lt;/script&gt;</li>" in bad
+    assert "not drilled" in drill_cell(html, "database.sqlite.20260101T020000Z.bak")
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    ['{"drill": "yes"}', '{"drill": {"ok": "true", "problems": "x"}}', "[1]", "not json"],
+)
+def test_it_survives_a_manifest_it_cannot_read(staff_client, backups_folder, manifest):
+    path = write_backup_file(backups_folder, "database.sqlite.20260103T020000Z.bak")
+    path.with_name(path.name + ".json").write_text(manifest)
+
+    response = staff_client.get(URL)
+
+    assert response.status_code == 200
+    cell = drill_cell(response.content.decode(), path.name)
+    assert "not drilled" in cell or "failed" in cell
+
+
+def test_it_reads_the_manifests_of_the_rows_shown_only(staff_client, backups_folder, monkeypatch):
+    for day in range(1, 29):
+        for hour in range(0, 24, 4):
+            write_backup_file(
+                backups_folder, f"database.sqlite.202602{day:02}T{hour:02}0000Z.bak", checksum=False
+            )
+    read = []
+    real_read = drill.read_manifest
+    monkeypatch.setattr(drill, "read_manifest", lambda path: read.append(path) or real_read(path))
+
+    staff_client.get(URL)
+    first = list(read)
+    read.clear()
+    staff_client.get(URL, {"page": 2})
+
+    assert len(first) == 100
+    assert len(set(first)) == 100
+    assert len(read) == 68
+    assert not set(first) & set(read)
