@@ -390,7 +390,7 @@ def test_it_uploads_a_backup_and_refuses_a_file_that_is_not_one(page, stack, tmp
     page.set_input_files("#upload-file", str(not_one))
     page.click("#upload")
     expect(page.locator(".messagelist .error")).to_contain_text(
-        "Upload of notes.txt refused: the file is not an SQLite database"
+        "Upload of notes.txt refused: notes.txt is not an SQLite database"
     )
 
     page.set_input_files("#upload-file", str(elsewhere))
