@@ -7,6 +7,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import re
@@ -222,7 +223,12 @@ def create_backup(
     token = f"{os.getpid()}-{secrets.token_hex(4)}"
     partial = folder / f"{TEMP_PREFIX}{token}.partial"
     gz = Path(f"{partial}.gz")
-    leftovers = [partial, Path(f"{partial}-journal"), gz, Path(f"{partial}{CHECKSUM_SUFFIX}")]
+    leftovers = [
+        partial,
+        Path(f"{partial}-journal"),
+        gz,
+        *(Path(f"{partial}{suffix}") for suffix in (CHECKSUM_SUFFIX, MANIFEST_SUFFIX)),
+    ]
     timings = {}
     lock_fd = None
     try:
@@ -232,15 +238,17 @@ def create_backup(
             tables = _vacuum_into(source, partial, progress, flush=not compress)
         with _timed(timings, "verify_compress" if compress else "verify"):
             if compress:
-                digest = _verify_and_gzip(partial, gz, tables, progress)
+                digest, counts = _verify_and_gzip(partial, gz, tables, progress)
             else:
-                digest = _verify_and_hash(partial, tables, progress)
+                digest, counts = _verify_and_hash(partial, tables, progress)
         publish_from = gz if compress else partial
         final = _link_into_place(publish_from, target, folder, label, compress)
         try:
-            _write_checksum(final, digest, temp=Path(f"{partial}{CHECKSUM_SUFFIX}"))
+            write_checksum(final, digest, temp=Path(f"{partial}{CHECKSUM_SUFFIX}"))
+            write_manifest(final, counts, temp=Path(f"{partial}{MANIFEST_SUFFIX}"))
         except BaseException:
-            final.unlink(missing_ok=True)
+            for path in (final, *sidecars(final)):
+                path.unlink(missing_ok=True)
             raise
     except sqlite3.Error as err:
         _raise_if_interrupted(err)
@@ -467,12 +475,12 @@ class _watch_size:
 
 
 def verify_database(path, expected_tables=()):
-    """Raise BackupError unless `path` is a sound SQLite database holding `expected_tables`.
+    """Return {table: rows} of `path`; BackupError unless it is sound and has `expected_tables`.
 
     `integrity_check` alone is not enough: a write that failed half-way can leave a file
     that SQLite turns into an empty database which passes it (see FIELD-NOTES).
     """
-    _check_database(path, expected_tables)
+    return _check_database(path, expected_tables)
 
 
 def _check_database(path, expected_tables, cancel=None):
@@ -486,6 +494,7 @@ def _check_database(path, expected_tables, cancel=None):
             conn.execute(f"PRAGMA cache_size = -{VERIFY_CACHE_KIB}")
             result = conn.execute("PRAGMA integrity_check").fetchall()
             tables = _table_names(conn)
+            counts = {table: row_count(conn, table) for table in sorted(tables)}
         finally:
             conn.close()
     except sqlite3.DatabaseError as err:
@@ -500,6 +509,12 @@ def _check_database(path, expected_tables, cancel=None):
     missing = set(expected_tables) - tables
     if missing:
         raise BackupError(f"{name} is incomplete: tables missing: {', '.join(sorted(missing))}")
+    return counts
+
+
+def row_count(conn, table):
+    quoted = '"' + table.replace('"', '""') + '"'
+    return conn.execute(f"SELECT count(*) FROM {quoted}").fetchone()[0]
 
 
 class _Cancelled(Exception):
@@ -536,7 +551,7 @@ def _alongside(main, side):
 
 
 def _verify_and_hash(partial, tables, progress):
-    """integrity_check the copy while hashing and flushing it; return the SHA-256."""
+    """integrity_check the copy while hashing and flushing it; return (SHA-256, row counts)."""
     if progress:
         progress("verify", 0, 0)
 
@@ -545,20 +560,18 @@ def _verify_and_hash(partial, tables, progress):
         _fsync(partial)
         return digest
 
-    digest, _ = _alongside(
+    return _alongside(
         hash_and_flush,
         lambda cancel: _check_database(partial, tables, cancel),
     )
-    return digest
 
 
 def _verify_and_gzip(partial, gz, tables, progress):
-    """Compress the copy while integrity_check reads it; return the SHA-256 of the .gz."""
-    digest, _ = _alongside(
+    """Compress the copy while integrity_check reads it; return (SHA-256 of the .gz, counts)."""
+    return _alongside(
         lambda cancel: _gzip(partial, gz, progress, cancel),
         lambda cancel: _check_database(partial, tables, cancel),
     )
-    return digest
 
 
 def sha256_of(path):
@@ -668,33 +681,62 @@ def _link_into_place(temp, target, folder, label, compress):
     raise BackupError(f"too many backups in the same second in {folder}")
 
 
-def write_checksum(path, digest):
+def write_checksum(path, digest, *, temp=None):
     """Write `NAME.sha256` beside a backup, in the format `sha256sum -c` reads."""
-    path = Path(path)
-    temp = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}.partial")
-    # Held like a backup's `.partial`, so a backup starting now does not take it for debris.
-    fd = _create_locked(temp)
-    try:
-        return _write_checksum(path, digest, temp=temp, fd=fd)
-    finally:
-        os.close(fd)
-        temp.unlink(missing_ok=True)
-
-
-def _write_checksum(path, digest, *, temp, fd=None):
-    path = Path(path)
-    sidecar = path.with_name(path.name + CHECKSUM_SUFFIX)
-    name = path.name
+    name = Path(path).name
     line = f"{digest}  {name}\n"
     if "\\" in name:  # coreutils' escaping: a leading backslash, then \\ for each backslash
         line = "\\" + line.replace("\\", "\\\\")
+    return _write_sidecar(path, CHECKSUM_SUFFIX, line, temp=temp)
+
+
+def read_manifest(path):
+    """The `NAME.json` beside a backup as a dict, or None when there is none (or unreadable)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.with_name(path.name + MANIFEST_SUFFIX).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_manifest(path, counts=None, *, drill=None, temp=None):
+    """Write or update `NAME.json` beside a backup: its row counts per table, its last drill.
+
+    The counts are taken from the verified copy, which is the database as it was at the
+    backup's moment; the restore drill compares a restored copy against them.
+    """
+    path = Path(path)
+    data = read_manifest(path) or {"backup": path.name}
+    if counts is not None:
+        data["tables"] = dict(sorted(counts.items()))
+        data["counted_at"] = timezone.now().isoformat()
+    if drill is not None:
+        data["drill"] = drill
+    return _write_sidecar(path, MANIFEST_SUFFIX, json.dumps(data, indent=2) + "\n", temp=temp)
+
+
+def _write_sidecar(path, suffix, text, *, temp=None):
+    """Write `NAME{suffix}` atomically through a temporary file.
+
+    The temporary file is one a backup's `.partial` lock covers (`temp`), or is locked itself
+    like one, so a backup starting now never takes it for debris and deletes it mid-write.
+    """
+    path = Path(path)
+    sidecar = path.with_name(path.name + suffix)
+    fd = None
+    if temp is None:
+        temp = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}.partial")
+        fd = _create_locked(temp)
     try:
         if fd is None:
-            temp.write_text(line)
+            temp.write_text(text)
         else:
-            os.write(fd, line.encode())
+            os.write(fd, text.encode())
         os.replace(temp, sidecar)
     finally:
+        if fd is not None:
+            os.close(fd)
         temp.unlink(missing_ok=True)
     return sidecar
 

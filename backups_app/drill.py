@@ -5,17 +5,14 @@ time. The drill (`verify-latest-backup`) restores the newest backup into a scrat
 checks it, counts its rows again, compares, and writes its verdict into the manifest.
 """
 
-import json
 import logging
-import os
-import secrets
 import sqlite3
 from pathlib import Path
 
 from django.utils import timezone
 
 from backups_app import backups, restore
-from backups_app.backups import BackupError
+from backups_app.backups import BackupError, read_manifest, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -27,65 +24,16 @@ class DrillError(BackupError):
 # --- manifests ----------------------------------------------------------------------------
 
 
-def manifest_path(backup_path):
-    backup_path = Path(backup_path)
-    return backup_path.with_name(backup_path.name + backups.MANIFEST_SUFFIX)
-
-
 def table_row_counts(db_path):
     """{table: rows} of every table of a plain SQLite file."""
     conn = restore.open_readonly(db_path)
     try:
         rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-        return {name: restore._count(conn, name) for (name,) in sorted(rows)}
+        return {name: backups.row_count(conn, name) for (name,) in sorted(rows)}
     except sqlite3.DatabaseError as err:
         raise BackupError(f"cannot count the rows of {Path(db_path).name}: {err}") from err
     finally:
         conn.close()
-
-
-def read_manifest(backup_path):
-    """The manifest beside a backup as a dict, or None when there is none (or it is unreadable)."""
-    try:
-        data = json.loads(manifest_path(backup_path).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def write_manifest(backup_path, counts=None, *, drill=None):
-    """Write (or update) `NAME.json` beside a backup; keep what it held unless replaced."""
-    backup_path = Path(backup_path)
-    data = read_manifest(backup_path) or {"backup": backup_path.name}
-    if counts is not None:
-        data["tables"] = dict(sorted(counts.items()))
-        data["counted_at"] = timezone.now().isoformat()
-    if drill is not None:
-        data["drill"] = drill
-    target = manifest_path(backup_path)
-    temp = target.with_name(f"{backups.TEMP_PREFIX}{secrets.token_hex(4)}.json")
-    try:
-        temp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(temp, target)
-    finally:
-        temp.unlink(missing_ok=True)
-    return target
-
-
-def record_counts(backup):
-    """Count the rows of a freshly made backup and write its manifest (call after a backup).
-
-    The backup file itself is the database at the backup's time, so its counts are exact.
-    """
-    path = Path(getattr(backup, "path", backup))
-    folder = path.parent
-    with restore.scratch_file(folder) as plain:
-        if restore._is_gzip(path):
-            restore._gunzip(path, plain)
-            counts = table_row_counts(plain)
-        else:
-            counts = table_row_counts(path)
-    return write_manifest(path, counts)
 
 
 def drill_result(backup):

@@ -178,7 +178,7 @@ def _inspect(path, plain, compressed, checksum_verified, name=None):
                 f"{name} is not a database of this project (no django_migrations table)"
             )
         applied = _applied_migrations(conn, name)
-        counts = {table: _count(conn, table) for table in sorted(tables)}
+        counts = {table: backups.row_count(conn, table) for table in sorted(tables)}
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
     except sqlite3.DatabaseError as err:
         raise RestoreError(f"{name} is not a sound SQLite database: {err}") from err
@@ -239,11 +239,6 @@ def _check_header(plain, name):
 def _table_names(conn):
     rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
     return {name for (name,) in rows}
-
-
-def _count(conn, table):
-    quoted = '"' + table.replace('"', '""') + '"'
-    return conn.execute(f"SELECT count(*) FROM {quoted}").fetchone()[0]
 
 
 def _applied_migrations(conn, name):
@@ -316,8 +311,6 @@ def restore_backup(path, *, database=None, backups_folder=None, confirm=None):
 
 
 def _safety_backup(database, folder):
-    from backups_app.drill import record_counts  # drill builds on this module
-
     folder.mkdir(parents=True, exist_ok=True)
     try:
         safety = backups.create_backup(database, folder=folder, label="pre-restore")
@@ -325,10 +318,6 @@ def _safety_backup(database, folder):
         raise RestoreError(
             f"the safety backup of the current database failed, so nothing was restored: {err}"
         ) from err
-    try:
-        record_counts(safety)
-    except (BackupError, OSError):
-        logger.warning("could not write the manifest of %s", safety.name, exc_info=True)
     return safety
 
 
@@ -440,8 +429,6 @@ def accept_upload(upload, folder=None, *, now=None):
     written a chunk at a time, never held in memory. A gzip'd upload stays gzip'd. Anything
     that would be refused by a restore is refused here, and nothing is left behind.
     """
-    from backups_app.drill import write_manifest  # drill builds on this module
-
     folder = Path(folder or backups.backups_dir())
     try:
         backups.check_folder(folder)
@@ -470,7 +457,7 @@ def accept_upload(upload, folder=None, *, now=None):
         final = _link_as_uploaded(temp, folder, compressed, now or timezone.now())
         try:
             backups.write_checksum(final, digest.hexdigest())
-            write_manifest(final, info.row_counts)
+            backups.write_manifest(final, info.row_counts)
         except BaseException:
             for path in (final, *backups.sidecars(final)):
                 path.unlink(missing_ok=True)

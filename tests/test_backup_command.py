@@ -50,8 +50,8 @@ def test_it_writes_the_standard_name_in_the_current_folder_and_prints_it(env, cw
     result = backup(env=env, cwd=cwd)
 
     assert result.returncode == 0, result.stderr
-    [name, sidecar] = names(cwd)
-    assert is_backup_name(name) and sidecar == name + ".sha256"
+    [name, manifest, sidecar] = names(cwd)
+    assert is_backup_name(name) and sidecar == name + ".sha256" and manifest == name + ".json"
     size = (cwd / name).stat().st_size
     assert result.stdout.strip().startswith(str(cwd / name))
     assert f"{size} bytes" in result.stdout
@@ -68,7 +68,7 @@ def test_it_writes_exactly_the_output_path(env, cwd, tmp_path):
     result = backup("--output", "sub/my backup.db", env=env, cwd=cwd)
 
     assert result.returncode == 0, result.stderr
-    assert names(cwd / "sub") == ["my backup.db", "my backup.db.sha256"]
+    assert names(cwd / "sub") == ["my backup.db", "my backup.db.json", "my backup.db.sha256"]
     assert names(cwd) == ["sub"]
 
 
@@ -248,7 +248,9 @@ def test_it_gives_processes_backing_up_in_the_same_second_distinct_names(env, cw
     stem = "database.sqlite.20261126T020000Z"
     expected = sorted([f"{stem}.bak"] + [f"{stem}-{n}.bak" for n in (2, 3, 4)])
     assert printed == expected
-    assert names(cwd) == sorted(expected + [name + ".sha256" for name in expected])
+    assert names(cwd) == sorted(
+        expected + [name + suffix for name in expected for suffix in (".json", ".sha256")]
+    )
     for name in expected:
         check = subprocess.run(["sha256sum", "-c", f"{name}.sha256"], cwd=cwd, capture_output=True)
         assert check.returncode == 0
@@ -367,8 +369,8 @@ def test_it_leaves_only_a_temp_file_when_killed_and_the_next_backup_removes_it(
     result = backup("--data-dir", str(small), env=env, cwd=cwd)
 
     assert result.returncode == 0, result.stderr
-    [name, sidecar] = names(cwd)
-    assert is_backup_name(name) and sidecar == name + ".sha256"
+    [name, manifest, sidecar] = names(cwd)
+    assert is_backup_name(name) and sidecar == name + ".sha256" and manifest == name + ".json"
 
 
 @pytest.mark.slow

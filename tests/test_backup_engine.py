@@ -1,5 +1,6 @@
 import gzip
 import hashlib
+import json
 import os
 import signal
 import sqlite3
@@ -25,7 +26,13 @@ def test_it_writes_a_verified_backup_with_checksum(source_db, tmp_path):
     sidecar = backup.path.with_name(backup.name + ".sha256")
     digest = hashlib.sha256(backup.path.read_bytes()).hexdigest()
     assert sidecar.read_text() == f"{digest}  {backup.name}\n"
-    assert sorted(p.name for p in out.iterdir()) == [backup.name, sidecar.name]
+    manifest = json.loads(backup.path.with_name(backup.name + ".json").read_text())
+    assert manifest["tables"] == {"django_migrations": 0, "item": 100}
+    assert sorted(p.name for p in out.iterdir()) == [
+        backup.name,
+        backup.name + ".json",
+        sidecar.name,
+    ]
 
 
 def test_it_includes_data_still_in_the_wal(tmp_path):
@@ -157,7 +164,7 @@ def test_it_removes_temp_files_of_dead_backups_but_not_of_live_ones(source_db, t
     finally:
         os.close(fd)
 
-    assert names == [live.name, backup.name, backup.name + ".sha256"]
+    assert names == [live.name, backup.name, backup.name + ".json", backup.name + ".sha256"]
 
 
 def test_it_leaves_no_temp_file_when_verification_fails(source_db, tmp_path, monkeypatch):

@@ -74,7 +74,9 @@ def test_it_backs_up_before_migrating_backwards_and_forwards(live_data):
     assert applied(before_forwards) == ["0001_initial"]
     assert applied(database) == latest
     names = [p.rsplit("/", 1)[1] for p in (before_backwards, before_forwards)]
-    assert backup_files(live_data) == sorted([*names, *(n + ".sha256" for n in names)])
+    assert backup_files(live_data) == sorted(
+        [*names, *(n + suffix for n in names for suffix in (".json", ".sha256"))]
+    )
 
 
 def test_it_makes_no_backup_when_it_only_shows_or_checks_the_plan(live_data):

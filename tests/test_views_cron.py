@@ -253,7 +253,7 @@ def test_it_runs_the_real_daily_backup(staff_client, backups_folder, live_databa
     assert run.status == "success", run.error
     assert run.result.startswith("database.sqlite.")
     assert f"Job daily-backup succeeded: {run.result}." in response.content.decode()
-    assert len(os.listdir(backups_folder)) == 2  # the backup and its .sha256
+    assert len(os.listdir(backups_folder)) == 3  # the backup, its .sha256 and its .json
 
 
 # --- health --------------------------------------------------------------------------------
