@@ -349,7 +349,7 @@ def remove_abandoned_temp_files(folder):
     removed = 0
     for name in names:
         owner = name if name in owners else name.split(".partial", 1)[0] + ".partial"
-        if owner in owners and _is_held(Path(folder) / owner):
+        if owner in owners and is_locked(Path(folder) / owner):
             continue
         try:
             (Path(folder) / name).unlink()
@@ -361,7 +361,8 @@ def remove_abandoned_temp_files(folder):
     return removed
 
 
-def _is_held(path):
+def is_locked(path):
+    """Whether a live process holds an flock on `path` (the kernel drops it when one dies)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from django.conf import settings
 
+from backups_app.backups import is_locked
+
 LOCK_FILENAME = "scheduler.lock"
 
 
@@ -35,14 +37,4 @@ def try_acquire():
 
 
 def is_scheduler_running():
-    try:
-        fd = os.open(lock_path(), os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return is_locked(lock_path())
