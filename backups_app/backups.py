@@ -242,7 +242,7 @@ def create_backup(
             else:
                 digest, counts = _verify_and_hash(partial, tables, progress)
         publish_from = gz if compress else partial
-        final = _link_into_place(publish_from, target, folder, label, compress)
+        final = link_into_place(publish_from, target, folder, label, compress)
         try:
             write_checksum(final, digest, temp=Path(f"{partial}{CHECKSUM_SUFFIX}"))
             write_manifest(final, counts, temp=Path(f"{partial}{MANIFEST_SUFFIX}"))
@@ -656,7 +656,7 @@ def _fsync_dir(folder):
         os.close(fd)
 
 
-def _link_into_place(temp, target, folder, label, compress):
+def link_into_place(temp, target, folder, label, compress):
     """Give the finished file its name without ever replacing an existing file.
 
     `os.link` fails when the name exists, so two processes backing up in the same second

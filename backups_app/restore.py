@@ -19,8 +19,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
-from django.utils import timezone
-
 from backups_app import backups
 from backups_app.backups import BackupError
 
@@ -422,7 +420,7 @@ def scratch_file(folder):
 # --- uploads ------------------------------------------------------------------------------
 
 
-def accept_upload(upload, folder=None, *, now=None):
+def accept_upload(upload, folder=None):
     """Stream an uploaded backup into the backups folder, check it, and keep it; return Backup.
 
     `upload` is a Django UploadedFile, a file object, or an iterable of byte chunks; it is
@@ -454,7 +452,7 @@ def accept_upload(upload, folder=None, *, now=None):
             if compressed:
                 _gunzip(temp, plain, name=shown)
             info = _inspect(temp, plain if compressed else temp, compressed, False, name=shown)
-        final = _link_as_uploaded(temp, folder, compressed, now or timezone.now())
+        final = backups.link_into_place(temp, None, folder, "uploaded", compressed)
         try:
             backups.write_checksum(final, digest.hexdigest())
             backups.write_manifest(final, info.row_counts)
@@ -479,17 +477,6 @@ def _chunks(upload):
             yield chunk
     else:
         yield from upload
-
-
-def _link_as_uploaded(temp, folder, compressed, now):
-    for seq in range(1, 1000):
-        final = folder / backups.backup_name(now, label="uploaded", compress=compressed, seq=seq)
-        try:
-            os.link(temp, final)
-        except FileExistsError:
-            continue
-        return final
-    raise RestoreError(f"too many backups in the same second in {folder}")
 
 
 def describe(info):

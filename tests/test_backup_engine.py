@@ -233,13 +233,13 @@ def test_it_refuses_every_existing_output_and_leaves_it_alone(source_db, tmp_pat
 
 def test_it_refuses_an_output_that_appears_during_the_backup(source_db, tmp_path, monkeypatch):
     target = tmp_path / "late.bak"
-    real = backups._link_into_place
+    real = backups.link_into_place
 
     def someone_else_first(*args):
         target.write_text("theirs")
         return real(*args)
 
-    monkeypatch.setattr(backups, "_link_into_place", someone_else_first)
+    monkeypatch.setattr(backups, "link_into_place", someone_else_first)
 
     with pytest.raises(BackupError, match="already exists"):
         create_backup(source_db, output=target)
