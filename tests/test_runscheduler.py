@@ -350,3 +350,34 @@ def test_it_resumes_from_a_stored_due_time_only_if_the_schedule_still_has_it(set
 
     settings.STANZA_BACKUP_SCHEDULE = "0 3 * * *"  # changed while the scheduler was stopped
     assert command.stored_due_time(jobs.registry()["daily-backup"]) is None
+
+
+def test_it_mails_the_admins_when_a_job_is_late(live_data, schedulers):
+    """A job that never runs cannot report itself: the running scheduler notices and mails."""
+    from aiosmtpd.controller import Controller
+
+    from tests.test_alerts import Inbox, free_port
+
+    conn = sqlite3.connect(live_data / "database.sqlite")
+    with conn:  # a database made three days ago, on which no job has run since
+        conn.execute("UPDATE django_migrations SET applied = datetime('now', '-3 days')")
+    conn.close()
+    inbox = Inbox()
+    smtp = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    try:
+        scheduler = schedulers(
+            live_data,
+            STANZA_ALERT_EMAILS="ops@example.com",
+            EMAIL_HOST="127.0.0.1",
+            EMAIL_PORT=str(smtp.port),
+        )
+        wait_until(lambda: "[Stanza Backups] job daily-backup is late" in inbox.subjects)
+        scheduler.signal()
+        assert scheduler.wait() == 0
+    finally:
+        smtp.stop()
+
+    assert inbox.messages[0]["To"] == "ops@example.com"
+    assert "Traceback" not in scheduler.output
+    assert "no longer exists" not in scheduler.output

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 
 from apscheduler.events import (
@@ -18,10 +19,10 @@ from apscheduler.events import (
     EVENT_JOB_MISSED,
     EVENT_SCHEDULER_STARTED,
 )
-from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.blocking import BlockingScheduler
 from django.conf import settings
 from django.core.management.base import BaseCommand
+from django.db import connection
 from django.utils import timezone
 from django_apscheduler import util
 from django_apscheduler.jobstores import DjangoJobStore
@@ -36,13 +37,29 @@ LOCK_POLL_SECONDS = 1
 LATENESS_CHECK_MINUTES = 5
 
 
-@util.close_old_connections
-def check_lateness():
-    """Mail the admins about jobs that became late (or recovered); never stop the scheduler."""
-    try:
-        alerts.check_lateness()
-    except Exception:
-        logger.exception("the lateness check failed")
+class LatenessWatch(threading.Thread):
+    """Every few minutes, mail the admins about jobs that became late (or recovered).
+
+    A run that never happens cannot report itself. This is not a job of the registry (it
+    would fill the run history) nor of the job store (django-apscheduler logs every job).
+    """
+
+    def __init__(self):
+        super().__init__(name="lateness-watch", daemon=True)
+        self.stopped = threading.Event()
+
+    def run(self):
+        while not self.stopped.is_set():
+            self.check()
+            self.stopped.wait(LATENESS_CHECK_MINUTES * 60)
+        connection.close()
+
+    @util.close_old_connections
+    def check(self):
+        try:
+            alerts.check_lateness()
+        except Exception:
+            logger.exception("the lateness check failed")
 
 
 def _interrupt(signum, frame):
@@ -93,15 +110,19 @@ class Command(BaseCommand):
 
     def run_scheduler(self):
         scheduler = None
+        watch = LatenessWatch()
         try:
             closed = CronRun.objects.close_interrupted()
             if closed:
                 logger.warning("closed %d run(s) left running by a process that died", closed)
             scheduler = self.build_scheduler()
+            watch.start()
             scheduler.start()  # blocks until a signal
         except KeyboardInterrupt:
             if scheduler is not None:
                 self.stop(scheduler)
+        finally:
+            watch.stopped.set()
 
     def build_scheduler(self):
         registry = jobs.registry()
@@ -127,19 +148,6 @@ class Command(BaseCommand):
                 misfire_grace_time=int(job.grace.total_seconds()),
                 **options,
             )
-        # Lateness cannot be reported by a run that never happens: look every few minutes.
-        # It lives in memory only and is not a job of the registry (no run history rows).
-        scheduler.add_jobstore(MemoryJobStore(), "local")
-        scheduler.add_job(
-            check_lateness,
-            trigger="interval",
-            minutes=LATENESS_CHECK_MINUTES,
-            id="check-lateness",
-            jobstore="local",
-            next_run_time=timezone.now(),
-            max_instances=1,
-            coalesce=True,
-        )
         scheduler.add_listener(self.on_started_event(scheduler), EVENT_SCHEDULER_STARTED)
         scheduler.add_listener(self.on_skipped, EVENT_JOB_MAX_INSTANCES)
         scheduler.add_listener(self.on_missed, EVENT_JOB_MISSED)
@@ -161,7 +169,7 @@ class Command(BaseCommand):
     def on_started_event(self, scheduler):
         def log_next_runs(event):
             now = timezone.now()
-            for job in scheduler.get_jobs(jobstore="default"):
+            for job in scheduler.get_jobs():
                 when = job.next_run_time
                 if when is not None and when <= now:
                     message = "job %s (%s) was due at %s while no scheduler ran: running it now"
