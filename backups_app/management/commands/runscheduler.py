@@ -19,7 +19,7 @@ from apscheduler.events import (
     EVENT_JOB_MISSED,
     EVENT_SCHEDULER_STARTED,
 )
-from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.schedulers.background import BackgroundScheduler
 from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import connection
@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 LOCK_POLL_SECONDS = 1
 LATENESS_CHECK_MINUTES = 5
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class LatenessWatch(threading.Thread):
@@ -82,6 +83,8 @@ class Command(BaseCommand):
                 return
             try:
                 self.run_scheduler()
+            except KeyboardInterrupt:  # a signal during start-up, before the scheduler ran
+                logger.info("stopped during start-up", extra={"event": "scheduler_stopped"})
             finally:
                 os.close(lock)
         finally:
@@ -109,24 +112,40 @@ class Command(BaseCommand):
             return "unknown"
 
     def run_scheduler(self):
-        scheduler = None
+        """Run the jobs until a signal asks to stop, then stop as `stop()` says.
+
+        The scheduler runs in the background and this thread only waits for a signal. The
+        handler sets a flag instead of raising: APScheduler swallows any exception, even
+        KeyboardInterrupt, raised while it notifies its listeners, so a signal that raised
+        at that moment was lost and the scheduler ran on.
+        """
+        closed = CronRun.objects.close_interrupted()
+        if closed:
+            logger.warning("closed %d run(s) left running by a process that died", closed)
+        stop_requested = threading.Event()
+
+        def request_stop(signum, frame):
+            if stop_requested.is_set():
+                raise KeyboardInterrupt  # a second signal: abandon the running job
+            stop_requested.set()
+
+        previous = {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS}
         watch = LatenessWatch()
         try:
-            closed = CronRun.objects.close_interrupted()
-            if closed:
-                logger.warning("closed %d run(s) left running by a process that died", closed)
             scheduler = self.build_scheduler()
+            scheduler.start()
             watch.start()
-            scheduler.start()  # blocks until a signal
-        except KeyboardInterrupt:
-            if scheduler is not None:
-                self.stop(scheduler)
+            while not stop_requested.wait(1):
+                pass
+            self.stop(scheduler)
         finally:
             watch.stopped.set()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def build_scheduler(self):
         registry = jobs.registry()
-        scheduler = BlockingScheduler(timezone=settings.TIME_ZONE)
+        scheduler = BackgroundScheduler(timezone=settings.TIME_ZONE)
         scheduler.add_jobstore(DjangoJobStore(), "default")
         removed, _ = DjangoJob.objects.exclude(id__in=registry).delete()
         if removed:
