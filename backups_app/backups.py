@@ -14,6 +14,7 @@ import re
 import resource
 import secrets
 import sqlite3
+import stat
 import threading
 import time
 from collections import deque
@@ -37,6 +38,7 @@ BACKUP_NAME_RE = re.compile(
     r"(?:\.(?P<label>manual|pre-migrate|pre-restore|uploaded))?\.bak(?P<gz>\.gz)?\Z"
 )
 CHECKSUM_SUFFIX = ".sha256"
+SHA256_RE = re.compile(r"\A[0-9a-f]{64}\Z")
 MANIFEST_SUFFIX = ".json"
 TEMP_PREFIX = ".stanza-tmp-"
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -743,15 +745,36 @@ def _write_sidecar(path, suffix, text, *, temp=None):
 
 
 def read_checksum(path):
-    """The hex digest recorded beside a backup, or None when there is no sidecar."""
+    """The digest in a backup's `.sha256`: None without one, "" when it holds no digest.
+
+    The sidecar is never read through a symlink: a link there is not a checksum we trust.
+    """
     path = Path(path)
-    sidecar = path.with_name(path.name + CHECKSUM_SUFFIX)
     try:
-        text = sidecar.read_text()
+        fd = os.open(path.with_name(path.name + CHECKSUM_SUFFIX), os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
         return None
-    words = text.split()
-    return words[0].lstrip("\\") if words else ""
+    except OSError:
+        return ""
+    with os.fdopen(fd, "rb") as f:
+        words = f.read(4096).split()
+    digest = words[0].decode("ascii", "replace").lstrip("\\").lower() if words else ""
+    return digest if SHA256_RE.match(digest) else ""
+
+
+def open_backup(name, folder=None):
+    """Open a backup by name for reading, never through a symlink; BackupError if none."""
+    if not is_backup_name(name):
+        raise BackupError(f"{name!r} is not a backup file name")
+    path = Path(folder or backups_dir()) / name
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # ELOOP for a symlink, wherever it points
+    except OSError:
+        raise BackupError(f"backup {name} does not exist") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a folder or a device with a backup's name
+        os.close(fd)
+        raise BackupError(f"backup {name} does not exist")
+    return os.fdopen(fd, "rb")
 
 
 def _explain_sqlite_error(err, source, folder, partial=None):

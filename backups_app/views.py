@@ -5,9 +5,7 @@ import contextlib
 import fcntl
 import logging
 import os
-import re
 import shutil
-import stat
 from datetime import timedelta
 from functools import wraps
 from pathlib import Path
@@ -40,7 +38,6 @@ HISTORY_PAGE_SIZE = 50
 BACKUPS_PAGE_SIZE = 100
 AUDIT_ENTRIES_SHOWN = 10
 BACKUP_LOCK_FILENAME = "backup-now.lock"
-SHA256_RE = re.compile(r"\A[0-9a-f]{64}\Z")
 
 
 class BackupAlreadyRunning(Exception):
@@ -202,37 +199,19 @@ def download_backup(request, filename):
     # The name is checked before any path is built from it.
     if not backups.is_backup_name(filename):
         return HttpResponseBadRequest("Not a backup file name.", content_type="text/plain")
-    folder = backups.backups_dir()
     try:
-        # O_NOFOLLOW: a symlink in the backups folder is never followed (ELOOP), wherever it points.
-        fd = os.open(folder / filename, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
+        f = backups.open_backup(filename)
+    except backups.BackupError:
         raise Http404("No such backup.") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a folder or a device with a backup's name
-        os.close(fd)
-        raise Http404("No such backup.")
-    f = os.fdopen(fd, "rb")
     response = FileResponse(
         f, as_attachment=True, filename=filename, content_type="application/octet-stream"
     )
-    digest = read_checksum_sidecar(folder, filename)
+    digest = backups.read_checksum(backups.backups_dir() / filename)
     if digest:
         response["X-Checksum-SHA256"] = digest
     if request.method == "GET":
         audit(request.user, f"Downloaded backup {filename}", flag=CHANGE, repr_=filename)
     return response
-
-
-def read_checksum_sidecar(folder, filename):
-    """The SHA-256 recorded in `NAME.sha256`, without following a symlink; None if absent."""
-    try:
-        fd = os.open(folder / (filename + backups.CHECKSUM_SUFFIX), os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as f:
-        words = f.read(200).split()
-    digest = words[0].decode("ascii", "replace").lower() if words else ""
-    return digest if SHA256_RE.match(digest) else None
 
 
 # --- Restore and upload --------------------------------------------------------------------
