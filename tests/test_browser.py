@@ -234,7 +234,7 @@ def test_it_runs_a_job_now_from_the_cron_page(page, stack):
     expect(newest).to_contain_text("admin:admin")
     expect(newest).to_contain_text("Success")
     expect(page.locator(".stanza-audit")).to_contain_text("Ran job daily-backup by hand: success")
-    assert len(set(os.listdir(stack["backups"])) - files_before) == 2  # backup and .sha256
+    assert len(set(os.listdir(stack["backups"])) - files_before) == 3  # backup, .sha256, .json
     shoot(page, "cron-after-run-now")
 
 
