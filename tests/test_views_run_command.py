@@ -62,7 +62,13 @@ def test_it_serves_the_dashboard_with_the_scheduler_and_stops_both_on_ctrl_c(tmp
         assert len(children_of(run.pid)) >= 3  # the script, gunicorn, the scheduler
 
         os.killpg(run.pid, signal.SIGINT)
-        run.wait(timeout=30)
+        try:
+            run.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            tree = subprocess.run(
+                ["ps", "-o", "pid,stat,args", "-g", str(run.pid)], text=True, capture_output=True
+            ).stdout
+            pytest.fail(f"scripts/run did not stop:\n{tree}\n{log.read_text()[-3000:]}")
         deadline = time.monotonic() + 15
         while children_of(run.pid) and time.monotonic() < deadline:
             time.sleep(0.2)
