@@ -171,6 +171,10 @@ class CronRun(models.Model):
             models.Index(fields=("-started_at",), name="cron_runs_started"),
             # The history filtered by status, and the search for runs left `running`.
             models.Index(fields=("status", "-started_at"), name="cron_runs_status_started"),
+            # The Cron page's history filtered by job and status (its page and its count).
+            models.Index(
+                fields=("job_name", "status", "-started_at"), name="cron_runs_job_status_started"
+            ),
         )
         constraints = (
             # No job runs twice for the same due time, however many schedulers are started.
