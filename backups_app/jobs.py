@@ -46,7 +46,9 @@ def daily_backup():
 
 def purge_old_backups():
     days = settings.STANZA_BACKUP_RETENTION_DAYS
-    removed = retention.purge_old_backups(backups.backups_dir(), days, timezone.now())
+    now = timezone.now()
+    removed = retention.purge_old_backups(backups.backups_dir(), days, now)
+    retention.remove_abandoned_uploads(settings.FILE_UPLOAD_TEMP_DIR, now)
     return f"removed {len(removed)} backup(s) older than {days} day(s)"
 
 

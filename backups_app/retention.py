@@ -47,3 +47,30 @@ def purge_old_backups(folder, retention_days, now):
         },
     )
     return removed
+
+
+UPLOAD_LEFTOVER_AGE = timedelta(hours=6)
+
+
+def remove_abandoned_uploads(folder, now):
+    """Delete uploads a killed web worker left in the upload folder; return how many.
+
+    Django deletes an upload's temporary file when its request ends, so only a worker that
+    died mid-upload leaves one. A file not written to for hours belongs to no upload.
+    """
+    removed = 0
+    try:
+        entries = list(Path(folder).iterdir())
+    except FileNotFoundError:
+        return 0
+    for path in entries:
+        try:
+            stat = path.lstat()
+        except FileNotFoundError:
+            continue
+        if path.is_file() and now.timestamp() - stat.st_mtime > UPLOAD_LEFTOVER_AGE.total_seconds():
+            path.unlink(missing_ok=True)
+            removed += 1
+    if removed:
+        logger.info("removed %d abandoned upload(s) from %s", removed, folder)
+    return removed

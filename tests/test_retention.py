@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from backups_app import backups
-from backups_app.retention import purge_old_backups
+from backups_app.retention import purge_old_backups, remove_abandoned_uploads
 
 NOW = datetime(2026, 11, 26, 2, 30, tzinfo=UTC)
 
@@ -144,3 +144,26 @@ def test_it_logs_how_many_it_removed(tmp_path, caplog):
 def test_it_fails_with_a_clear_error_when_the_folder_is_missing(tmp_path):
     with pytest.raises(backups.BackupError, match="does not exist"):
         purge_old_backups(tmp_path / "missing", 7, NOW)
+
+
+def test_it_removes_uploads_a_killed_worker_left_but_not_one_in_progress(tmp_path):
+    put(tmp_path, "tmpab12.upload.bak", timedelta(hours=7))
+    put(tmp_path, "tmpcd34.upload.bak", timedelta(minutes=5))
+
+    assert remove_abandoned_uploads(tmp_path, NOW) == 1
+    assert names(tmp_path) == ["tmpcd34.upload.bak"]
+    assert remove_abandoned_uploads(tmp_path / "missing", NOW) == 0
+
+
+@pytest.mark.django_db
+def test_the_purge_job_clears_abandoned_uploads(settings, backups_folder, time_machine):
+    from backups_app import jobs
+
+    time_machine.move_to(NOW, tick=False)
+    uploads = backups_folder.parent / "tmp"
+    uploads.mkdir()
+    settings.FILE_UPLOAD_TEMP_DIR = uploads
+    put(uploads, "tmpab12.upload.bak", timedelta(days=1))
+
+    assert jobs.run_job("purge-old-backups").status == "success"
+    assert names(uploads) == []
