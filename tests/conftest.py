@@ -243,3 +243,20 @@ def write_backup_file(folder, name, content=b"backup bytes", *, age=None, checks
         when = time.time() - age.total_seconds()
         os.utime(path, (when, when))
     return path
+
+
+def finished_run(job_name, started_at, status="success", error=""):
+    """A finished CronRun of `job_name` that started at `started_at` and took a second."""
+    from datetime import timedelta
+
+    from backups_app.models import CronRun
+
+    return CronRun.objects.create(
+        job_name=job_name,
+        started_at=started_at,
+        finished_at=started_at + timedelta(seconds=1),
+        duration=timedelta(seconds=1),
+        status=status,
+        result="database.sqlite.20261126T020000Z.bak (1 MB)" if not error else "",
+        error=error,
+    )

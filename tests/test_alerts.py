@@ -9,6 +9,7 @@ from django.db.migrations.recorder import MigrationRecorder
 
 from backups_app import alerts, jobs
 from backups_app.models import AlertState, CronRun
+from tests.conftest import finished_run
 
 pytestmark = pytest.mark.django_db
 
@@ -60,18 +61,6 @@ def jobs_on_time():
     MigrationRecorder.Migration.objects.update(applied=NOW - timedelta(days=7))
     for name in jobs.registry():
         finished_run(name, NOW - timedelta(minutes=1))
-
-
-def finished_run(job_name, started_at, status=CronRun.Status.SUCCESS, error=""):
-    return CronRun.objects.create(
-        job_name=job_name,
-        started_at=started_at,
-        finished_at=started_at + timedelta(seconds=1),
-        duration=timedelta(seconds=1),
-        status=status,
-        result="database.sqlite.20261126T020000Z.bak (1 MB)" if not error else "",
-        error=error,
-    )
 
 
 def fail(job_name="daily-backup", when=NOW):

@@ -8,7 +8,7 @@ from django.db.migrations.recorder import MigrationRecorder
 from backups_app import drill, health, jobs
 from backups_app.backups import create_backup
 from backups_app.models import CronRun
-from tests.conftest import make_database
+from tests.conftest import finished_run, make_database
 
 pytestmark = pytest.mark.django_db
 
@@ -39,14 +39,7 @@ def database_created_at(when):
     MigrationRecorder.Migration.objects.update(applied=when)
 
 
-def run(job_name, started_at, status=CronRun.Status.SUCCESS):
-    return CronRun.objects.create(
-        job_name=job_name,
-        started_at=started_at,
-        finished_at=started_at + timedelta(seconds=1),
-        duration=timedelta(seconds=1),
-        status=status,
-    )
+run = finished_run
 
 
 @pytest.fixture
