@@ -24,9 +24,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
-from django.conf import settings
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
+
+from backups_app import conf
 
 logger = logging.getLogger(__name__)
 
@@ -119,11 +120,11 @@ def backup_name(when, *, label="", compress=False, seq=1):
 
 
 def live_database_path():
-    return Path(settings.DATABASES["default"]["NAME"])
+    return conf.live_database_path()
 
 
 def backups_dir():
-    return Path(settings.STANZA_BACKUPS_DIR)
+    return conf.get("STANZA_BACKUPS_DIR")
 
 
 # --- listing ------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from django.utils import timezone
 from django_apscheduler import util
 from django_apscheduler.models import DjangoJobExecution
 
-from backups_app import backups, retention
+from backups_app import backups, conf, retention
 from backups_app.cron import crontab_trigger
 from backups_app.models import CronRun
 
@@ -45,7 +45,7 @@ def daily_backup():
 
 
 def purge_old_backups():
-    days = settings.STANZA_BACKUP_RETENTION_DAYS
+    days = conf.get("STANZA_BACKUP_RETENTION_DAYS")
     now = timezone.now()
     removed = retention.purge_old_backups(backups.backups_dir(), days, now)
     retention.remove_abandoned_uploads(settings.FILE_UPLOAD_TEMP_DIR, now)
@@ -74,16 +74,16 @@ def registry():
     jobs = [
         Job(
             name="daily-backup",
-            schedule=settings.STANZA_BACKUP_SCHEDULE,
+            schedule=conf.get("STANZA_BACKUP_SCHEDULE"),
             func=daily_backup,
             description="Back up the database into the backups folder",
         ),
         Job(
             name="purge-old-backups",
-            schedule=settings.STANZA_PURGE_SCHEDULE,
+            schedule=conf.get("STANZA_PURGE_SCHEDULE"),
             func=purge_old_backups,
             description=(
-                f"Delete backups older than {settings.STANZA_BACKUP_RETENTION_DAYS} day(s), "
+                f"Delete backups older than {conf.get('STANZA_BACKUP_RETENTION_DAYS')} day(s), "
                 "never the newest one"
             ),
         ),

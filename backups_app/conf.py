@@ -1,0 +1,210 @@
+"""The app's settings: each `STANZA_*` value from the site's settings, else the environment
+variable of the same name, else its default; every value checked by one parser.
+
+`get(name)` is read lazily (inside functions, never at import time), so tests that change
+`settings` or the environment see the change. A bad value raises ConfigError, whose message is
+one line naming the setting; `checks.py` reports the same as a Django system check, and this
+project's own settings call `from_env` so a bad environment variable stops start-up.
+"""
+
+import os
+import zoneinfo
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from django.core.exceptions import ImproperlyConfigured
+
+
+class ConfigError(ImproperlyConfigured):
+    """A bad setting; its message names the setting and says what is wrong."""
+
+
+# --- parsers: (name, raw value from settings or the environment) -> checked value -----------
+
+
+def parse_str(name, raw):
+    return str(raw).strip()
+
+
+def parse_bool(name, raw):
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean (use true or false)")
+
+
+def parse_list(name, raw):
+    """A comma-separated string, or a list/tuple given in settings.py."""
+    items = raw.split(",") if isinstance(raw, str) else list(raw)
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+def int_parser(minimum=0):
+    def parse_int(name, raw):
+        try:
+            value = int(str(raw).strip())
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+        if value < minimum:
+            raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
+        return value
+
+    return parse_int
+
+
+def parse_time_zone(name, raw):
+    text = str(raw).strip()
+    try:
+        zoneinfo.ZoneInfo(text)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"{name}={text!r} is not a known time zone (e.g. UTC, Europe/Paris)"
+        ) from None
+    return text
+
+
+def parse_cron(name, raw, time_zone="UTC"):
+    """A 5-field cron expression, checked the way the scheduler will read it."""
+    from datetime import UTC, datetime
+
+    from backups_app.cron import crontab_trigger
+
+    text = " ".join(str(raw).split())
+    if len(text.split()) != 5:
+        raise ConfigError(
+            f"{name}={text!r} is not a cron expression: it needs 5 fields "
+            "(minute hour day-of-month month day-of-week), e.g. '0 2 * * *'"
+        )
+    try:
+        trigger = crontab_trigger(text, time_zone)
+    except ValueError as err:
+        raise ConfigError(f"{name}={text!r} is not a valid cron expression: {err}") from None
+    if trigger.get_next_fire_time(None, datetime.now(UTC)) is None:
+        raise ConfigError(f"{name}={text!r} never falls due (no such date)")
+    return text
+
+
+def parse_dir(name, raw):
+    """An absolute folder path; created if missing (0700), refused when it is a file."""
+    path = Path(str(raw)).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{name}={str(path)!r} is a file, not a folder")
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{name}={str(path)!r} cannot be created: {err.strerror}") from None
+    return path
+
+
+def parse_path(name, raw):
+    return Path(str(raw).strip()).expanduser() if str(raw).strip() else None
+
+
+def parse_emails(name, raw):
+    emails = parse_list(name, raw)
+    for email in emails:
+        local, _, domain = email.partition("@")
+        if not local or "." not in domain:
+            raise ConfigError(f"{name} holds {email!r}, which is not an email address")
+    return emails
+
+
+def url_parser(*schemes):
+    def parse_url(name, raw):
+        text = str(raw).strip()
+        if not text:
+            return ""
+        parts = urlsplit(text)
+        if parts.scheme not in schemes or not (parts.netloc or parts.path.strip("/")):
+            shown = " or ".join(f"{scheme}://..." for scheme in schemes)
+            raise ConfigError(f"{name}={text!r} is not a valid URL (use {shown})")
+        return text
+
+    return parse_url
+
+
+# --- the settings --------------------------------------------------------------------------
+
+# name -> (default, parser). A default that is a callable is computed when read.
+SETTINGS = {
+    "STANZA_BACKUPS_DIR": (lambda: default_backups_dir(), parse_dir),
+    "STANZA_BACKUP_SCHEDULE": ("0 2 * * *", parse_cron),
+    "STANZA_PURGE_SCHEDULE": ("30 2 * * *", parse_cron),
+    "STANZA_BACKUP_RETENTION_DAYS": (7, int_parser(0)),
+    "STANZA_ALERT_EMAILS": ((), parse_emails),
+    "STANZA_UPLOAD_MAX_MB": (None, int_parser(1)),
+}
+
+_MISSING = object()
+
+
+def raw_value(name):
+    """The unparsed value: the site's settings, else the environment, else None."""
+    from django.conf import settings
+
+    value = getattr(settings, name, _MISSING)
+    if value is not _MISSING and value is not None and value != "":
+        return value
+    env = os.environ.get(name, "").strip()
+    return env or None
+
+
+def get(name):
+    """The checked value of a `STANZA_*` setting (see SETTINGS); ConfigError when bad."""
+    default, parse = SETTINGS[name]
+    raw = raw_value(name)
+    if raw is None:
+        raw = default() if callable(default) else default
+        if raw is None or raw == "" or raw == ():
+            return raw if raw != () else []
+    if parse is parse_cron:
+        return parse_cron(name, raw, time_zone())
+    return parse(name, raw)
+
+
+def from_env(name, default=None, parse=None):
+    """For a project's settings.py: the environment variable, checked, else `default`.
+
+    Uses the parser registered for `name` unless one is given; a bad value raises ConfigError.
+    """
+    parse = parse or SETTINGS[name][1]
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    return parse(name, raw)
+
+
+def time_zone():
+    from django.conf import settings
+
+    return settings.TIME_ZONE
+
+
+def live_database_path():
+    """The live database: DATABASES["default"], which must be SQLite."""
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database.get("ENGINE") != "django.db.backends.sqlite3":
+        engine = database.get("ENGINE")
+        raise ConfigError(f"Stanza Backups needs SQLite; DATABASES['default'] uses {engine}")
+    return Path(database["NAME"]).resolve()
+
+
+def default_backups_dir():
+    return live_database_path().parent / "backups"
+
+
+def check_all():
+    """Every setting's problem as one line each (empty when all are fine)."""
+    problems = []
+    for name in SETTINGS:
+        try:
+            get(name)
+        except ConfigError as err:
+            problems.append(str(err))
+    return problems
