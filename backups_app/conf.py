@@ -89,15 +89,12 @@ def parse_cron(name, raw, time_zone="UTC"):
 
 
 def parse_dir(name, raw):
-    """An absolute folder path; created if missing (0700), refused when it is a file."""
-    path = Path(str(raw)).expanduser().resolve()
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{name}={str(path)!r} is a file, not a folder")
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"{name}={str(path)!r} cannot be created: {err.strerror}") from None
-    return path
+    """An absolute folder path.
+
+    Whether it exists is not checked here: start-up checks it (`check_all`), and a folder that
+    vanishes or becomes a file later is a failure of whatever meets it (a backup, a page).
+    """
+    return Path(str(raw)).expanduser().resolve()
 
 
 def parse_path(name, raw):
@@ -200,11 +197,14 @@ def default_backups_dir():
 
 
 def check_all():
-    """Every setting's problem as one line each (empty when all are fine)."""
+    """Every setting's problem as one line each (empty when all are fine); for start-up."""
     problems = []
-    for name in SETTINGS:
+    for name, (_default, parse) in SETTINGS.items():
         try:
-            get(name)
+            value = get(name)
         except ConfigError as err:
             problems.append(str(err))
+            continue
+        if parse is parse_dir and value.exists() and not value.is_dir():
+            problems.append(f"{name}={str(value)!r} is a file, not a folder")
     return problems

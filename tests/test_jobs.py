@@ -130,9 +130,9 @@ def test_it_reads_cron_expressions_as_cron_does(settings, schedule, after, expec
         ("0 0 31 2 *", "2026-11-26T00:00:00+00:00", None),  # never falls due
     ],
 )
-def test_it_finds_the_previous_due_time_of_any_schedule(settings, schedule, before, expected):
-    settings.STANZA_BACKUP_SCHEDULE = schedule
-    job = jobs.registry()["daily-backup"]
+def test_it_finds_the_previous_due_time_of_any_schedule(schedule, before, expected):
+    # Built directly: the settings refuse a schedule that never falls due before a job has it.
+    job = jobs.Job(name="daily-backup", schedule=schedule, func=str, description="")
 
     found = jobs.previous_due_time(job, datetime.fromisoformat(before))
 
