@@ -24,7 +24,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
-from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
 from backups_app import conf
@@ -102,9 +101,18 @@ def is_backup_name(name):
     return BACKUP_NAME_RE.match(name) is not None
 
 
-def human_size(size):
-    """Bytes in human units, with a plain space (for commands and result lines)."""
-    return filesizeformat(size).replace("\xa0", " ")
+SIZE_UNITS = ("KB", "MB", "GB", "TB", "PB")
+
+
+def human_size(size, space=" "):
+    """Bytes in human units (1024-based, one decimal), never "1000.0 KB": that is "1.0 MB"."""
+    if size < 1000:
+        return f"{size}{space}byte{'' if size == 1 else 's'}"
+    value = size / 1024
+    for unit in SIZE_UNITS:
+        if round(value, 1) < 1000 or unit == SIZE_UNITS[-1]:
+            return f"{value:.1f}{space}{unit}"
+        value /= 1024
 
 
 def backup_name(when, *, label="", compress=False, seq=1):
@@ -187,6 +195,21 @@ def sidecars(path):
     """The files the product writes beside a backup."""
     path = Path(path)
     return [path.with_name(path.name + s) for s in (CHECKSUM_SUFFIX, MANIFEST_SUFFIX)]
+
+
+def delete_backup(name, folder=None):
+    """Delete the backup called `name` and its sidecars; return the Backup that was deleted."""
+    backup = get_backup(name, folder)
+    try:
+        backup.path.unlink()
+    except FileNotFoundError:  # deleted meanwhile, by hand or by the purge
+        raise BackupError(f"backup {name} does not exist") from None
+    except OSError as err:
+        raise BackupError(f"cannot delete {name}: {err.strerror}") from err
+    for sidecar in sidecars(backup.path):
+        sidecar.unlink(missing_ok=True)
+    _fsync_dir(backup.path.parent)
+    return backup
 
 
 # --- making a backup ----------------------------------------------------------------------
