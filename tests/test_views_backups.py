@@ -358,3 +358,27 @@ def test_it_reads_the_manifests_of_the_rows_shown_only(staff_client, backups_fol
     assert len(first) == 100 + health.DRILL_LOOKBACK
     assert set(newest[100:]) <= set(read)
     assert len(read) == 68 + health.DRILL_LOOKBACK
+
+
+def test_it_says_where_alerts_go(staff_client, backups_folder, settings):
+    settings.ADMINS = []
+    nowhere = staff_client.get(URL).content.decode()
+    settings.ADMINS = [("ops@example.com", "ops@example.com"), ("me@example.com", "me@example.com")]
+    somewhere = staff_client.get(URL).content.decode()
+
+    assert "no alert address set" in nowhere
+    assert "STANZA_ALERT_EMAILS" in nowhere
+    assert "ops@example.com, me@example.com" in somewhere
+    assert "no alert address set" not in somewhere
+
+
+def test_it_shows_sizes_and_counts_in_plain_words(staff_client, backups_folder):
+    write_backup_file(backups_folder, "database.sqlite.20260101T020000Z.bak", b"x" * 1_024_000)
+
+    html = staff_client.get(URL).content.decode()
+
+    assert '<span class="stanza-figure" id="backup-count">1 backup</span>' in html
+    assert ">1.0\xa0MB<" in html
+    assert "1000.0" not in html
+    assert backups.human_size(1_024_000) == "1.0 MB"
+    assert backups.human_size(1) == "1 byte"
