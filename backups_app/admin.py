@@ -14,6 +14,8 @@ from backups_app.templatetags.backups_tags import duration, explain, trigger_wor
 admin.site.site_header = "Stanza Backups"
 admin.site.site_title = "Stanza Backups"
 admin.site.index_title = "Dashboard"
+# Django's index with the health verdict on top and "Recent actions" that name the action.
+admin.site.index_template = "backups/admin_index.html"
 # "View site" leads to the dashboard: this project has no public site of its own.
 admin.site.site_url = reverse_lazy("backups:backups")
 
