@@ -4,9 +4,10 @@ the admin index, the Cron page and the Backups page.
 Each problem has a few words (what /healthz and `checkbackups` print, stable for monitoring)
 and a sentence saying what to do next (what the pages show). Problems come from:
 - `job_health()`: every registered job that failed or is late;
-- the functions named in `PROBLEM_SOURCES`: each takes `now` and returns a list of `Problem`s
-  (or plain strings). Offsite copies and replication add theirs by appending the dotted path
-  of their function there (imported lazily, so a source may import this module).
+- the functions named in `PROBLEM_SOURCES`: each takes a `Check` (`check.now`, and
+  `check.backups`, the backups folder listed once for all sources) and returns a list of
+  `Problem`s (or plain strings). Offsite copies and replication add theirs by appending the
+  dotted path of their function there (imported lazily, so a source may import this module).
 """
 
 import logging
@@ -63,6 +64,21 @@ class JobHealth:
         return OK if self.state == NEVER_RUN else self.state
 
 
+@dataclass
+class Check:
+    """What the problem sources look at: the time, and the backups folder read once."""
+
+    now: datetime
+    listed: list | None = None  # the caller's listing of the backups folder, if it has one
+
+    @property
+    def backups(self):
+        """The backups, newest first (BackupError when the folder cannot be read)."""
+        if self.listed is None:
+            self.listed = backups.list_backups()
+        return self.listed
+
+
 @dataclass(frozen=True)
 class Verdict:
     checked_at: datetime
@@ -78,12 +94,16 @@ class Verdict:
         return [str(problem) for problem in self.problems]
 
 
-def verdict(now=None):
-    """The one health verdict: the problems (empty when healthy) and every job's state."""
+def verdict(now=None, *, listed=None):
+    """The one health verdict: the problems (empty when healthy) and every job's state.
+
+    `listed`: the backups folder's listing, when the caller has just read it.
+    """
     now = now or timezone.now()
+    check = Check(now, listed)
     found = []
     for path in PROBLEM_SOURCES:
-        found += [p if isinstance(p, Problem) else Problem(str(p)) for p in source(path)(now)]
+        found += [p if isinstance(p, Problem) else Problem(str(p)) for p in source(path)(check)]
     health = job_health(now)
     found += [job_problem(job) for job in health.values() if job.state in (FAILING, LATE)]
     return Verdict(checked_at=now, problems=found, jobs=health)
@@ -106,9 +126,9 @@ def job_states(now=None):
 # --- the sources ---------------------------------------------------------------------------
 
 
-def backup_problems(now):
+def backup_problems(check):
     try:
-        listed = backups.list_backups()
+        listed = check.backups
     except BackupError:
         return [
             Problem(
@@ -118,9 +138,9 @@ def backup_problems(now):
             )
         ]
     # An uploaded file proves nothing about this machine's own backups.
-    own = [b for b in listed if b.label != "uploaded"]
+    newest_own = next((b for b in listed if b.label != "uploaded"), None)
     found = []
-    if not own:
+    if newest_own is None:
         found.append(
             Problem(
                 "no backup",
@@ -128,7 +148,7 @@ def backup_problems(now):
                 "one every night).",
             )
         )
-    elif now - own[0].modified > MAX_BACKUP_AGE:
+    elif check.now - newest_own.modified > MAX_BACKUP_AGE:
         found.append(
             Problem(
                 "newest backup older than 26 hours",

@@ -155,7 +155,7 @@ def backups_page(request):
             stale=newest is None or timezone.now() - newest.modified > STALE_AFTER,
             stale_after_hours=int(STALE_AFTER.total_seconds() // 3600),
             alert_emails=[email for _name, email in settings.ADMINS],
-            verdict=health.verdict(),
+            verdict=health.verdict(listed=None if problem else found),
             upload_form=UploadForm(),
             audit_entries=recent_entries(),
         ),
