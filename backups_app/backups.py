@@ -22,12 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import quote
 
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
-from backups_app import conf
+from backups_app import conf, sqlite
+from backups_app.sqlite import TEMP_PREFIX, create_locked, row_count  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +41,7 @@ BACKUP_NAME_RE = re.compile(
 CHECKSUM_SUFFIX = ".sha256"
 SHA256_RE = re.compile(r"\A[0-9a-f]{64}\Z")
 MANIFEST_SUFFIX = ".json"
-TEMP_PREFIX = ".stanza-tmp-"
-SQLITE_HEADER = b"SQLite format 3\x00"
+SQLITE_HEADER = sqlite.HEADER
 try:  # zlib-ng deflates 2-3x faster than zlib for the same ratio (bench/backup.py --tune)
     from zlib_ng import zlib_ng as deflate
 
@@ -379,10 +378,7 @@ def is_locked(path):
     return False
 
 
-def _create_locked(path):
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd
+_create_locked = create_locked  # the old private name, still imported by restore.py
 
 
 @contextlib.contextmanager
@@ -394,49 +390,25 @@ def _timed(timings, step):
         timings[step] = time.monotonic() - started
 
 
-def _connect(path, *, readonly=False, cancel=None):
-    """Open an SQLite connection that a signal (or `cancel`) can stop inside a long statement.
-
-    The progress handler gives Python's signal handlers a chance to run while SQLite works
-    (on the main thread only); when one raises, SQLite stops with "interrupted".
-    """
-    mode = "ro" if readonly else "rw"
-    conn = sqlite3.connect(
-        f"file:{quote(str(path))}?mode={mode}", uri=True, timeout=30, isolation_level=None
-    )
-    if cancel is None:
-        conn.set_progress_handler(lambda: 0, 20_000)
-    else:
-        conn.set_progress_handler(cancel.is_set, 20_000)
-    return conn
-
-
 def _raise_if_interrupted(err):
     """Turn SQLite's "interrupted" (a signal handler raised in our progress handler) back
     into the KeyboardInterrupt Python would have raised, so callers treat it like Ctrl-C."""
-    if isinstance(err, sqlite3.OperationalError) and str(err) == "interrupted":
+    if sqlite.interrupted(err):
         raise KeyboardInterrupt from err
-
-
-def _table_names(conn):
-    rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-    return {name for (name,) in rows}
 
 
 def _vacuum_into(source, partial, progress, *, flush=True):
     """VACUUM INTO `partial`; return the source's table names, for the check that follows."""
-    conn = _connect(source)
+    conn = sqlite.connect(source)
     try:
         # The output inherits this connection's `synchronous`; OFF keeps SQLite from flushing
         # every page (which stalls the site's writers); the whole file is fsync'd once after.
         conn.execute("PRAGMA synchronous=OFF")
-        tables = _table_names(conn)
-        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-        pages = conn.execute("PRAGMA page_count").fetchone()[0]
-        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-        expected = (pages - free) * page_size
+        tables = sqlite.table_names(conn)
+        pages = sqlite.pragma(conn, "page_count") - sqlite.pragma(conn, "freelist_count")
+        expected = pages * sqlite.pragma(conn, "page_size")
         with _watch_size(partial, expected, progress, "copy", flush=flush):
-            conn.execute("VACUUM INTO ?", (str(partial),))
+            sqlite.copy_into(conn, partial)
     finally:
         conn.close()
     return tables
@@ -478,27 +450,27 @@ class _watch_size:
         return False
 
 
-def verify_database(path, expected_tables=()):
+def verify_database(path, expected_tables=(), kind="full"):
     """Return {table: rows} of `path`; BackupError unless it is sound and has `expected_tables`.
 
-    `integrity_check` alone is not enough: a write that failed half-way can leave a file
-    that SQLite turns into an empty database which passes it (see FIELD-NOTES).
+    `kind` is the check: "quick" (`quick_check`) or "full" (`integrity_check`). Neither is
+    enough alone: a write that failed half-way can leave a file that SQLite turns into an
+    empty database which passes both (see FIELD-NOTES), hence the expected tables.
     """
-    return _check_database(path, expected_tables)
+    return _check_database(path, expected_tables, kind=kind)
 
 
-def _check_database(path, expected_tables, cancel=None):
+def _check_database(path, expected_tables, cancel=None, *, kind="quick"):
     check_source(Path(path))
     name = Path(path).name
     try:
-        conn = _connect(path, readonly=True, cancel=cancel)
+        conn = sqlite.open_readonly(path, immutable=False, cancel=cancel)
         try:
-            # A bigger page cache makes the check of a 1 GB copy ~12% faster (it is the
-            # longest step of a backup) and stays within the memory budget whatever the size.
+            # A bigger page cache makes the check of a 1 GB copy faster and stays within the
+            # memory budget whatever the size.
             conn.execute(f"PRAGMA cache_size = -{VERIFY_CACHE_KIB}")
-            result = conn.execute("PRAGMA integrity_check").fetchall()
-            tables = _table_names(conn)
-            counts = {table: row_count(conn, table) for table in sorted(tables)}
+            problems = sqlite.check(conn, kind)
+            counts = sqlite.row_counts(conn)
         finally:
             conn.close()
     except sqlite3.DatabaseError as err:
@@ -507,18 +479,13 @@ def _check_database(path, expected_tables, cancel=None):
         elif cancel.is_set():
             raise _Cancelled from err
         raise BackupError(f"{name} is not a sound SQLite database: {err}") from err
-    if result != [("ok",)]:
-        problems = "; ".join(row[0] for row in result[:3])
-        raise BackupError(f"{name} failed the integrity check: {problems}")
-    missing = set(expected_tables) - tables
+    if problems:
+        label = "quick check" if kind == "quick" else "integrity check"
+        raise BackupError(f"{name} failed the {label}: {'; '.join(problems[:3])}")
+    missing = set(expected_tables) - set(counts)
     if missing:
         raise BackupError(f"{name} is incomplete: tables missing: {', '.join(sorted(missing))}")
     return counts
-
-
-def row_count(conn, table):
-    quoted = '"' + table.replace('"', '""') + '"'
-    return conn.execute(f"SELECT count(*) FROM {quoted}").fetchone()[0]
 
 
 class _Cancelled(Exception):
