@@ -1,9 +1,14 @@
+import contextlib
 import errno
 import os
+import re
+import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -71,6 +76,54 @@ def manage(*args, env=None, cwd=None, check=False, timeout=120, **kwargs):
         timeout=timeout,
         **kwargs,
     )
+
+
+@contextlib.contextmanager
+def gunicorn(env, *args):
+    """Serve the site with gunicorn on a free port (its own choice); yield its base URL."""
+    full_env = {**os.environ, **env}
+    full_env.pop("DJANGO_SETTINGS_MODULE", None)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "stanza_site.wsgi", "--bind", "127.0.0.1:0", *args],
+        cwd=REPO_DIR,
+        env=full_env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield _wait_for_gunicorn(server)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        server.stderr.close()
+
+
+def _wait_for_gunicorn(server):
+    """Read gunicorn's log until it says where it listens, then until a page answers."""
+
+    def listening_url():
+        line = server.stderr.readline()
+        assert line, f"gunicorn exited with status {server.poll()}"
+        found = re.search(r"Listening at: (http://\S+)", line)
+        return found.group(1) if found else None
+
+    url = wait_until(listening_url, timeout=30, interval=0)
+    # Keep draining its log so it never blocks on a full pipe.
+    threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
+
+    def answers():
+        try:
+            with urllib.request.urlopen(f"{url}/admin/login/", timeout=5) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    wait_until(answers, timeout=30, interval=0.2)
+    return url
 
 
 def make_large_database(path, megabytes, *, wal=True):
