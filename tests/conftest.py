@@ -1,8 +1,10 @@
 import contextlib
+import email
 import errno
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -76,6 +78,44 @@ def manage(*args, env=None, cwd=None, check=False, timeout=120, **kwargs):
         timeout=timeout,
         **kwargs,
     )
+
+
+def free_port():
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Inbox:
+    """An aiosmtpd handler that keeps every message it receives."""
+
+    def __init__(self):
+        self.messages = []
+        self.port = None
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(email.message_from_bytes(envelope.content))
+        return "250 OK"
+
+    @property
+    def subjects(self):
+        return [message["Subject"] for message in self.messages]
+
+
+@contextlib.contextmanager
+def smtp_inbox():
+    """A real SMTP server on loopback; yields its Inbox (`.port` is where it listens)."""
+    from aiosmtpd.controller import Controller
+
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    inbox.port = controller.port
+    try:
+        yield inbox
+    finally:
+        controller.stop()
 
 
 @contextlib.contextmanager
