@@ -42,7 +42,7 @@ ADMINS = [(email, email) for email in STANZA_ALERT_EMAILS]
 
 # --- Django ---------------------------------------------------------------------------------
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "backups_app.admin_site.StanzaAdminConfig",  # Django's admin, listing the dashboard
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
