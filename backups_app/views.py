@@ -27,7 +27,7 @@ from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from backups_app import backups, drill, health, jobs, restore, scheduler_lock
-from backups_app.models import CronRun
+from backups_app.models import CronRun, last_line
 
 logger = logging.getLogger(__name__)
 
@@ -441,11 +441,6 @@ def run_job_by_hand(user, name):
     message = f"Ran job {name} by hand: {run.status}" + (f" ({outcome})" if outcome else "")
     audit(user, message, obj=run)
     return run
-
-
-def last_line(text):
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else ""
 
 
 @staff_required
