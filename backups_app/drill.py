@@ -52,12 +52,19 @@ def latest_drill(listed):
 # --- the drill ----------------------------------------------------------------------------
 
 
+def backup_to_drill(listed):
+    """The newest backup this site made itself: any label but `uploaded` (pre-restore and
+    pre-migrate copies are this site's data too), else None. An upload is checked when it
+    arrives; the drill proves that the site's own backups restore."""
+    return next((b for b in listed if b.label != "uploaded"), None)
+
+
 def verify_latest_backup(folder=None):
-    """Drill the newest backup; return a one-line result, raise DrillError when it fails."""
+    """Drill the newest backup the site made; return a one-line result, DrillError if it fails."""
     listed = backups.list_backups(folder)
-    if not listed:
-        raise DrillError("no backup to verify")
-    backup = listed[0]
+    backup = backup_to_drill(listed)
+    if backup is None:
+        raise DrillError("no backup to verify" + (" (only uploaded ones)" if listed else ""))
     problems, notes, counts = _drill(backup)
     result = {"at": timezone.now().isoformat(), "ok": not problems, "problems": problems}
     write_manifest(backup.path, drill=result)
@@ -104,16 +111,11 @@ def _drill(backup):
 
 
 def _restore_into(plain, scratch):
-    """Restore the backup into the scratch file the way a real restore does (backup API)."""
-    source = restore.open_readonly(plain)
-    dest = sqlite3.connect(scratch, isolation_level=None)
+    """Restore the backup into the scratch file the way a real restore copies it."""
     try:
-        source.backup(dest, pages=-1)
-    except sqlite3.Error as err:
+        restore.copy_into(plain, scratch)
+    except BackupError as err:
         raise DrillError(f"the backup could not be restored into a scratch file: {err}") from err
-    finally:
-        dest.close()
-        source.close()
 
 
 def _check_restored(scratch):
