@@ -45,14 +45,20 @@ class OperationRunning(BackupError):
 
 
 def lock_path(database=None):
-    """The lock file: beside the database the operation works on (the live one by default)."""
-    return Path(database or conf.live_database_path()).parent / LOCK_FILENAME
+    """The lock file: in the data folder, or beside `database` when it is another one."""
+    if database is not None:
+        return Path(database).parent / LOCK_FILENAME
+    from django.conf import settings
+
+    folder = getattr(settings, "STANZA_DATA_DIR", None) or conf.live_database_path().parent
+    return Path(folder) / LOCK_FILENAME
 
 
 @contextlib.contextmanager
 def exclusive(operation, *, by="", database=None, wait=0):
     """Hold the operation lock while the block runs; OperationRunning if another holds it.
 
+    `database`: only for a database other than the live one (`restore --data-dir`).
     `wait`: seconds to wait for the holder to finish (the scheduler's jobs wait; a person
     clicking a button is answered at once).
     """

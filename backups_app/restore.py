@@ -395,8 +395,12 @@ def changes(info, database=None):
     database = Path(database or backups.live_database_path())
     if not database.exists():
         return Changes(appear=tuple(sorted(info.row_counts)))
+    # Read only, and without creating -wal/-shm files where there are none: a database with
+    # no -wal file is not open in WAL mode right now, so the main file holds all of it.
+    in_use = Path(f"{database}-wal").exists()
+    mode = "ro" if in_use else "ro&immutable=1"
     try:
-        conn = sqlite3.connect(f"file:{quote(str(database))}?mode=ro", uri=True, timeout=5)
+        conn = sqlite3.connect(f"file:{quote(str(database))}?mode={mode}", uri=True, timeout=5)
     except sqlite3.Error:
         return Changes()
     try:
@@ -475,7 +479,7 @@ def restore_and_record(path, *, trigger, by="", database=None, backups_folder=No
 
     database = Path(database or backups.live_database_path())
     is_live = database.resolve() == Path(backups.live_database_path()).resolve()
-    with operations.exclusive("restore", by=by, database=database):
+    with operations.exclusive("restore", by=by, database=None if is_live else database):
         try:
             result = restore_backup(
                 path, database=database, backups_folder=backups_folder, confirm=confirm

@@ -1,7 +1,6 @@
 """Restores that cannot hurt (issue 8): hollow backups refused, no write lost, the product's
 history kept, any page size."""
 
-import json
 import sqlite3
 import subprocess
 import sys
@@ -302,3 +301,14 @@ def test_a_restore_that_fills_the_disk_changes_nothing_and_keeps_no_lock(
     assert rows(small, "PRAGMA integrity_check") == [("ok",)]
     [safety] = backups.list_backups(backups_folder)
     assert count_rows(safety.path, "auth_group") == 1
+
+
+def test_the_database_can_be_backed_up_after_restoring_one_without_autoincrement_tables(
+    live, backups_folder, tmp_path
+):
+    plain = make_database(tmp_path / "plain.sqlite", rows=5, wal=False)  # no sqlite_sequence
+
+    restore_backup(plain, database=live, backups_folder=backups_folder)
+    after = create_backup(live, folder=backups_folder)
+
+    assert count_rows(after.path) == 5
