@@ -129,7 +129,15 @@ def live_data(tmp_path):
 
 
 def live_env(folder, **extra):
-    return {"STANZA_DATA_DIR": str(folder), **extra}
+    """The environment of a subprocess using data folder `folder` (which `hold_jobs` can hold)."""
+    hold = str(Path(__file__).parent / "hold")
+    pythonpath = os.pathsep.join(filter(None, [hold, os.environ.get("PYTHONPATH")]))
+    return {
+        "STANZA_DATA_DIR": str(folder),
+        "PYTHONPATH": pythonpath,
+        "TEST_HOLD_JOBS": "1",
+        **extra,
+    }
 
 
 def read_runs(folder, job_name=None):
@@ -156,8 +164,9 @@ def wait_until(predicate, timeout=60, interval=0.05):
 def hold_jobs(backups_dir):
     """Make the jobs that check the backups folder's temporary files wait until `release()`.
 
-    A FIFO named like a backup's temporary file: the check opens it, and opening a FIFO blocks
-    until a writer comes. So a real job in a real process lasts as long as a test wants.
+    A FIFO named like a backup's temporary file: a subprocess started with `live_env` waits
+    when it lists that folder (tests/hold/sitecustomize.py) until a writer opens the FIFO. So
+    a real job in a real process lasts as long as a test wants.
     """
     fifo = Path(backups_dir) / ".stanza-tmp-held.partial"
     os.mkfifo(fifo)
