@@ -11,7 +11,7 @@ from pathlib import Path
 
 from django.utils import timezone
 
-from backups_app import backups, restore
+from backups_app import backups, restore, sqlite
 from backups_app.backups import BackupError, read_manifest, write_manifest
 
 logger = logging.getLogger(__name__)
@@ -26,10 +26,9 @@ class DrillError(BackupError):
 
 def table_row_counts(db_path):
     """{table: rows} of every table of a plain SQLite file."""
-    conn = restore.open_readonly(db_path)
+    conn = sqlite.open_readonly(db_path)
     try:
-        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-        return {name: backups.row_count(conn, name) for (name,) in sorted(rows)}
+        return sqlite.row_counts(conn)
     except sqlite3.DatabaseError as err:
         raise BackupError(f"cannot count the rows of {Path(db_path).name}: {err}") from err
     finally:
@@ -68,6 +67,8 @@ def verify_latest_backup(folder=None):
     problems, notes, counts = _drill(backup)
     result = {"at": timezone.now().isoformat(), "ok": not problems, "problems": problems}
     write_manifest(backup.path, drill=result)
+    if not problems:
+        backups.record_check(backup.path, "full", by="drill")
     if problems:
         logger.error(
             "restore drill of %s failed: %s",
@@ -113,22 +114,23 @@ def _drill(backup):
 def _restore_into(plain, scratch):
     """Restore the backup into the scratch file the way a real restore copies it."""
     try:
-        restore.copy_into(plain, scratch)
+        restore.load_into(plain, scratch)
     except BackupError as err:
         raise DrillError(f"the backup could not be restored into a scratch file: {err}") from err
 
 
 def _check_restored(scratch):
-    conn = restore.open_readonly(scratch)
+    conn = sqlite.open_readonly(scratch)
     try:
-        result = conn.execute("PRAGMA integrity_check").fetchall()
+        problems = sqlite.check(conn, "full")
+        counts = sqlite.row_counts(conn)
     except sqlite3.DatabaseError as err:
         raise DrillError(f"the restored copy is not a sound database: {err}") from err
     finally:
         conn.close()
-    if result != [("ok",)]:
-        raise DrillError(f"the restored copy failed the integrity check: {result[0][0]}")
-    return table_row_counts(scratch)
+    if problems:
+        raise DrillError(f"the restored copy failed the integrity check: {problems[0]}")
+    return counts
 
 
 def _compare_counts(expected, counts):

@@ -15,8 +15,6 @@ import contextlib
 import dataclasses
 import gzip
 import logging
-import os
-import secrets
 import shutil
 import sqlite3
 import time
@@ -26,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
-from backups_app import backups
+from backups_app import backups, sqlite
 from backups_app.backups import BackupError
 
 logger = logging.getLogger(__name__)
@@ -173,7 +171,7 @@ def declared_size(header):
 
     The page count is valid only when the two change counters agree (SQLite's own rule).
     """
-    if len(header) < 100 or header[:16] != backups.SQLITE_HEADER:
+    if len(header) < 100 or header[:16] != sqlite.HEADER:
         return None
     page_size = int.from_bytes(header[16:18], "big")
     page_size = 65536 if page_size == 1 else page_size
@@ -195,7 +193,7 @@ def inflate(source, dest, *, name=None, limit=None):
     try:
         with gzip.open(source, "rb") as fin, open(dest, "wb") as fout:
             header = fin.read(100)
-            if header[:16] != backups.SQLITE_HEADER:
+            if header[:16] != sqlite.HEADER:
                 raise RestoreError(f"{name} is not an SQLite database (gzip'd)")
             bounds = [declared_size(header), limit, _free_space(Path(dest).parent)]
             bound = min(b for b in bounds if b is not None)
@@ -240,22 +238,21 @@ def inspect(path, plain, compressed, checksum_verified, name=None):
     name = name or path.name
     _check_header(plain, name)
     try:
-        conn = open_readonly(plain)
+        conn = sqlite.open_readonly(plain)
     except sqlite3.Error as err:
         raise RestoreError(f"{name} cannot be opened as an SQLite database: {err}") from err
     try:
-        result = conn.execute("PRAGMA integrity_check").fetchall()
-        if result != [("ok",)]:
-            details = "; ".join(str(row[0]) for row in result[:3])
-            raise RestoreError(f"{name} failed the integrity check: {details}")
-        tables = table_names(conn)
+        problems = sqlite.check(conn, "full")
+        if problems:
+            raise RestoreError(f"{name} failed the integrity check: {'; '.join(problems[:3])}")
+        tables = sqlite.table_names(conn)
         if "django_migrations" not in tables:
             raise RestoreError(
                 f"{name} is not a database of this project (no django_migrations table)"
             )
         applied = _applied_migrations(conn, name)
-        counts = {table: backups.row_count(conn, table) for table in sorted(tables)}
-        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        counts = sqlite.row_counts(conn)
+        page_size = sqlite.pragma(conn, "page_size")
     except sqlite3.DatabaseError as err:
         raise RestoreError(f"{name} is not a sound SQLite database: {err}") from err
     finally:
@@ -289,24 +286,10 @@ def inspect(path, plain, compressed, checksum_verified, name=None):
     )
 
 
-def open_readonly(path):
-    """Open a backup file for reading only, as the single file it is.
-
-    `immutable=1`: a backup is not written while we read it, and SQLite must not create
-    `-wal`/`-shm` files beside it (it would, for a file copied from a WAL database).
-    """
-    conn = sqlite3.connect(
-        f"file:{quote(str(path))}?mode=ro&immutable=1", uri=True, isolation_level=None
-    )
-    conn.set_progress_handler(lambda: 0, 100_000)  # let signal handlers run
-    return conn
-
-
 def _check_header(plain, name):
     """Refuse a file that is not SQLite, or shorter than its own header says (truncated)."""
-    with open(plain, "rb") as f:
-        header = f.read(100)
-    if header[:16] != backups.SQLITE_HEADER:
+    header = sqlite.read_header(plain)
+    if header[:16] != sqlite.HEADER:
         raise RestoreError(f"{name} is not an SQLite database")
     if len(header) < 100:
         raise RestoreError(f"{name} is truncated")
@@ -316,6 +299,9 @@ def _check_header(plain, name):
 
 
 def table_names(conn, schema="main"):
+    """The tables of one schema of a connection (`main`, an attached `bak`, `temp`)."""
+    if schema == "main":
+        return sqlite.table_names(conn)
     rows = conn.execute(f"SELECT name FROM {schema}.sqlite_master WHERE type = 'table'")
     return {name for (name,) in rows.fetchall()}
 
@@ -404,11 +390,11 @@ def changes(info, database=None):
     except sqlite3.Error:
         return Changes()
     try:
-        live = table_names(conn)
+        live = sqlite.table_names(conn)
         kept = {}
         for table, what in product_tables().items():
             if table in live and table in info.row_counts:
-                kept[what] = backups.row_count(conn, table)
+                kept[what] = sqlite.row_count(conn, table)
         audit = _audit_rows(conn, live)
         if audit is not None and "django_admin_log" in info.row_counts:
             kept["audit of dashboard actions"] = audit
@@ -521,7 +507,8 @@ def restore_backup(path, *, database=None, backups_folder=None, confirm=None):
                 for leftover in (database, *(Path(f"{database}{s}") for s in ("-wal", "-shm"))):
                     leftover.unlink(missing_ok=True)
             if isinstance(err, sqlite3.Error):
-                backups._raise_if_interrupted(err)
+                if sqlite.interrupted(err):
+                    raise KeyboardInterrupt from err
                 raise RestoreError(
                     f"restore into {database} failed, nothing was changed: {err}"
                 ) from err
@@ -546,13 +533,14 @@ def restore_backup(path, *, database=None, backups_folder=None, confirm=None):
     return result
 
 
-def copy_into(plain, database):
-    """Copy a checked plain backup into `database` the way a restore does (the drill's copy)."""
+def load_into(plain, database):
+    """Load a checked plain backup into `database` the way a restore does (the drill's copy)."""
     try:
         with _write_locked(database, plain, wal=False) as conn:
             replace_contents(conn, carry=False)
     except sqlite3.Error as err:
-        backups._raise_if_interrupted(err)
+        if sqlite.interrupted(err):
+            raise KeyboardInterrupt from err
         raise RestoreError(f"the backup could not be copied into {database}: {err}") from err
 
 
@@ -833,24 +821,16 @@ def _put_back_audit(conn, restored):
 
 @contextlib.contextmanager
 def scratch_file(folder):
-    """Yield the path of a new empty temporary file in `folder`; delete it (and SQLite's) after.
-
-    It follows the engine's protocol for temporary files (a `.partial` held under flock), so
-    `backups.remove_abandoned_temp_files` leaves it alone while it is in use and removes it
-    if this process dies.
-    """
+    """sqlite.scratch_file, with the failure to create it as a RestoreError."""
     folder = Path(folder) if folder else Path(backups.backups_dir())
-    path = folder / f"{backups.TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}.partial"
     try:
-        fd = backups._create_locked(path)
+        scratch = sqlite.scratch_file(folder)
+        path = scratch.__enter__()
     except OSError as err:
         raise RestoreError(f"cannot write a temporary file in {folder}: {err.strerror}") from err
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.push(scratch)
         yield path
-    finally:
-        for leftover in (path, *(Path(f"{path}{s}") for s in ("-journal", "-wal", "-shm"))):
-            leftover.unlink(missing_ok=True)
-        os.close(fd)
 
 
 def describe(info):

@@ -105,14 +105,10 @@ def accept_upload(upload, folder=None, *, limit=None):
             if compressed:
                 restore.inflate(temp, plain, name=shown, limit=limit)
             info = restore.inspect(temp, plain if compressed else temp, compressed, False, shown)
-        final = backups.link_into_place(temp, None, folder, "uploaded", compressed)
-        try:
-            backups.write_checksum(final, digest)
-            backups.write_manifest(final, info.row_counts)
-        except BaseException:
-            for path in (final, *backups.sidecars(final)):
-                path.unlink(missing_ok=True)
-            raise
+        manifest = backups.new_manifest(info.row_counts, "full", by="upload")
+        final = backups.publish(
+            temp, digest, manifest, folder=folder, label="uploaded", compress=compressed
+        )
     logger.info(
         "uploaded backup kept as %s (%d bytes)",
         final.name,

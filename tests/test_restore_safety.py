@@ -312,3 +312,17 @@ def test_the_database_can_be_backed_up_after_restoring_one_without_autoincrement
     after = create_backup(live, folder=backups_folder)
 
     assert count_rows(after.path) == 5
+
+
+def test_the_restore_command_and_the_jobs_take_the_same_operation_lock(
+    data_dir, settings, monkeypatch
+):
+    from backups_app import jobs, operations
+
+    monkeypatch.setattr(jobs, "OPERATION_WAIT", 0)
+    with operations.exclusive("restore", by="the restore command"):
+        with pytest.raises(operations.OperationRunning, match="a restore is running"):
+            with operations.exclusive("backup"):
+                pass
+        with pytest.raises(operations.OperationRunning, match=r"by the restore command"):
+            jobs.daily_backup()
