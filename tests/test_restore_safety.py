@@ -321,8 +321,10 @@ def test_the_restore_command_and_the_jobs_take_the_same_operation_lock(
 
     monkeypatch.setattr(jobs, "OPERATION_WAIT", 0)
     with operations.exclusive("restore", by="the restore command"):
-        with pytest.raises(operations.OperationRunning, match="a restore is running"):
-            with operations.exclusive("backup"):
-                pass
+        with (
+            pytest.raises(operations.OperationRunning, match="a restore is running"),
+            operations.exclusive("backup"),
+        ):
+            pass
         with pytest.raises(operations.OperationRunning, match=r"by the restore command"):
             jobs.daily_backup()
