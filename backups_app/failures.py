@@ -5,9 +5,18 @@ The traceback stays in the run's record (and on its detail page); the pages lead
 
 import re
 
+from backups_app.models import last_line
+
 # Exceptions whose message is already written for a person: shown without their class name.
-OWN_ERRORS = {"BackupError", "DrillError", "RestoreError", "CommandError", "ConfigError"}
-MODULE_PATH = re.compile(r"^(?:[A-Za-z_]\w*\.)+(?=[A-Za-z_]\w*: )")
+OWN_ERRORS = {
+    "BackupError",
+    "DrillError",
+    "RestoreError",
+    "UploadError",
+    "OperationRunning",
+    "CommandError",
+    "ConfigError",
+}
 EXCEPTION = re.compile(r"^([A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt)): (.*)$")
 
 # (pattern of the message, what to do next). A `None` advice means the sentence says it all.
@@ -55,15 +64,9 @@ ADVICE = (
 )
 
 
-def last_line(text):
-    """The last non-blank line of an error output (the exception under its traceback)."""
-    lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
-    return lines[-1] if lines else ""
-
-
 def message_of(text):
     """The exception's own message, without its module path, or class for our own errors."""
-    line = MODULE_PATH.sub("", last_line(text))
+    line = last_line(text or "")
     found = EXCEPTION.match(line)
     if found is None:
         return line

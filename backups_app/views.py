@@ -1,10 +1,7 @@
 """The staff dashboard inside the admin: Backups page, "Back up now", downloads, deletes,
 restores, uploads, Cron page and run details. Each view: one check, one call, one ending."""
 
-import contextlib
-import fcntl
 import logging
-import os
 import shutil
 from functools import wraps
 from pathlib import Path
@@ -12,7 +9,6 @@ from pathlib import Path
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth.views import redirect_to_login
-from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import DatabaseError
@@ -24,7 +20,17 @@ from django.utils.dateparse import parse_datetime
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from backups_app import backups, drill, failures, health, jobs, restore, scheduler_lock
+from backups_app import (
+    backups,
+    drill,
+    failures,
+    health,
+    jobs,
+    operations,
+    restore,
+    scheduler_lock,
+    uploads,
+)
 from backups_app.audit import CHANGE, DELETION, audit, recent_entries
 from backups_app.forms import DeleteForm, HistoryFilterForm, RestoreForm, UploadForm
 from backups_app.models import CronRun
@@ -36,11 +42,6 @@ STALE_AFTER = health.MAX_BACKUP_AGE
 HISTORY_PAGE_SIZE = 50
 # A page of backups renders in ~10 ms; 5000 rows at once took 0.6 s (bench/dashboard.py).
 BACKUPS_PAGE_SIZE = 100
-BACKUP_LOCK_FILENAME = "backup-now.lock"
-
-
-class BackupAlreadyRunning(Exception):
-    pass
 
 
 # --- access and endings --------------------------------------------------------------------
@@ -176,29 +177,14 @@ def drill_status(backup):
     }
 
 
-@contextlib.contextmanager
-def one_backup_at_a_time():
-    """Refuse a second "Back up now" or restore while one runs, rather than run two at once."""
-    path = Path(settings.STANZA_DATA_DIR) / BACKUP_LOCK_FILENAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BackupAlreadyRunning from None
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
 @staff_required
 @require_POST
 def backup_now(request):
     try:
-        with one_backup_at_a_time():
+        with operations.exclusive("backup", by=request.user.get_username()):
             backup = backups.create_backup(label="manual")
-    except BackupAlreadyRunning:
-        return failed(request, "a backup is already running; try again when it has finished", 409)
+    except operations.OperationRunning as err:
+        return failed(request, str(err), 409)
     except backups.BackupError as err:
         logger.error("backup requested by %s failed: %s", request.user.get_username(), err)
         audit(request.user, f"Back up now failed: {err}")
@@ -301,6 +287,7 @@ def restore_backup(request, filename):
             form=form,
             info=info,
             summary=restore.describe(info) if info else "",
+            changes=restore.changes(info) if info else None,
             problem=problem,
             database=backups.live_database_path(),
             folder=backups.backups_dir(),
@@ -312,27 +299,22 @@ def restore_now(request, backup):
     user = request.user
     trigger = f"admin:{user.get_username()}"
     try:
-        with one_backup_at_a_time():
-            result = restore.restore_backup(backup.path)
-    except BackupAlreadyRunning:
-        error = "a backup or restore is already running; try again when it has finished"
-        return failed(request, error, 409)
+        result = restore.restore_and_record(backup.path, trigger=trigger, by=user.get_username())
+    except operations.OperationRunning as err:
+        return failed(request, str(err), 409)
     except backups.BackupError as err:
         logger.error("restore of %s requested by %s failed: %s", backup.name, trigger, err)
-        restore.record_restore(error=err, trigger=trigger)
         audit(user, f"Restore of {backup.name} failed: {err}")
         return failed(request, f"restore failed, nothing was changed: {err}", 400)
-    return restored(request, result, trigger)
+    return restored(request, result)
 
 
-def restored(request, result, trigger):
-    """Record a restore that succeeded, in the restored database, and say so.
+def restored(request, result):
+    """Say that a restore succeeded (restore_and_record recorded it in the run history).
 
     The restored database has its own sessions table: when it lacks this session, the next
     page is the login page, which shows the message (messages live in a cookie).
     """
-    ContentType.objects.clear_cache()  # ids in the restored database may differ
-    restore.record_restore(result, trigger=trigger)
     name = result.backup.name
     safety = result.safety_backup.name if result.safety_backup else ""
     try:
@@ -375,11 +357,13 @@ def _upload_backup(request):
         return failed(request, form.errors["file"][0], 400)
     upload = form.cleaned_data["file"]
     try:
-        backup = restore.accept_upload(upload)
+        with operations.exclusive("upload", by=request.user.get_username()):
+            backup = uploads.accept_upload(upload)
     except backups.BackupError as err:
         logger.warning("upload of %s refused: %s", upload.name, err)
         audit(request.user, f"Upload of {upload.name} refused: {err}")
-        return failed(request, f"upload of {upload.name} refused: {err}", 400)
+        status = getattr(err, "status", 400)
+        return failed(request, f"upload of {upload.name} refused: {err}", status)
     size = backups.human_size(backup.size)
     audit(request.user, f"Uploaded {upload.name} as {backup.name} ({size})")
     text = f"Uploaded {upload.name}: it passed the checks and is kept as {backup.name} ({size})."
