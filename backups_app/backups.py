@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from django.utils import timezone
 
@@ -139,8 +140,35 @@ def backups_dir():
 # --- listing ------------------------------------------------------------------------------
 
 
+class Listed(NamedTuple):
+    """One backup as the folder's listing found it: cheap to make by the thousand."""
+
+    mtime: float
+    name: str
+    size: int
+    has_checksum: bool
+
+    def backup(self, folder):
+        return Backup(
+            path=Path(folder) / self.name,
+            size=self.size,
+            modified=datetime.fromtimestamp(self.mtime, UTC),
+            has_checksum=self.has_checksum,
+        )
+
+
 def list_backups(folder=None):
     """Every backup in the folder, newest first, from one read of the folder."""
+    folder = Path(folder or backups_dir())
+    return [item.backup(folder) for item in scan_backups(folder)]
+
+
+def scan_backups(folder=None):
+    """Every backup in the folder as `Listed` tuples, newest first, from one read of the folder.
+
+    For pages that count thousands of backups and show a few: a third of the time of
+    building a Backup (a Path, a datetime) for each (bench/dashboard.py).
+    """
     folder = Path(folder or backups_dir())
     try:
         entries = list(os.scandir(folder))
@@ -161,8 +189,9 @@ def list_backups(folder=None):
             st = entry.stat(follow_symlinks=False)
         except FileNotFoundError:  # deleted between the listing and the stat
             continue
-        found.append(_backup(folder / entry.name, st, entry.name + CHECKSUM_SUFFIX in regular))
-    found.sort(key=lambda b: (b.modified, b.name), reverse=True)
+        name = entry.name
+        found.append(Listed(st.st_mtime, name, st.st_size, name + CHECKSUM_SUFFIX in regular))
+    found.sort(reverse=True)  # by time, then name: newest first
     return found
 
 

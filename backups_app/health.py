@@ -5,7 +5,7 @@ Each problem has a few words (what /healthz and `checkbackups` print, stable for
 and a sentence saying what to do next (what the pages show). Problems come from:
 - `job_health()`: every registered job that failed or is late;
 - the functions named in `PROBLEM_SOURCES`: each takes a `Check` (`check.now`, and
-  `check.backups`, the backups folder listed once for all sources) and returns a list of
+  `check.listed`, the backups folder listed once for all sources) and returns a list of
   `Problem`s (or plain strings). Offsite copies and replication add theirs by appending the
   dotted path of their function there (imported lazily, so a source may import this module).
 """
@@ -69,14 +69,18 @@ class Check:
     """What the problem sources look at: the time, and the backups folder read once."""
 
     now: datetime
-    listed: list | None = None  # the caller's listing of the backups folder, if it has one
+    scanned: list | None = None  # the caller's backups.scan_backups(), if it has one
 
     @property
-    def backups(self):
-        """The backups, newest first (BackupError when the folder cannot be read)."""
-        if self.listed is None:
-            self.listed = backups.list_backups()
-        return self.listed
+    def listed(self):
+        """The backups as `backups.Listed` tuples, newest first (BackupError if unreadable)."""
+        if self.scanned is None:
+            self.scanned = backups.scan_backups()
+        return self.scanned
+
+    @property
+    def folder(self):
+        return backups.backups_dir()
 
 
 @dataclass(frozen=True)
@@ -94,13 +98,13 @@ class Verdict:
         return [str(problem) for problem in self.problems]
 
 
-def verdict(now=None, *, listed=None):
+def verdict(now=None, *, scanned=None):
     """The one health verdict: the problems (empty when healthy) and every job's state.
 
-    `listed`: the backups folder's listing, when the caller has just read it.
+    `scanned`: the backups folder's `backups.scan_backups()`, when the caller has just read it.
     """
     now = now or timezone.now()
-    check = Check(now, listed)
+    check = Check(now, scanned)
     found = []
     for path in PROBLEM_SOURCES:
         found += [p if isinstance(p, Problem) else Problem(str(p)) for p in source(path)(check)]
@@ -128,7 +132,7 @@ def job_states(now=None):
 
 def backup_problems(check):
     try:
-        listed = check.backups
+        listed = check.listed
     except BackupError:
         return [
             Problem(
@@ -138,7 +142,7 @@ def backup_problems(check):
             )
         ]
     # An uploaded file proves nothing about this machine's own backups.
-    newest_own = next((b for b in listed if b.label != "uploaded"), None)
+    newest_own = next((b for b in listed if label_of(b.name) != "uploaded"), None)
     found = []
     if newest_own is None:
         found.append(
@@ -148,7 +152,7 @@ def backup_problems(check):
                 "one every night).",
             )
         )
-    elif check.now - newest_own.modified > MAX_BACKUP_AGE:
+    elif check.now.timestamp() - newest_own.mtime > MAX_BACKUP_AGE.total_seconds():
         found.append(
             Problem(
                 "newest backup older than 26 hours",
@@ -156,7 +160,8 @@ def backup_problems(check):
                 "Cron page, or make one with Back up now.",
             )
         )
-    newest_drill = drill.latest_drill(listed[:DRILL_LOOKBACK])
+    folder = check.folder
+    newest_drill = drill.latest_drill([folder / item.name for item in listed[:DRILL_LOOKBACK]])
     if newest_drill is not None and not newest_drill.get("ok"):
         found.append(
             Problem(
@@ -166,6 +171,10 @@ def backup_problems(check):
             )
         )
     return found
+
+
+def label_of(name):
+    return backups.parse_backup_name(name)["label"] or ""
 
 
 def job_problem(job):

@@ -122,15 +122,16 @@ def backups_page(request):
     folder = backups.backups_dir()
     problem = ""
     try:
-        found = backups.list_backups(folder)
+        found = backups.scan_backups(folder)  # thousands: Backup objects for the rows shown only
     except backups.BackupError as err:
         found, problem = [], str(err)
     try:
         free = shutil.disk_usage(folder).free
     except OSError:
         free = None
-    newest = found[0] if found else None
+    newest = found[0].backup(folder) if found else None
     page = Paginator(found, BACKUPS_PAGE_SIZE).get_page(request.GET.get("page"))
+    shown = [item.backup(folder) for item in page]
     return render(
         request,
         "backups/backups.html",
@@ -146,7 +147,7 @@ def backups_page(request):
                     "drill": drill_status(backup),
                     "sha256": backups.read_checksum(backup.path) if backup.has_checksum else "",
                 }
-                for backup in page
+                for backup in shown
             ],
             folder=folder,
             problem=problem,
@@ -156,7 +157,7 @@ def backups_page(request):
             stale=newest is None or timezone.now() - newest.modified > STALE_AFTER,
             stale_after_hours=int(STALE_AFTER.total_seconds() // 3600),
             alert_emails=[email for _name, email in settings.ADMINS],
-            verdict=health.verdict(listed=None if problem else found),
+            verdict=health.verdict(scanned=None if problem else found),
             upload_form=UploadForm(),
             audit_entries=recent_entries(),
         ),
@@ -224,8 +225,8 @@ def delete_backup(request, filename):
     backup, refused = lookup(request, filename)
     if refused:
         return refused
-    listed = backups.list_backups()
-    others = [b for b in listed if b.name != backup.name]
+    listed = backups.scan_backups()
+    others = [item for item in listed if item.name != backup.name]
     form = DeleteForm(request.POST if request.method == "POST" else None, is_last=not others)
     if request.method == "POST":
         if form.is_valid():
@@ -241,8 +242,7 @@ def delete_backup(request, filename):
             backup=backup,
             form=form,
             is_last=not others,
-            newest=listed[0] if listed else None,
-            own_left=[b for b in others if b.label != "uploaded"],
+            is_newest=bool(listed) and listed[0].name == backup.name,
         ),
         status=400 if form.errors else 200,
     )
@@ -250,7 +250,10 @@ def delete_backup(request, filename):
 
 def delete_now(request, backup):
     try:
-        backups.delete_backup(backup.name)
+        with operations.exclusive("delete", by=request.user.get_username()):
+            backups.delete_backup(backup.name)
+    except operations.OperationRunning as err:
+        return failed(request, str(err), 409)
     except backups.BackupError as err:
         logger.error("delete of %s failed: %s", backup.name, err)
         return failed(request, f"could not delete {backup.name}: {err}", 500)

@@ -186,3 +186,14 @@ def test_a_bad_download_name_gets_a_page_in_the_admin_layout(staff_client, backu
     assert api.json() == {"error": "not a backup file name"}
     assert missing.status_code == 404
     assert "There is no backup called" in missing.content.decode()
+
+
+def test_it_refuses_to_delete_while_a_backup_or_restore_runs(staff_client, two_backups):
+    from backups_app import operations
+
+    with operations.exclusive("restore", by="someone"):
+        response = staff_client.post(delete_url(OLD), **JSON)
+
+    assert response.status_code == 409
+    assert response.json()["error"].startswith("a restore is running (by someone")
+    assert two_backups[0].exists()
