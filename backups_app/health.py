@@ -2,12 +2,13 @@
 the admin index, the Cron page and the Backups page.
 
 Each problem has a few words (what /healthz and `checkbackups` print, stable for monitoring)
-and a sentence saying what to do next (what the pages show). Problems come from:
-- `job_health()`: every registered job that failed or is late;
-- the functions named in `PROBLEM_SOURCES`: each takes a `Check` (`check.now`, and
-  `check.listed`, the backups folder listed once for all sources) and returns a list of
-  `Problem`s (or plain strings). Offsite copies and replication add theirs by appending the
-  dotted path of their function there (imported lazily, so a source may import this module).
+and a sentence saying what to do next (what the pages show). Problems come from, in order:
+- `backup_problems()`: the backups folder (no backup, too old, the last drill failed);
+- the functions named in `PROBLEM_SOURCES`: each takes `now` and returns a list of `Problem`s
+  (or plain strings, shown as they are). Offsite copies and replication add theirs by
+  appending the dotted path of their function there (imported lazily, when a verdict is
+  computed, so a source may import this module);
+- `job_health()`: every registered job whose last run failed, or that is late.
 """
 
 import logging
@@ -33,9 +34,8 @@ OK, FAILING, LATE = State.OK.value, State.FAILING.value, State.LATE.value
 # Shown for a job that has not run yet and is not late: not "ok", which it has not proved.
 NEVER_RUN = "never run"
 
-PROBLEM_SOURCES = [
-    "backups_app.health.backup_problems",
-]
+# More kinds of problems, e.g. "backups_app.offsite.health_problems": f(now) -> [Problem | str].
+PROBLEM_SOURCES = []
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class JobHealth:
 
 @dataclass
 class Check:
-    """What the problem sources look at: the time, and the backups folder read once."""
+    """What backup_problems looks at: the time, and the backups folder read once per verdict."""
 
     now: datetime
     scanned: list | None = None  # the caller's backups.scan_backups(), if it has one
@@ -104,10 +104,9 @@ def verdict(now=None, *, scanned=None):
     `scanned`: the backups folder's `backups.scan_backups()`, when the caller has just read it.
     """
     now = now or timezone.now()
-    check = Check(now, scanned)
-    found = []
+    found = backup_problems(Check(now, scanned))
     for path in PROBLEM_SOURCES:
-        found += [p if isinstance(p, Problem) else Problem(str(p)) for p in source(path)(check)]
+        found += [p if isinstance(p, Problem) else Problem(str(p)) for p in source(path)(now)]
     health = job_health(now)
     found += [job_problem(job) for job in health.values() if job.state in (FAILING, LATE)]
     return Verdict(checked_at=now, problems=found, jobs=health)

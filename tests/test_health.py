@@ -255,7 +255,7 @@ def test_problem_sources_can_be_added(fresh_backup, jobs_on_time, monkeypatch):
     assert health.problems(NOW) == ["offsite copies behind"]
 
 
-def offsite_behind(check):
+def offsite_behind(now):
     return [
         health.Problem(
             "offsite copies behind", "Offsite copies are 3 backups behind: check the store."
