@@ -298,6 +298,18 @@ def _check_header(plain, name):
         raise RestoreError(f"{name} is truncated ({plain.stat().st_size} bytes of {size})")
 
 
+def open_readonly(path):
+    """A backup opened for reading only (sqlite.open_readonly; the name callers know)."""
+    return sqlite.open_readonly(path)
+
+
+def accept_upload(upload, folder=None, **kwargs):
+    """Moved to uploads.accept_upload; kept for callers of the old name."""
+    from backups_app import uploads
+
+    return uploads.accept_upload(upload, folder, **kwargs)
+
+
 def table_names(conn, schema="main"):
     """The tables of one schema of a connection (`main`, an attached `bak`, `temp`)."""
     if schema == "main":
@@ -474,10 +486,10 @@ def restore_and_record(path, *, trigger, by="", database=None, backups_folder=No
             raise
         except BackupError as err:
             if is_live:
-                _record(trigger, error=err)
+                record_restore(error=err, trigger=trigger)
             raise
     if is_live:
-        result = dataclasses.replace(result, run=_record(trigger, result=result))
+        result = dataclasses.replace(result, run=record_restore(result, trigger=trigger))
     return result
 
 
@@ -555,8 +567,10 @@ def _safety_backup(database, folder):
     return safety
 
 
-def _record(trigger, *, result=None, error=None):
+def record_restore(result=None, *, error=None, trigger="manual"):
     """Record a restore in the run history (job "restore") of the restored live database.
+
+    restore_and_record calls it; a restore made another way (from a replica) calls it too.
 
     Returns the CronRun, or None when the database cannot take the record (a backup from
     before the run history existed); that is logged in one line, never a traceback.
