@@ -512,8 +512,10 @@ def restore_backup(path, *, database=None, backups_folder=None, confirm=None):
         existed = database.exists() and database.stat().st_size > 0
         try:
             with _write_locked(database, plain, new_page_size=info.page_size, wal=True) as conn:
+                locked_at = time.monotonic()
                 safety = _safety_backup(database, folder) if existed else None
                 kept, notes = replace_contents(conn, carry=True)
+            locked = time.monotonic() - locked_at
         except BaseException as err:
             if not existed:  # the connection created an empty file where there was none
                 for leftover in (database, *(Path(f"{database}{s}") for s in ("-wal", "-shm"))):
@@ -534,11 +536,17 @@ def restore_backup(path, *, database=None, backups_folder=None, confirm=None):
         notes=tuple(notes),
     )
     logger.info(
-        "%s into %s in %.2f s",
+        "%s into %s in %.2f s (writers waited %.2f s of it)",
         result.summary(),
         database,
         result.duration,
-        extra={"event": "restore", "file": info.name, "duration": round(result.duration, 3)},
+        locked,
+        extra={
+            "event": "restore",
+            "file": info.name,
+            "duration": round(result.duration, 3),
+            "locked": round(locked, 3),
+        },
     )
     for note in notes:
         logger.warning("restore of %s: %s", info.name, note)

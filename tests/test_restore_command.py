@@ -246,3 +246,44 @@ def test_it_keeps_the_run_history_and_records_the_restore_on_top(project):
     assert result.returncode == 0, result.stderr
     assert "Kept from the database as it was: run history (1 rows)" in result.stdout
     assert history(data) == [("daily-backup", "success"), ("restore", "success")]
+
+
+def test_a_restore_killed_during_its_copy_leaves_the_database_as_it_was(project):
+    data, _ = project
+    conn = sqlite3.connect(data / "database.sqlite", isolation_level=None)
+    conn.execute("CREATE TABLE filler (x)")
+    conn.execute(
+        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 60000) "
+        "INSERT INTO filler SELECT randomblob(500) FROM c"
+    )
+    conn.execute("CREATE INDEX filler_x ON filler (x)")
+    conn.close()
+    backup = create_backup(data / "database.sqlite", folder=data / "backups")
+    add_group(data, "made after the big backup")
+    child = subprocess.Popen(
+        [sys.executable, str(MANAGE), "restore", backup.name, "--yes"],
+        env={**os.environ, **env_for(data)},
+        cwd=REPO_DIR,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        # The safety backup is published under the write lock, just before the copy starts.
+        deadline = time.monotonic() + 120
+        while not pre_restore_backups(data) and child.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        child.kill()
+    finally:
+        child.wait()
+
+    assert "made after the big backup" in groups(data)
+    conn = sqlite3.connect(data / "database.sqlite", isolation_level=None, timeout=5)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.execute("INSERT INTO auth_group (name) VALUES ('writable again')")  # no lock held
+    conn.close()
+    [safety] = pre_restore_backups(data)
+    conn = sqlite3.connect(f"file:{safety}?mode=ro", uri=True)
+    assert ("made after the big backup",) in conn.execute("SELECT name FROM auth_group")
+    conn.close()
