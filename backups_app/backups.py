@@ -686,30 +686,37 @@ def publish(temp, digest, manifest, *, folder, target=None, label="", compress=F
             folder / backup_name(now, label=label, compress=compress, seq=seq)
             for seq in range(1, 1000)
         )
-    texts = {}
-    for final in candidates:
-        texts[CHECKSUM_SUFFIX] = checksum_line(final.name, digest) if digest else None
-        texts[MANIFEST_SUFFIX] = manifest_text(final.name, manifest) if manifest else None
-        linked = []
-        try:
-            for suffix, text in texts.items():
-                if text is not None:
-                    linked.append(_link_new_sidecar(temp, final, suffix, text))
-            os.link(temp, final)
-            _fsync_dir(folder)
-        except FileExistsError:
-            _unlink_all(linked)
-            if target:
-                raise BackupError(f"{target} already exists; nothing was overwritten") from None
-            continue
-        except BaseException as err:
-            if not _is_same_file(final, temp):  # not published: take the sidecars back
-                _unlink_all(linked)
+    staged = {}
+    try:
+        for final in candidates:
+            if digest:
+                staged[CHECKSUM_SUFFIX] = _stage(
+                    temp, CHECKSUM_SUFFIX, checksum_line(final.name, digest)
+                )
+            if manifest:
+                staged[MANIFEST_SUFFIX] = _stage(
+                    temp, MANIFEST_SUFFIX, manifest_text(final.name, manifest)
+                )
+            try:
+                for suffix, path in staged.items():
+                    os.link(path, final.with_name(final.name + suffix))
+                os.link(temp, final)
+                _fsync_dir(folder)
+            except FileExistsError:
+                _take_back(final, staged)
+                if target:
+                    raise BackupError(f"{target} already exists; nothing was overwritten") from None
+                continue
+            except BaseException as err:
+                if not _is_same_file(final, temp):  # not published: take the sidecars back
+                    _take_back(final, staged)
+                    raise
+                if isinstance(err, KeyboardInterrupt) and not isinstance(err, BackupInterrupted):
+                    raise BackupInterrupted(final) from err
                 raise
-            if isinstance(err, KeyboardInterrupt) and not isinstance(err, BackupInterrupted):
-                raise BackupInterrupted(final) from err
-            raise
-        return final
+            return final
+    finally:
+        _unlink_all(staged.values())
     raise BackupError(f"too many backups in the same second in {folder}")
 
 
@@ -718,21 +725,25 @@ def link_into_place(temp, target, folder, label, compress):
     return publish(temp, None, None, folder=folder, target=target, label=label, compress=compress)
 
 
-def _link_new_sidecar(temp, final, suffix, text):
-    """Write `text` beside `temp`, flush it, and link it as `final{suffix}` (never replacing)."""
+def _stage(temp, suffix, text):
+    """Write a sidecar's text, flushed, in a new file beside `temp` (covered by its lock)."""
     staged = Path(f"{temp}{suffix}")
-    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    staged.unlink(missing_ok=True)  # it may be linked as a taken name's sidecar: never rewrite
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         os.write(fd, text.encode())
         os.fsync(fd)
     finally:
         os.close(fd)
-    sidecar = final.with_name(final.name + suffix)
-    try:
-        os.link(staged, sidecar)
-    finally:
-        staged.unlink(missing_ok=True)
-    return sidecar
+    return staged
+
+
+def _take_back(final, staged):
+    """Unlink the sidecars of `final` that are our staged files (never another's)."""
+    for suffix, path in staged.items():
+        sidecar = final.with_name(final.name + suffix)
+        if _is_same_file(sidecar, path):
+            sidecar.unlink(missing_ok=True)
 
 
 def _unlink_all(paths):

@@ -24,7 +24,7 @@ from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from backups_app import backups, drill, health, jobs, operations, restore, scheduler_lock, uploads
-from backups_app.models import CronRun
+from backups_app.models import CronRun, last_line
 
 logger = logging.getLogger(__name__)
 
@@ -415,11 +415,6 @@ def run_job_by_hand(user, name):
     message = f"Ran job {name} by hand: {run.status}" + (f" ({outcome})" if outcome else "")
     audit(user, message, obj=run)
     return run
-
-
-def last_line(text):
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else ""
 
 
 @staff_required

@@ -1,9 +1,16 @@
+import contextlib
+import email
 import errno
 import os
+import re
+import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -71,6 +78,92 @@ def manage(*args, env=None, cwd=None, check=False, timeout=120, **kwargs):
         timeout=timeout,
         **kwargs,
     )
+
+
+def free_port():
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Inbox:
+    """An aiosmtpd handler that keeps every message it receives."""
+
+    def __init__(self):
+        self.messages = []
+        self.port = None
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(email.message_from_bytes(envelope.content))
+        return "250 OK"
+
+    @property
+    def subjects(self):
+        return [message["Subject"] for message in self.messages]
+
+
+@contextlib.contextmanager
+def smtp_inbox():
+    """A real SMTP server on loopback; yields its Inbox (`.port` is where it listens)."""
+    from aiosmtpd.controller import Controller
+
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    inbox.port = controller.port
+    try:
+        yield inbox
+    finally:
+        controller.stop()
+
+
+@contextlib.contextmanager
+def gunicorn(env, *args):
+    """Serve the site with gunicorn on a free port (its own choice); yield its base URL."""
+    full_env = {**os.environ, **env}
+    full_env.pop("DJANGO_SETTINGS_MODULE", None)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "stanza_site.wsgi", "--bind", "127.0.0.1:0", *args],
+        cwd=REPO_DIR,
+        env=full_env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield _wait_for_gunicorn(server)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        server.stderr.close()
+
+
+def _wait_for_gunicorn(server):
+    """Read gunicorn's log until it says where it listens, then until a page answers."""
+
+    def listening_url():
+        line = server.stderr.readline()
+        assert line, f"gunicorn exited with status {server.poll()}"
+        found = re.search(r"Listening at: (http://\S+)", line)
+        return found.group(1) if found else None
+
+    url = wait_until(listening_url, timeout=30, interval=0)
+    # Keep draining its log so it never blocks on a full pipe.
+    threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
+
+    def answers():
+        try:
+            with urllib.request.urlopen(f"{url}/admin/login/", timeout=5) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    wait_until(answers, timeout=30, interval=0.2)
+    return url
 
 
 def make_large_database(path, megabytes, *, wal=True):

@@ -29,7 +29,8 @@ from django_apscheduler.models import DjangoJob
 
 from backups_app import alerts, jobs, scheduler_lock
 from backups_app.interrupts import on_stop_signals
-from backups_app.models import CronRun, this_host
+from backups_app.models import CronRun
+from backups_app.processes import this_host
 
 logger = logging.getLogger(__name__)
 
