@@ -39,8 +39,16 @@ class Job:
 # --- the jobs ------------------------------------------------------------------------------
 
 
+# How long the daily backup waits for a restore or upload to finish before it gives up.
+OPERATION_WAIT = 30 * 60
+
+
 def daily_backup():
-    backup = backups.create_backup()
+    from backups_app import operations
+
+    # The same lock as "Back up now", uploads and restores (web or command line).
+    with operations.exclusive("backup", by="the daily-backup job", wait=OPERATION_WAIT):
+        backup = backups.create_backup()
     return f"{backup.name} ({backups.human_size(backup.size)})"
 
 

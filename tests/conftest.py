@@ -362,3 +362,30 @@ def finished_run(job_name, started_at, status="success", error=""):
         result="database.sqlite.20261126T020000Z.bak (1 MB)" if not error else "",
         error=error,
     )
+
+
+@pytest.fixture(scope="session")
+def migrated_database(tmp_path_factory):
+    """A database migrated by this project's code (real `manage.py migrate`); copy, never write."""
+    data = tmp_path_factory.mktemp("migrated")
+    manage("migrate", "--no-input", "-v0", env={"STANZA_DATA_DIR": str(data)}, check=True)
+    return data / "database.sqlite"
+
+
+def copy_database(source, dest, *, page_size=None, wal=True):
+    """A standalone copy of an SQLite file (optionally with another page size) at `dest`."""
+    conn = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    if page_size:
+        conn.execute("VACUUM INTO ?", (str(dest),))  # then convert below
+        conn.close()
+        out = sqlite3.connect(dest, isolation_level=None)
+        out.execute(f"PRAGMA page_size = {page_size}")
+        out.execute("VACUUM")
+    else:
+        out = sqlite3.connect(dest, isolation_level=None)
+        conn.backup(out)
+        conn.close()
+    if wal:
+        out.execute("PRAGMA journal_mode=WAL")
+    out.close()
+    return dest
