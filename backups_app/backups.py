@@ -720,11 +720,6 @@ def publish(temp, digest, manifest, *, folder, target=None, label="", compress=F
     raise BackupError(f"too many backups in the same second in {folder}")
 
 
-def link_into_place(temp, target, folder, label, compress):
-    """Give a finished file its name, without sidecars (the old way; use publish)."""
-    return publish(temp, None, None, folder=folder, target=target, label=label, compress=compress)
-
-
 def _stage(temp, suffix, text):
     """Write a sidecar's text, flushed, in a new file beside `temp` (covered by its lock)."""
     staged = Path(f"{temp}{suffix}")
