@@ -26,7 +26,7 @@ from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
 from backups_app import conf, sqlite
-from backups_app.sqlite import TEMP_PREFIX, create_locked, row_count  # noqa: F401 (re-exported)
+from backups_app.sqlite import TEMP_PREFIX, create_locked
 
 logger = logging.getLogger(__name__)
 
@@ -416,9 +416,6 @@ def is_locked(path):
     finally:
         os.close(fd)
     return False
-
-
-_create_locked = create_locked  # the old private name, still imported by restore.py
 
 
 @contextlib.contextmanager
