@@ -1,6 +1,13 @@
 from django.apps import AppConfig
+from django.core import checks
 
 
 class BackupsAppConfig(AppConfig):
     name = "backups_app"
     verbose_name = "Backups"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        from backups_app.checks import check_settings
+
+        checks.register(check_settings, "backups_app")

@@ -8,7 +8,6 @@ import os
 import shutil
 from datetime import timedelta
 from functools import wraps
-from pathlib import Path
 
 from django.conf import settings
 from django.contrib import admin, messages
@@ -26,8 +25,9 @@ from django.utils.dateparse import parse_datetime
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from backups_app import backups, drill, health, jobs, restore, scheduler_lock
+from backups_app import backups, conf, drill, health, jobs, restore, scheduler_lock
 from backups_app.models import CronRun
+from backups_app.upload_handler import UploadFolderHandler
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def drill_status(backup):
 @contextlib.contextmanager
 def one_backup_at_a_time():
     """Refuse a second "Back up now" or restore while one runs, rather than run two at once."""
-    path = Path(settings.STANZA_DATA_DIR) / BACKUP_LOCK_FILENAME
+    path = conf.lock_path(BACKUP_LOCK_FILENAME)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
@@ -319,8 +319,8 @@ def restored(request, result, trigger):
 @staff_required
 @require_POST
 def upload_backup(request):
-    # Parsing the upload streams it into FILE_UPLOAD_TEMP_DIR; make sure that folder is there.
-    Path(settings.FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
+    # Parsing the upload streams it into the app's upload folder (never into memory).
+    request.upload_handlers = [UploadFolderHandler(request)]
     return _upload_backup(request)
 
 
