@@ -8,6 +8,8 @@ class BackupsAppConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
+        from backups_app import alerts, signals
         from backups_app.checks import check_settings
 
+        signals.run_finished.connect(alerts.on_run_finished, dispatch_uid="backups_app.alerts")
         checks.register(check_settings, "backups_app")

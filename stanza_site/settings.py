@@ -6,6 +6,8 @@ app reads them from the environment itself (see `conf.SETTINGS`); `check_environ
 them now rather than at their first use.
 """
 
+import os
+
 from backups_app import conf
 from backups_app.conf import (
     choice_parser,
@@ -20,6 +22,11 @@ from backups_app.conf import (
 from stanza_site.config import REPO_DIR, env_dir, local_secret_key
 
 BASE_DIR = REPO_DIR
+
+# Everything the product creates under STANZA_DATA_DIR (the folder itself, the database and its
+# -wal/-shm, backups, sidecars, temporary and lock files) is for its owner only. Settings are
+# the first thing every entry point loads (manage.py, gunicorn, the tests), before any of it.
+os.umask(0o077)
 
 DEBUG = from_env("DJANGO_DEBUG", False, parse_bool)
 ALLOWED_HOSTS = from_env("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"], parse_list)
@@ -42,7 +49,7 @@ ADMINS = [(email, email) for email in from_env("STANZA_ALERT_EMAILS", [], parse_
 
 # --- Django ---------------------------------------------------------------------------------
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "backups_app.admin_site.StanzaAdminConfig",  # Django's admin, listing the dashboard
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -62,6 +69,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Before any body is read: only a staff upload may reach the disk, and it is bounded.
+    "backups_app.upload_gate.UploadGateMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
