@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from backups_app.backups import BACKUP_NAME_RE, verify_database
+from backups_app.backups import is_backup_name, verify_database
 from tests.conftest import REPO_DIR, gunicorn, manage
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -231,7 +231,7 @@ def test_two_clicks_at_once_never_make_a_broken_backup(page, stack):
     new = set(backup_names(page)) - before
     assert len(new) == sum(1 for status, _ in statuses if status == 200)
     for name in new:
-        assert BACKUP_NAME_RE.match(name)
+        assert is_backup_name(name)
         verify_database(stack["backups"] / name, {"django_migrations", "cron_runs"})
     assert not [n for n in os.listdir(stack["backups"]) if n.startswith(".stanza-tmp-")]
 
@@ -378,5 +378,5 @@ def test_it_uploads_a_backup_and_refuses_a_file_that_is_not_one(page, stack, tmp
     assert backup_names(page)[0] == kept
     assert (stack["backups"] / kept).read_bytes() == elsewhere.read_bytes()
     expect(page.locator("#backups tbody tr").first).to_contain_text("uploaded")
-    assert not list((stack["data"] / "tmp").iterdir())
+    assert not list((stack["data"] / ".stanza-uploads").iterdir())
     shoot(page, "backups-after-upload")
