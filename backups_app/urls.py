@@ -1,6 +1,6 @@
 from django.urls import path
 
-from backups_app import views
+from backups_app import health_views, views
 
 app_name = "backups"
 
@@ -18,4 +18,6 @@ urlpatterns = [
     path("admin/cron/", views.cron_page, name="cron"),
     path("admin/cron/runs/<int:pk>/", views.run_detail, name="run"),
     path("admin/cron/<str:name>/run", views.run_job_now, name="run-job"),
+    # No login: for monitoring (200 or 503).
+    path("healthz", health_views.healthz, name="healthz"),
 ]

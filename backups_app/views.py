@@ -4,7 +4,6 @@ restores, uploads, Cron page and run details. Each view: one check, one call, on
 import logging
 import shutil
 from functools import wraps
-from pathlib import Path
 
 from django.conf import settings
 from django.contrib import admin, messages
@@ -22,6 +21,7 @@ from django.views.decorators.http import require_http_methods, require_POST, req
 
 from backups_app import (
     backups,
+    conf,
     drill,
     failures,
     health,
@@ -29,6 +29,7 @@ from backups_app import (
     operations,
     restore,
     scheduler_lock,
+    upload_gate,
     uploads,
 )
 from backups_app.audit import CHANGE, DELETION, audit, recent_entries
@@ -156,7 +157,7 @@ def backups_page(request):
             newest=newest,
             stale=newest is None or timezone.now() - newest.modified > STALE_AFTER,
             stale_after_hours=int(STALE_AFTER.total_seconds() // 3600),
-            alert_emails=[email for _name, email in settings.ADMINS],
+            alert_emails=list(conf.get("STANZA_ALERT_EMAILS")),
             verdict=health.verdict(scanned=None if problem else found),
             upload_form=UploadForm(),
             audit_entries=recent_entries(),
@@ -348,9 +349,15 @@ def restored(request, result):
 @staff_required
 @require_POST
 def upload_backup(request):
-    # Parsing the upload streams it into FILE_UPLOAD_TEMP_DIR; make sure that folder is there.
-    Path(settings.FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
-    return _upload_backup(request)
+    # Before the body is read: stream the file into the app's upload folder, stopping at the
+    # limit (the same as this site's UploadGateMiddleware does; a site without it gets it here).
+    refused = upload_gate.bound_staff_upload(request)
+    if refused:
+        return refused
+    try:
+        return _upload_backup(request)
+    except uploads.UploadTooLarge as err:  # while streaming
+        return upload_gate.too_large(request, err)
 
 
 @csrf_protect

@@ -462,6 +462,7 @@ def test_it_restores_a_backup_from_the_backups_page(page, stack):
     expect(page.locator("#restore-checks")).to_contain_text("sound")
     expect(page.locator("#restore-checks")).to_contain_text("matches its .sha256 checksum")
     expect(page.locator("#restore-warning")).to_contain_text("pre-restore safety backup")
+    expect(page.locator("#restore-kept")).to_contain_text("audit of dashboard actions")
     assert "made after the backup" in group_names(stack)  # nothing changed yet
     shoot(page, "restore-confirm")
 
@@ -475,6 +476,8 @@ def test_it_restores_a_backup_from_the_backups_page(page, stack):
     assert backup_names(page)[0] == safety
     assert "made after the backup" not in group_names(stack)
     expect(page.locator(".stanza-audit")).to_contain_text(f"Restored backup {name}")
+    # The audit made after the backup was kept through the restore.
+    expect(page.locator(".stanza-audit")).to_contain_text(f"Made backup {name}")
     page.goto(stack["url"] + "/admin/auth/group/")
     expect(page.locator("#content")).not_to_contain_text("made after the backup")
 

@@ -373,9 +373,9 @@ def test_it_reads_the_manifests_of_the_rows_shown_only(staff_client, backups_fol
 
 
 def test_it_says_where_alerts_go(staff_client, backups_folder, settings):
-    settings.ADMINS = []
+    settings.STANZA_ALERT_EMAILS = ""
     nowhere = staff_client.get(URL).content.decode()
-    settings.ADMINS = [("ops@example.com", "ops@example.com"), ("me@example.com", "me@example.com")]
+    settings.STANZA_ALERT_EMAILS = "ops@example.com, me@example.com"
     somewhere = staff_client.get(URL).content.decode()
 
     assert "no alert address set" in nowhere

@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from backups_app import backups, restore
 from backups_app.backups import DATABASE_FILENAME, BackupError
+from backups_app.interrupts import on_stop_signals
 
 
 class Command(BaseCommand):
@@ -26,7 +27,9 @@ class Command(BaseCommand):
 
     def handle(self, *args, backup, data_dir, yes, **options):
         try:
-            self.restore(backup, data_dir, yes)
+            # SIGTERM too stops the restore cleanly: rolled back, temporary files removed.
+            with on_stop_signals():
+                self.restore(backup, data_dir, yes)
         except CommandError:
             raise
         except BackupError as err:
