@@ -199,9 +199,11 @@ def scan_backups(folder=None):
     # A symlink could point anywhere, a FIFO would block its reader: only regular files in
     # the folder are backups, or sidecars.
     regular = {entry.name for entry in entries if entry.is_file(follow_symlinks=False)}
+    # The pattern once, not per file: it depends on the settings (the database's name).
+    matches = backup_name_re(name_prefix()).match
     found = []
     for entry in entries:
-        if not is_backup_name(entry.name) or entry.name not in regular:
+        if entry.name not in regular or not matches(entry.name):
             continue
         try:
             st = entry.stat(follow_symlinks=False)

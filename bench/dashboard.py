@@ -34,6 +34,8 @@ from django.db import connection  # noqa: E402
 from django.test import Client  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 
+from backups_app import backups  # noqa: E402
+
 
 def build():
     call_command("migrate", verbosity=0)
@@ -69,7 +71,8 @@ def build():
     db.execute("COMMIT")
     db.execute("ANALYZE")
     db.close()
-    folder = Path(settings.STANZA_BACKUPS_DIR)
+    folder = backups.backups_dir()
+    folder.mkdir(parents=True, exist_ok=True)
     for i in range(BACKUP_FILES):
         name = f"database.sqlite.{(start + timedelta(hours=i)):%Y%m%dT%H%M%SZ}.bak"
         (folder / name).write_bytes(b"x")
@@ -112,7 +115,7 @@ def main():
     timed(client, f"/admin/cron/runs/{ROWS // 2}/")
     timed(client, "/admin/backups/")
     timed(client, "/admin/backups/?page=50")
-    newest = sorted(os.listdir(settings.STANZA_BACKUPS_DIR))[-2]  # the newest backup's name
+    newest = sorted(os.listdir(backups.backups_dir()))[-2]  # the newest backup's name
     timed(client, f"/admin/backups/delete/{newest}")
     timed(client, f"/admin/backups/restore/{newest}")
     timed(client, "/admin/")
