@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from django.db.migrations.recorder import MigrationRecorder
 from django.utils import timezone
 
-from backups_app import backups, drill, jobs
+from backups_app import backups, drill, jobs, offsite
 from backups_app.backups import BackupError
 from backups_app.models import CronRun
 
@@ -20,6 +20,7 @@ def problems(now=None):
     """The problems with the backups, in a few words each; an empty list means healthy."""
     now = now or timezone.now()
     found = backup_problems(now)
+    found.extend(offsite.health_problems(now))
     for name, state in job_states(now).items():
         if state != OK:
             found.append(f"job {name} {state}")

@@ -26,7 +26,7 @@ from django.utils.dateparse import parse_datetime
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from backups_app import backups, drill, health, jobs, restore, scheduler_lock
+from backups_app import backups, drill, health, jobs, offsite, restore, scheduler_lock
 from backups_app.models import CronRun
 
 logger = logging.getLogger(__name__)
@@ -180,6 +180,7 @@ def backup_now(request):
         error, status = f"backup failed: {err}", 500
         audit(request.user, f"Back up now failed: {err}", repr_="Back up now (failed)")
     else:
+        offsite.copy_soon()  # its own recorded run, in a thread: the answer does not wait
         size = backups.human_size(backup.size)
         audit(request.user, f"Made backup {backup.name} ({size})", repr_=backup.name)
         if wants_json(request):

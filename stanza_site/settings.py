@@ -1,7 +1,9 @@
 """Settings for Stanza Backups; every value a user may change comes from the environment."""
 
+from backups_app import conf as app_conf
 from stanza_site.config import (
     REPO_DIR,
+    ConfigError,
     env_bool,
     env_choice,
     env_cron,
@@ -32,6 +34,23 @@ STANZA_LOG_FORMAT = env_choice("STANZA_LOG_FORMAT", "text", ("text", "json"))
 STANZA_ADMIN_PASSWORD = env_str("STANZA_ADMIN_PASSWORD")
 STANZA_ALERT_EMAILS = env_emails("STANZA_ALERT_EMAILS")
 ADMINS = [(email, email) for email in STANZA_ALERT_EMAILS]
+
+
+def _checked(name):
+    """A setting the app reads through backups_app.conf, checked now so a bad value stops
+    start-up with one line; None when unset (the app then uses its default)."""
+    try:
+        return app_conf.from_env(name)
+    except app_conf.ConfigError as err:
+        raise ConfigError(str(err)) from None
+
+
+# Offsite copies (backups_app/offsite.py); credentials and endpoint: the standard AWS_* variables.
+STANZA_OFFSITE_URL = _checked("STANZA_OFFSITE_URL")
+STANZA_OFFSITE_SCHEDULE = _checked("STANZA_OFFSITE_SCHEDULE")
+STANZA_OFFSITE_RETENTION_DAYS = _checked("STANZA_OFFSITE_RETENTION_DAYS")
+STANZA_OFFSITE_AGE_RECIPIENTS = _checked("STANZA_OFFSITE_AGE_RECIPIENTS")
+STANZA_OFFSITE_AGE_IDENTITY = _checked("STANZA_OFFSITE_AGE_IDENTITY")
 
 # --- Django ---------------------------------------------------------------------------------
 INSTALLED_APPS = [
