@@ -20,7 +20,6 @@ import shutil
 import tempfile
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -412,8 +411,10 @@ class _MultipartUpload:
     """A writable sink that uploads what is written to it as one S3 object, in parts.
 
     At most PARTS_IN_FLIGHT parts are in memory and on the wire at once (write() waits for
-    one to finish), and each part is sent with ChecksumAlgorithm=SHA256: the store hashes what
-    it received and answers with the digest, which must be ours, or the upload fails.
+    the oldest to finish), and each part is sent with ChecksumAlgorithm=SHA256: the store
+    hashes what it received and answers with the digest, which must be ours, or the upload
+    fails. Plain threads rather than an executor: a copy started after a backup may still
+    be running while the interpreter shuts down, when executors refuse new work.
     """
 
     def __init__(self, client, bucket, key):
@@ -421,15 +422,17 @@ class _MultipartUpload:
         self.upload_id = client.create_multipart_upload(
             Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256"
         )["UploadId"]
-        self.buffer = bytearray()
-        self.pool = ThreadPoolExecutor(PARTS_IN_FLIGHT, thread_name_prefix="offsite-part")
-        self.pending, self.parts, self.size, self.numbers = set(), [], 0, 0
+        self.chunks, self.buffered = [], 0
+        self.pending, self.parts, self.size, self.numbers = [], [], 0, 0
 
     def write(self, data):
-        self.buffer += data
-        while len(self.buffer) >= PART_SIZE:
-            self._send(bytes(self.buffer[:PART_SIZE]))
-            del self.buffer[:PART_SIZE]
+        # Parts are at least PART_SIZE (S3 allows parts of different sizes), so what was
+        # written is joined once per part and never sliced: one copy of each byte at most.
+        self.chunks.append(bytes(data))
+        self.buffered += len(data)
+        if self.buffered >= PART_SIZE:
+            self._send(self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks))
+            self.chunks, self.buffered = [], 0
         return len(data)
 
     def flush(self):
@@ -437,45 +440,54 @@ class _MultipartUpload:
 
     def _send(self, data):
         while len(self.pending) >= PARTS_IN_FLIGHT:
-            self._collect(FIRST_COMPLETED)
+            self._wait_oldest()
         self.numbers += 1
         self.size += len(data)
-        self.pending.add(self.pool.submit(self._upload_part, self.numbers, data))
+        part = {"number": self.numbers, "data": data}
+        thread = threading.Thread(target=self._upload_part, args=(part,), daemon=True)
+        thread.start()
+        self.pending.append((thread, part))
 
-    def _collect(self, when):
-        done, self.pending = wait(self.pending, return_when=when)
-        for future in done:
-            self.parts.append(future.result())
+    def _wait_oldest(self):
+        thread, part = self.pending.pop(0)
+        thread.join()
+        if "error" in part:
+            raise part["error"]
+        self.parts.append(part["done"])
 
-    def _upload_part(self, number, data):
-        digest = hashlib.sha256(data).digest()
-        response = self.client.upload_part(
-            Bucket=self.bucket,
-            Key=self.key,
-            UploadId=self.upload_id,
-            PartNumber=number,
-            Body=data,
-            ChecksumAlgorithm="SHA256",
-        )
-        _confirm(response, digest, f"part {number} of {self.key}")
-        return {
-            "PartNumber": number,
-            "ETag": response["ETag"],
-            "ChecksumSHA256": response["ChecksumSHA256"],
-        }
+    def _upload_part(self, part):
+        try:
+            data, number = part.pop("data"), part["number"]
+            digest = hashlib.sha256(data).digest()
+            response = self.client.upload_part(
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                PartNumber=number,
+                Body=data,
+                ChecksumAlgorithm="SHA256",
+            )
+            del data
+            _confirm(response, digest, f"part {number} of {self.key}")
+            part["done"] = {
+                "PartNumber": number,
+                "ETag": response["ETag"],
+                "ChecksumSHA256": response["ChecksumSHA256"],
+            }
+        except Exception as err:  # raised in the writing thread by _wait_oldest
+            part["error"] = err
 
     def complete(self):
-        if self.buffer or not self.numbers:
-            self._send(bytes(self.buffer))
-            self.buffer.clear()
-        self._collect("ALL_COMPLETED")
-        self.pool.shutdown()
-        parts = sorted(self.parts, key=lambda p: p["PartNumber"])
+        if self.chunks or not self.numbers:
+            self._send(b"".join(self.chunks))
+            self.chunks, self.buffered = [], 0
+        while self.pending:
+            self._wait_oldest()
         self.client.complete_multipart_upload(
             Bucket=self.bucket,
             Key=self.key,
             UploadId=self.upload_id,
-            MultipartUpload={"Parts": parts},
+            MultipartUpload={"Parts": sorted(self.parts, key=lambda p: p["PartNumber"])},
         )
         stored = self.client.head_object(Bucket=self.bucket, Key=self.key)["ContentLength"]
         if stored != self.size:
@@ -484,9 +496,9 @@ class _MultipartUpload:
             )
 
     def abort(self):
-        for future in self.pending:
-            future.cancel()
-        self.pool.shutdown(wait=True)
+        for thread, _part in self.pending:
+            thread.join()
+        self.pending = []
         with contextlib.suppress(Exception):  # the store may be the reason we are aborting
             self.client.abort_multipart_upload(
                 Bucket=self.bucket, Key=self.key, UploadId=self.upload_id

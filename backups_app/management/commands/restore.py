@@ -1,9 +1,10 @@
+import contextlib
 import sys
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from backups_app import backups, restore
+from backups_app import backups, offsite, restore
 from backups_app.backups import DATABASE_FILENAME, BackupError
 
 
@@ -23,28 +24,41 @@ class Command(BaseCommand):
             help="restore into DIR/database.sqlite (safety backup in DIR/backups)",
         )
         parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+        parser.add_argument(
+            "--offsite",
+            action="store_true",
+            dest="from_offsite",
+            help="BACKUP is the name of an offsite copy: fetch (and decrypt) it first",
+        )
 
-    def handle(self, *args, backup, data_dir, yes, **options):
+    def handle(self, *args, backup, data_dir, yes, from_offsite=False, **options):
         database = data_dir / DATABASE_FILENAME if data_dir else backups.live_database_path()
         folder = data_dir / "backups" if data_dir else backups.backups_dir()
         if not yes and not sys.stdin.isatty():
             raise CommandError("not restoring without confirmation: no terminal; pass --yes")
-        path = find_backup(backup, folder)
         # The run history lives in the configured database; record only restores into it.
         is_live = database.resolve() == backups.live_database_path().resolve()
         try:
-            result = restore.restore_backup(
-                path,
-                database=database,
-                backups_folder=folder,
-                confirm=None if yes else lambda info: self.ask(info, database),
-            )
+            with contextlib.ExitStack() as stack:
+                path = stack.enter_context(fetch_offsite(backup)) if from_offsite else None
+                result = self.restore(path or find_backup(backup, folder), database, folder, yes)
         except BackupError as err:
             if is_live and "cancelled" not in str(err):
                 restore.record_restore(error=err, trigger="command")
             raise CommandError(str(err)) from err
         except KeyboardInterrupt:
             raise CommandError("interrupted; the database was not changed") from None
+        self.report(result, is_live)
+
+    def restore(self, path, database, folder, yes):
+        return restore.restore_backup(
+            path,
+            database=database,
+            backups_folder=folder,
+            confirm=None if yes else lambda info: self.ask(info, database),
+        )
+
+    def report(self, result, is_live):
         if is_live:
             restore.record_restore(result, trigger="command")
         self.stdout.write(f"Restored {restore.describe(result.backup)} into {result.database}")
@@ -68,6 +82,15 @@ class Command(BaseCommand):
         self.stdout.flush()
         answer = sys.stdin.readline().strip().lower()
         return answer in ("y", "yes")
+
+
+@contextlib.contextmanager
+def fetch_offsite(name):
+    """The offsite copy `name`, fetched (decrypted) into the data folder's tmp and checked."""
+    if not offsite.enabled():
+        raise BackupError("offsite copies are off: set STANZA_OFFSITE_URL")
+    with offsite.fetched(name) as path:
+        yield path
 
 
 def find_backup(argument, folder):
