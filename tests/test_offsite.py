@@ -44,12 +44,25 @@ def free_port():
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """moto's S3 server as a real subprocess on a free loopback port; its endpoint URL."""
+    yield from run_moto(tmp_path_factory.mktemp("moto"))
+
+
+@pytest.fixture(scope="module")
+def checking_s3_server(tmp_path_factory):
+    """A moto server that checks credentials (it knows none, so every key is wrong)."""
+    yield from run_moto(tmp_path_factory.mktemp("moto-auth"), INITIAL_NO_AUTH_ACTION_COUNT="0")
+
+
+def run_moto(folder, **env):
     port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    log = folder / "moto.log"
     moto = Path(sys.executable).with_name("moto_server")
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out
+            [str(moto), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=out,
+            env={**os.environ, **env},
         )
     deadline = time.monotonic() + 30
     while True:
@@ -242,6 +255,20 @@ def test_a_missing_bucket_is_a_refusal_in_one_line(settings, s3_env, live, backu
 
     assert run.status == CronRun.Status.FAILURE
     assert "refused" in run.error_summary and "NoSuchBucket" in run.error_summary
+
+
+@pytest.mark.django_db
+def test_a_wrong_key_is_a_refusal_in_one_line(
+    offsite_on, checking_s3_server, live, backups_folder, monkeypatch
+):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", checking_s3_server)
+    backup = make_backup(live, backups_folder)
+
+    run = jobs.run_job("copy-offsite")
+
+    assert run.status == CronRun.Status.FAILURE
+    assert "refused" in run.error_summary and "InvalidAccessKeyId" in run.error_summary
+    assert backups.get_backup(backup.name, backups_folder).size == backup.size
 
 
 @pytest.mark.django_db
