@@ -583,6 +583,7 @@ def _copy_now():
     from backups_app.models import CronRun
 
     try:
+        CronRun.objects.close_interrupted(JOB_NAME)  # a run whose process died blocks nothing
         if CronRun.objects.filter(job_name=JOB_NAME, status=CronRun.Status.RUNNING).exists():
             logger.info("a copy-offsite run is going; the next one copies the new backup")
             return
