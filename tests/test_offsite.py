@@ -591,6 +591,44 @@ def test_restore_from_the_page_fetches_the_copy_back_first(
     assert staff_client.get(response["Location"]).status_code == 200
 
 
+@pytest.mark.django_db(transaction=True)
+def test_back_up_now_starts_its_own_copy_offsite_run(
+    staff_client, offsite_on, s3, backups_folder, live_database, monkeypatch
+):
+    started = []
+    real = offsite.copy_soon
+    monkeypatch.setattr(offsite, "copy_soon", lambda: started.append(real()))
+
+    response = staff_client.post("/admin/database/backup", HTTP_ACCEPT="application/json")
+
+    assert response.status_code == 200
+    [thread] = started
+    thread.join(60)
+    [run] = CronRun.objects.filter(job_name="copy-offsite")
+    assert run.status == CronRun.Status.SUCCESS, run.error
+    assert run.trigger == "after backup"
+    name = response.json()["file"]
+    assert f"site-a/{name}.sha256" in keys(s3, offsite_on)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_backup_never_fails_because_offsite_failed(
+    staff_client, offsite_on, backups_folder, live_database, monkeypatch
+):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    started = []
+    real = offsite.copy_soon
+    monkeypatch.setattr(offsite, "copy_soon", lambda: started.append(real()))
+
+    response = staff_client.post("/admin/database/backup", HTTP_ACCEPT="application/json")
+
+    assert response.status_code == 200
+    started[0].join(60)
+    [run] = CronRun.objects.filter(job_name="copy-offsite")
+    assert run.status == CronRun.Status.FAILURE and "unreachable" in run.error_summary
+    assert backups.get_backup(response.json()["file"], backups_folder).has_checksum
+
+
 # --- the command line (real processes) ----------------------------------------------------
 
 
