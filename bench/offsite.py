@@ -78,7 +78,7 @@ def run_child(args, env):
 
 def make_backup(workdir, db):
     """The data folder holding one backup of `db` (made once) and a migrated database."""
-    data = workdir / "offsite-data"
+    data = workdir / f"offsite-data-{db.stat().st_size // 1_000_000}mb"
     backups_dir = data / "backups"
     backups_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "STANZA_DATA_DIR": str(data)}
