@@ -330,19 +330,35 @@ def copy_backup(backup, *, store=None, encrypt_to=None):
 
 def _upload_data(store, key, source, encrypt_to, expected):
     """Upload `source` as `key`, confirmed; return (SHA-256 of the plain bytes, bytes sent)."""
-    s3 = _s3(store)
     with _store_errors(store, f"store {key}"):
-        if s3 is not None:
-            sink = _MultipartUpload(*s3, _key(store, key))
-            try:
-                digest = _encode(source, sink, encrypt_to)
-                _check_digest(digest, expected, key)
-                sink.complete()
-            except BaseException:
-                sink.abort()
-                raise
-            return digest, sink.size
-        return _upload_by_storage(store, key, source, encrypt_to, expected)
+        if not encrypt_to:
+            return _upload_stream(store, key, source, expected)
+        # Encrypt into a scratch file, then upload that. pyrage holds the GIL while it
+        # encrypts, which starved the upload threads when both ran as one pipe (a 1 GB copy
+        # took 3x as long); encrypting alone runs at ~250 MB/s, and memory stays flat.
+        with _scratch_file() as spool:
+            with open(spool, "wb") as out:
+                digest = _encode(source, out, encrypt_to)
+            _check_digest(digest, expected, key)
+            with open(spool, "rb") as encrypted:
+                _ignored, size = _upload_stream(store, key, encrypted, None)
+        return digest, size
+
+
+def _upload_stream(store, key, f, expected):
+    """Upload the file object `f` as `key`; return (its SHA-256, its size)."""
+    s3 = _s3(store)
+    if s3 is None:
+        return _upload_by_storage(store, key, f, expected)
+    sink = _MultipartUpload(*s3, _key(store, key))
+    try:
+        digest = _encode(f, sink, None)
+        _check_digest(digest, expected, key)
+        sink.complete()
+    except BaseException:
+        sink.abort()
+        raise
+    return digest, sink.size
 
 
 def _encode(source, sink, encrypt_to):
@@ -505,18 +521,18 @@ class _MultipartUpload:
             )
 
 
-def _upload_by_storage(store, key, source, encrypt_to, expected):
+def _upload_by_storage(store, key, f, expected):
     """Any other django-storages backend: spool, save, then read back and hash."""
     from django.core.files import File
 
     with _scratch_file() as spool:
         with open(spool, "wb") as out:
             sink = _HashingWriter(out)
-            digest = _encode(source, sink, encrypt_to)
+            digest = _encode(f, sink, None)
         _check_digest(digest, expected, key)
-        with open(spool, "rb") as f:
-            _save(store, key, File(f, name=key))
-    if _hash_stored(store, key) != sink.hexdigest():
+        with open(spool, "rb") as spooled:
+            _save(store, key, File(spooled, name=key))
+    if _hash_stored(store, key) != digest:
         raise OffsiteError(f"the offsite store did not keep {key} intact (read back and hashed)")
     return digest, sink.size
 
