@@ -1,4 +1,4 @@
-"""Email ADMINS once when a job fails or becomes late, and once more when it recovers.
+"""Email STANZA_ALERT_EMAILS once when a job fails or becomes late, and once more when it recovers.
 
 The state of each job (ok, failing, late) and what the admins were last told about it live in
 `AlertState`, so restarts never repeat an email, and an email that could not be sent (SMTP
@@ -12,7 +12,7 @@ from django.core.mail import get_connection, send_mail
 from django.db import transaction
 from django.utils import timezone
 
-from backups_app import health, jobs
+from backups_app import conf, health, jobs
 from backups_app.models import AlertState, CronRun
 
 logger = logging.getLogger(__name__)
@@ -70,8 +70,8 @@ def _set_state(job_name, state, *, run=None, now=None):
 
 
 def _send_notice(alert, previous, run, now):
-    """Email ADMINS about the job's new state; False when it could not be sent."""
-    recipients = [email for _name, email in settings.ADMINS]
+    """Email STANZA_ALERT_EMAILS about the job's new state; False when it could not be sent."""
+    recipients = conf.get("STANZA_ALERT_EMAILS")
     if not recipients:
         return True
     subject, body = _message(alert, previous, run, now)

@@ -15,7 +15,7 @@ from django.utils import timezone
 from django_apscheduler import util
 from django_apscheduler.models import DjangoJobExecution
 
-from backups_app import backups, conf, offsite, retention
+from backups_app import backups, conf, offsite, retention, signals
 from backups_app.cron import crontab_trigger
 from backups_app.models import CronRun
 
@@ -39,8 +39,16 @@ class Job:
 # --- the jobs ------------------------------------------------------------------------------
 
 
+# How long the daily backup waits for a restore or upload to finish before it gives up.
+OPERATION_WAIT = 30 * 60
+
+
 def daily_backup():
-    backup = backups.create_backup()
+    from backups_app import operations
+
+    # The same lock as "Back up now", uploads and restores (web or command line).
+    with operations.exclusive("backup", by="the daily-backup job", wait=OPERATION_WAIT):
+        backup = backups.create_backup()
     offsite.copy_soon()  # its own recorded run; an offsite failure never fails the backup
     return f"{backup.name} ({backups.human_size(backup.size)})"
 
@@ -49,7 +57,7 @@ def purge_old_backups():
     days = conf.get("STANZA_BACKUP_RETENTION_DAYS")
     now = timezone.now()
     removed = retention.purge_old_backups(backups.backups_dir(), days, now)
-    retention.remove_abandoned_uploads(settings.FILE_UPLOAD_TEMP_DIR, now)
+    retention.remove_abandoned_uploads(conf.upload_dir(), now)
     result = f"removed {len(removed)} backup(s) older than {days} day(s)"
     if offsite.enabled():  # after the local purge, which a store that is down must not stop
         offsite_days = conf.get("STANZA_OFFSITE_RETENTION_DAYS")
@@ -198,13 +206,16 @@ def run_job(name, trigger="manual", *, due_at=None):
 
 
 def _alert(run):
-    """Tell the admins when the job's state changed; a mail problem never fails the run."""
-    from backups_app import alerts  # alerts read the job states, which read this registry
-
-    try:
-        alerts.notify_run_finished(run)
-    except Exception:
-        logger.exception("could not update the alert state of job %s", run.job_name)
+    """Tell whoever listens (alerts) that a run finished; their problems never fail the run."""
+    for receiver, outcome in signals.run_finished.send_robust(sender=CronRun, run=run):
+        if isinstance(outcome, Exception):
+            logger.error(
+                "%s failed after run %s of job %s",
+                getattr(receiver, "__qualname__", receiver),
+                run.pk,
+                run.job_name,
+                exc_info=outcome,
+            )
 
 
 def _execute(job, run):

@@ -271,6 +271,7 @@ def copy_offsite():
     """
     store = storage()
     encrypt_to = recipients()
+    backups.remove_abandoned_temp_files(scratch_dir())  # spools of copies whose process died
     local = sorted(backups.list_backups(), key=lambda b: (b.modified, b.name))
     copies = list_copies(store)
     todo = [b for b in local if not (b.name in copies and copies[b.name].complete)]
@@ -673,10 +674,11 @@ def purge_old_copies(now=None, retention_days=None):
 
 
 def scratch_dir():
-    """The data folder's tmp (where uploads are spooled), else the backups folder."""
-    folder = getattr(settings, "FILE_UPLOAD_TEMP_DIR", None) or backups.backups_dir()
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    return Path(folder)
+    """The data folder's tmp (beside the live database), or the site's FILE_UPLOAD_TEMP_DIR."""
+    folder = getattr(settings, "FILE_UPLOAD_TEMP_DIR", None)
+    folder = Path(folder) if folder else conf.live_database_path().parent / "tmp"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return folder
 
 
 @contextlib.contextmanager
@@ -801,9 +803,11 @@ def fetch_into_backups(name, store=None):
     """Put an offsite-only backup back into the backups folder (to restore it from the page).
 
     It is downloaded under a temporary name, checked against the store's `.sha256`, and
-    given its name only then; its file time is the backup's own time, so it does not pass
-    for a fresh backup (nor escape the next purge).
+    published with its sidecars only then (the engine's never-overwrite naming); its file
+    time is the backup's own time, so it does not pass for a fresh backup.
     """
+    import json
+
     from backups_app import restore
 
     folder = Path(backups.backups_dir())
@@ -821,13 +825,13 @@ def fetch_into_backups(name, store=None):
             raise OffsiteError(f"cannot write {name} into {folder}: {err}") from err
         moment = backups.Backup(path=folder / name, size=0, modified=timezone.now()).created
         os.utime(temp, (moment.timestamp(), moment.timestamp()))
-        final = folder / name
-        backups.write_checksum(final, digest)
-        manifest = read_small(store, name + MANIFEST_SUFFIX)
-        if manifest:
-            backups._write_sidecar(final, MANIFEST_SUFFIX, manifest.decode("utf-8", "replace"))
+        try:
+            manifest = json.loads(read_small(store, name + MANIFEST_SUFFIX) or b"{}")
+        except ValueError:
+            manifest = {}
+        manifest = {k: v for k, v in manifest.items() if k != "backup"} or None
         with contextlib.suppress(BackupError):  # another request fetched it meanwhile: fine
-            backups.link_into_place(temp, final, folder, "", False)
+            backups.publish(temp, digest, manifest, folder=folder, target=folder / name)
     return backups.get_backup(name, folder)
 
 
@@ -842,7 +846,10 @@ def drill_newest_copy():
     from backups_app import drill
 
     store = storage()
-    copy = newest_copy(list_copies(store))
+    # The drill proves a backup the site made itself, like the local drill.
+    copies = list_copies(store)
+    own = {n: c for n, c in copies.items() if backups.parse_backup_name(n)["label"] != "uploaded"}
+    copy = newest_copy(own)
     if copy is None:
         raise drill.DrillError("no offsite copy to verify")
     error = None

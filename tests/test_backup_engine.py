@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from backups_app import backups
+from backups_app import backups, sqlite
 from backups_app.backups import BackupError, create_backup, list_backups
 from tests.conftest import count_rows, make_database, make_large_database
 
@@ -157,7 +157,7 @@ def test_it_removes_temp_files_of_dead_backups_but_not_of_live_ones(source_db, t
     (out / ".stanza-tmp-1-dead.partial-journal").write_bytes(b"journal")
     (out / ".stanza-tmp-2-orphan.partial.gz").write_bytes(b"gz")
     live = out / ".stanza-tmp-3-live.partial"
-    fd = backups._create_locked(live)
+    fd = sqlite.create_locked(live)
     try:
         backup = create_backup(source_db, folder=out)
         names = sorted(p.name for p in out.iterdir())
@@ -168,7 +168,7 @@ def test_it_removes_temp_files_of_dead_backups_but_not_of_live_ones(source_db, t
 
 
 def test_it_leaves_no_temp_file_when_verification_fails(source_db, tmp_path, monkeypatch):
-    def fail(path, tables, cancel=None):
+    def fail(path, tables, cancel=None, **kwargs):
         raise BackupError("failed the integrity check")
 
     monkeypatch.setattr(backups, "_check_database", fail)
@@ -233,13 +233,13 @@ def test_it_refuses_every_existing_output_and_leaves_it_alone(source_db, tmp_pat
 
 def test_it_refuses_an_output_that_appears_during_the_backup(source_db, tmp_path, monkeypatch):
     target = tmp_path / "late.bak"
-    real = backups.link_into_place
+    real = backups.publish
 
-    def someone_else_first(*args):
+    def someone_else_first(*args, **kwargs):
         target.write_text("theirs")
-        return real(*args)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(backups, "link_into_place", someone_else_first)
+    monkeypatch.setattr(backups, "publish", someone_else_first)
 
     with pytest.raises(BackupError, match="already exists"):
         create_backup(source_db, output=target)

@@ -9,19 +9,15 @@ Screenshots of every page land in tests/artifacts/ (ignored by git).
 import hashlib
 import os
 import re
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
 
-from backups_app.backups import BACKUP_NAME_RE, verify_database
-from tests.conftest import REPO_DIR, manage
+from backups_app.backups import is_backup_name, verify_database
+from tests.conftest import REPO_DIR, gunicorn, manage
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -100,49 +96,8 @@ def stack(tmp_path_factory):
         result = manage(*args, env=env)
         assert result.returncode == 0, result.stderr
 
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "stanza_site.wsgi", "--bind", "127.0.0.1:0"]
-        + GUNICORN_ARGS,
-        cwd=REPO_DIR,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        url = wait_for_gunicorn(server)
-        yield {"url": url, "data": data, "backups": data / "backups", "pid": server.pid}
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        server.stderr.close()
-
-
-def wait_for_gunicorn(server, timeout=30):
-    """Read gunicorn's log until it says where it listens, then until a page answers."""
-    deadline = time.monotonic() + timeout
-    url = None
-    while url is None:
-        line = server.stderr.readline()
-        assert line, f"gunicorn exited with status {server.poll()}"
-        found = re.search(r"Listening at: (http://\S+)", line)
-        url = found.group(1) if found else None
-        assert time.monotonic() < deadline, "gunicorn did not start"
-    # Keep draining its log so it never blocks on a full pipe.
-    import threading
-
-    threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/admin/login/", timeout=5) as response:
-                if response.status == 200:
-                    return url
-        except OSError:
-            assert time.monotonic() < deadline, "gunicorn does not answer"
-            time.sleep(0.2)
+    with gunicorn(env, *GUNICORN_ARGS) as url:
+        yield {"url": url, "data": data, "backups": data / "backups"}
 
 
 def shoot(page, name):
@@ -267,12 +222,16 @@ def test_two_clicks_at_once_never_make_a_broken_backup(page, stack):
     assert sorted(status for status, _ in statuses) in ([200, 200], [200, 409])
     for status, body in statuses:
         if status == 409:
-            assert body == {"error": "a backup is already running; try again when it has finished"}
+            assert re.fullmatch(
+                r"a backup is running \(by admin, since \d\d:\d\d:\d\d UTC\); "
+                r"try again when it has finished",
+                body["error"],
+            )
     page.reload()
     new = set(backup_names(page)) - before
     assert len(new) == sum(1 for status, _ in statuses if status == 200)
     for name in new:
-        assert BACKUP_NAME_RE.match(name)
+        assert is_backup_name(name)
         verify_database(stack["backups"] / name, {"django_migrations", "cron_runs"})
     assert not [n for n in os.listdir(stack["backups"]) if n.startswith(".stanza-tmp-")]
 
@@ -331,6 +290,7 @@ def test_it_restores_a_backup_from_the_backups_page(page, stack):
     expect(page.locator("#restore-checks")).to_contain_text("sound")
     expect(page.locator("#restore-checks")).to_contain_text("matches its .sha256 checksum")
     expect(page.locator("#restore-warning")).to_contain_text("pre-restore safety backup")
+    expect(page.locator("#restore-kept")).to_contain_text("audit of dashboard actions")
     assert "made after the backup" in group_names(stack)  # nothing changed yet
     shoot(page, "restore-confirm")
 
@@ -344,6 +304,8 @@ def test_it_restores_a_backup_from_the_backups_page(page, stack):
     assert backup_names(page)[0] == safety
     assert "made after the backup" not in group_names(stack)
     expect(page.locator(".stanza-audit")).to_contain_text(f"Restored backup {name}")
+    # The audit made after the backup was kept through the restore.
+    expect(page.locator(".stanza-audit")).to_contain_text(f"Made backup {name}")
     page.goto(stack["url"] + "/admin/auth/group/")
     expect(page.locator("#content")).not_to_contain_text("made after the backup")
 
@@ -382,8 +344,16 @@ def test_it_asks_to_log_in_again_after_restoring_an_older_database(page, stack):
 def test_it_uploads_a_backup_and_refuses_a_file_that_is_not_one(page, stack, tmp_path):
     page.set_viewport_size({"width": 1280, "height": 800})
     log_in(page, stack)
-    elsewhere = tmp_path / "from-another-machine.sqlite"
-    elsewhere.write_bytes((stack["backups"] / backup_names(page)[-1]).read_bytes())
+    oldest = backup_names(page)[-1]
+    copy = tmp_path / "copy.bak"
+    copy.write_bytes((stack["backups"] / oldest).read_bytes())
+    elsewhere = tmp_path / "from-another-machine.sqlite"  # the same site, other data
+    source = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
+    dest = sqlite3.connect(elsewhere, isolation_level=None)
+    source.backup(dest)
+    dest.execute("INSERT INTO auth_group (name) VALUES ('only on the other machine')")
+    dest.close()
+    source.close()
     not_one = tmp_path / "notes.txt"
     not_one.write_text("not a backup\n" * 100)
 
@@ -391,6 +361,12 @@ def test_it_uploads_a_backup_and_refuses_a_file_that_is_not_one(page, stack, tmp
     page.click("#upload")
     expect(page.locator(".messagelist .error")).to_contain_text(
         "Upload of notes.txt refused: notes.txt is not an SQLite database"
+    )
+
+    page.set_input_files("#upload-file", str(copy))
+    page.click("#upload")
+    expect(page.locator(".messagelist .error")).to_contain_text(
+        f"Upload of copy.bak refused: it is the same file as the backup {oldest}"
     )
 
     page.set_input_files("#upload-file", str(elsewhere))
@@ -402,5 +378,5 @@ def test_it_uploads_a_backup_and_refuses_a_file_that_is_not_one(page, stack, tmp
     assert backup_names(page)[0] == kept
     assert (stack["backups"] / kept).read_bytes() == elsewhere.read_bytes()
     expect(page.locator("#backups tbody tr").first).to_contain_text("uploaded")
-    assert not list((stack["data"] / "tmp").iterdir())
+    assert not list((stack["data"] / ".stanza-uploads").iterdir())
     shoot(page, "backups-after-upload")

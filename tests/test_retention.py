@@ -160,10 +160,23 @@ def test_the_purge_job_clears_abandoned_uploads(settings, backups_folder, time_m
     from backups_app import jobs
 
     time_machine.move_to(NOW, tick=False)
-    uploads = backups_folder.parent / "tmp"
+    uploads = backups_folder.parent / ".stanza-uploads"  # the app's own, beside the database
     uploads.mkdir()
-    settings.FILE_UPLOAD_TEMP_DIR = uploads
     put(uploads, "tmpab12.upload.bak", timedelta(days=1))
 
     assert jobs.run_job("purge-old-backups").status == "success"
     assert names(uploads) == []
+
+
+def test_it_keeps_the_newest_backup_the_site_made_itself_when_an_upload_is_newer(tmp_path):
+    put(tmp_path, "database.sqlite.20261126T010000Z.uploaded.bak", timedelta(hours=1))
+    put(tmp_path, "database.sqlite.20261118T020000Z.bak", timedelta(days=8))  # the last own one
+    put(tmp_path, "database.sqlite.20261117T020000Z.bak", timedelta(days=9))
+
+    removed = purge_old_backups(tmp_path, 7, NOW)
+
+    assert removed == ["database.sqlite.20261117T020000Z.bak"]
+    assert names(tmp_path) == [
+        "database.sqlite.20261118T020000Z.bak",
+        "database.sqlite.20261126T010000Z.uploaded.bak",
+    ]

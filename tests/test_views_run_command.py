@@ -3,22 +3,14 @@
 import os
 import re
 import signal
-import socket
 import subprocess
-import time
 import urllib.request
 
 import pytest
 
-from tests.conftest import REPO_DIR, manage
+from tests.conftest import REPO_DIR, free_port, manage, wait_until
 
 pytestmark = pytest.mark.slow
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def children_of(pgid):
@@ -27,8 +19,6 @@ def children_of(pgid):
 
 
 def test_it_serves_the_dashboard_with_the_scheduler_and_stops_both_on_ctrl_c(tmp_path):
-    if "runscheduler" not in manage("help", "--commands").stdout.split():
-        pytest.skip("manage.py runscheduler is not there yet (the jobs issue adds it)")
     port = free_port()
     env = {
         **os.environ,
@@ -49,11 +39,12 @@ def test_it_serves_the_dashboard_with_the_scheduler_and_stops_both_on_ctrl_c(tmp
             start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + 180
-        while "Listening at" not in log.read_text():
+
+        def listening():
             assert run.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.3)
+            return "Listening at" in log.read_text()
+
+        wait_until(listening, timeout=180, interval=0.3)
         text = log.read_text()
         assert f"open http://127.0.0.1:{port}/admin/" in text
         [password] = re.findall(r"Admin login: admin / (\S+)", text)
@@ -69,10 +60,7 @@ def test_it_serves_the_dashboard_with_the_scheduler_and_stops_both_on_ctrl_c(tmp
                 ["ps", "-o", "pid,stat,args", "-g", str(run.pid)], text=True, capture_output=True
             ).stdout
             pytest.fail(f"scripts/run did not stop:\n{tree}\n{log.read_text()[-3000:]}")
-        deadline = time.monotonic() + 15
-        while children_of(run.pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert children_of(run.pid) == []
+        wait_until(lambda: children_of(run.pid) == [], timeout=15, interval=0.2)
     finally:
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)

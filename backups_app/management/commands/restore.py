@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from backups_app import backups, offsite, restore
 from backups_app.backups import DATABASE_FILENAME, BackupError
+from backups_app.interrupts import on_stop_signals
 
 
 class Command(BaseCommand):
@@ -32,41 +33,46 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, backup, data_dir, yes, from_offsite=False, **options):
+        try:
+            # SIGTERM too stops the restore cleanly: rolled back, temporary files removed.
+            with on_stop_signals(), contextlib.ExitStack() as stack:
+                if from_offsite:  # fetched into the data folder's tmp, removed after
+                    backup = stack.enter_context(fetch_offsite(backup))
+                self.restore(backup, data_dir, yes)
+        except CommandError:
+            raise
+        except BackupError as err:
+            raise CommandError(str(err)) from err
+        except KeyboardInterrupt:
+            raise CommandError("interrupted; the database was not changed") from None
+        except Exception as err:  # one line, never a traceback, never exit status 0
+            raise CommandError(f"restore failed: {type(err).__name__}: {err}") from err
+
+    def restore(self, backup, data_dir, yes):
         database = data_dir / DATABASE_FILENAME if data_dir else backups.live_database_path()
         folder = data_dir / "backups" if data_dir else backups.backups_dir()
         if not yes and not sys.stdin.isatty():
             raise CommandError("not restoring without confirmation: no terminal; pass --yes")
-        # The run history lives in the configured database; record only restores into it.
-        is_live = database.resolve() == backups.live_database_path().resolve()
-        try:
-            with contextlib.ExitStack() as stack:
-                path = stack.enter_context(fetch_offsite(backup)) if from_offsite else None
-                result = self.restore(path or find_backup(backup, folder), database, folder, yes)
-        except BackupError as err:
-            if is_live and "cancelled" not in str(err):
-                restore.record_restore(error=err, trigger="command")
-            raise CommandError(str(err)) from err
-        except KeyboardInterrupt:
-            raise CommandError("interrupted; the database was not changed") from None
-        self.report(result, is_live)
-
-    def restore(self, path, database, folder, yes):
-        return restore.restore_backup(
+        path = find_backup(backup, folder)
+        result = restore.restore_and_record(
             path,
+            trigger="command",
+            by="the restore command",
             database=database,
             backups_folder=folder,
             confirm=None if yes else lambda info: self.ask(info, database),
         )
-
-    def report(self, result, is_live):
-        if is_live:
-            restore.record_restore(result, trigger="command")
         self.stdout.write(f"Restored {restore.describe(result.backup)} into {result.database}")
         if result.safety_backup:
             safety = result.safety_backup.path
             self.stdout.write(f"Safety backup of the previous database: {safety}")
         else:
             self.stdout.write("No safety backup: there was no database before")
+        if result.kept:
+            kept = ", ".join(f"{what} ({rows} rows)" for what, rows in result.kept.items())
+            self.stdout.write(f"Kept from the database as it was: {kept}")
+        for note in result.notes:
+            self.stdout.write(f"Note: {note}")
         pending = result.backup.pending_migrations
         if pending:
             self.stdout.write(
@@ -77,7 +83,8 @@ class Command(BaseCommand):
     def ask(self, info, database):
         self.stdout.write(f"Restore {restore.describe(info)}")
         self.stdout.write(f"into {database}?")
-        self.stdout.write("A pre-restore safety backup of the current database is made first.")
+        self.stdout.write("A pre-restore safety backup of the current database is made first;")
+        self.stdout.write("the run history, alert state, job store and audit are kept.")
         self.stdout.write("Restore? [y/N] ", ending="")
         self.stdout.flush()
         answer = sys.stdin.readline().strip().lower()
@@ -90,7 +97,7 @@ def fetch_offsite(name):
     if not offsite.enabled():
         raise BackupError("offsite copies are off: set STANZA_OFFSITE_URL")
     with offsite.fetched(name) as path:
-        yield path
+        yield str(path)
 
 
 def find_backup(argument, folder):
