@@ -275,7 +275,7 @@ def test_a_wrong_key_is_a_refusal_in_one_line(
 def test_a_failing_copy_is_mailed_to_the_admins(
     offsite_on, live, backups_folder, monkeypatch, settings, mailoutbox
 ):
-    settings.ADMINS = [("ops", "ops@example.com")]
+    settings.STANZA_ALERT_EMAILS = ["ops@example.com"]
     make_backup(live, backups_folder)
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
 
