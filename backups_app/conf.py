@@ -230,6 +230,8 @@ SETTINGS = {
     "STANZA_OFFSITE_RETENTION_DAYS": (30, int_parser(0)),
     "STANZA_OFFSITE_AGE_RECIPIENTS": ((), parse_age_recipients),
     "STANZA_OFFSITE_AGE_IDENTITY": (None, parse_age_identity),
+    "STANZA_REPLICA_URL": ("", url_parser("file", "s3")),
+    "STANZA_REPLICA_MAX_LAG": (300, int_parser(1)),
 }
 
 _MISSING = object()
