@@ -630,7 +630,13 @@ def health_problems(now=None):
             return []
     except BackupError as err:
         logger.warning("cannot tell whether %s is offsite: %s", listed[0].name, err)
-    return ["offsite copy behind"]
+    from backups_app.health import Problem
+
+    advice = (
+        "The newest backup has had no offsite copy for over an hour: see the last "
+        "copy-offsite run on the Cron page (is the store down, or refusing?)."
+    )
+    return [Problem("offsite copy behind", advice)]
 
 
 # --- retention ----------------------------------------------------------------------------

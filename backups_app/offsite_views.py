@@ -6,13 +6,13 @@ Kept apart from views.py; both views go through the same staff check as the rest
 import logging
 
 from django.contrib import messages
-from django.contrib.admin.models import CHANGE
 from django.http import Http404, HttpResponseBadRequest, StreamingHttpResponse
 from django.shortcuts import redirect
 from django.views.decorators.http import require_POST, require_safe
 
 from backups_app import backups, offsite
-from backups_app.views import audit, staff_required
+from backups_app.audit import CHANGE, audit
+from backups_app.views import staff_required
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def download_offsite(request, filename):
     if not copy.encrypted:
         response["Content-Length"] = str(copy.size)
     if request.method == "GET":
-        audit(request.user, f"Downloaded offsite copy {copy.name}", flag=CHANGE, repr_=copy.name)
+        audit(request.user, f"Downloaded offsite copy {copy.name}", flag=CHANGE)
     return response
 
 
@@ -69,7 +69,7 @@ def fetch_offsite(request, filename):
         logger.error("fetching %s from the offsite store failed: %s", copy.name, err)
         messages.error(request, f"Could not fetch {copy.name} from the offsite store: {err}.")
         return redirect("backups:backups")
-    audit(request.user, f"Fetched {copy.name} from the offsite store", repr_=copy.name)
+    audit(request.user, f"Fetched {copy.name} from the offsite store")
     messages.success(
         request, f"Fetched {copy.name} from the offsite store and checked its SHA-256."
     )

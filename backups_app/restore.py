@@ -300,13 +300,6 @@ def open_readonly(path):
     return sqlite.open_readonly(path)
 
 
-def accept_upload(upload, folder=None, **kwargs):
-    """Moved to uploads.accept_upload; kept for callers of the old name."""
-    from backups_app import uploads
-
-    return uploads.accept_upload(upload, folder, **kwargs)
-
-
 def table_names(conn, schema="main"):
     """The tables of one schema of a connection (`main`, an attached `bak`, `temp`)."""
     if schema == "main":

@@ -9,6 +9,8 @@ urlpatterns = [
     path("admin/database/backup", views.backup_now, name="backup-now"),
     # GET: the confirmation page (the backup is checked, nothing changes); POST: restore.
     path("admin/backups/restore/<path:filename>", views.restore_backup, name="restore"),
+    # GET: the confirmation page; POST: delete the backup and its sidecars.
+    path("admin/backups/delete/<path:filename>", views.delete_backup, name="delete"),
     path("admin/backups/upload", views.upload_backup, name="upload"),
     # `path`, not `str`: a name holding "/" (even %2F-encoded) still reaches the view, which
     # answers 400 for anything that is not a backup file name.
@@ -24,6 +26,7 @@ urlpatterns = [
         name="offsite-fetch",
     ),
     path("admin/cron/", views.cron_page, name="cron"),
+    path("admin/cron/runs/<int:pk>/", views.run_detail, name="run"),
     path("admin/cron/<str:name>/run", views.run_job_now, name="run-job"),
     # No login: for monitoring (200 or 503).
     path("healthz", health_views.healthz, name="healthz"),
