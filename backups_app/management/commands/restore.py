@@ -1,9 +1,10 @@
+import contextlib
 import sys
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from backups_app import backups, restore
+from backups_app import backups, offsite, restore
 from backups_app.backups import DATABASE_FILENAME, BackupError
 from backups_app.interrupts import on_stop_signals
 
@@ -24,11 +25,19 @@ class Command(BaseCommand):
             help="restore into DIR/database.sqlite (safety backup in DIR/backups)",
         )
         parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+        parser.add_argument(
+            "--offsite",
+            action="store_true",
+            dest="from_offsite",
+            help="BACKUP is the name of an offsite copy: fetch (and decrypt) it first",
+        )
 
-    def handle(self, *args, backup, data_dir, yes, **options):
+    def handle(self, *args, backup, data_dir, yes, from_offsite=False, **options):
         try:
             # SIGTERM too stops the restore cleanly: rolled back, temporary files removed.
-            with on_stop_signals():
+            with on_stop_signals(), contextlib.ExitStack() as stack:
+                if from_offsite:  # fetched into the data folder's tmp, removed after
+                    backup = stack.enter_context(fetch_offsite(backup))
                 self.restore(backup, data_dir, yes)
         except CommandError:
             raise
@@ -80,6 +89,15 @@ class Command(BaseCommand):
         self.stdout.flush()
         answer = sys.stdin.readline().strip().lower()
         return answer in ("y", "yes")
+
+
+@contextlib.contextmanager
+def fetch_offsite(name):
+    """The offsite copy `name`, fetched (decrypted) into the data folder's tmp and checked."""
+    if not offsite.enabled():
+        raise BackupError("offsite copies are off: set STANZA_OFFSITE_URL")
+    with offsite.fetched(name) as path:
+        yield str(path)
 
 
 def find_backup(argument, folder):
