@@ -39,9 +39,9 @@ class Job:
 # --- the jobs ------------------------------------------------------------------------------
 
 
-def plural(count, word):
-    """'1 backup', '3 backups'."""
-    return f"{count} {word}{'' if count == 1 else 's'}"
+def plural(count, word, words=None):
+    """'1 backup', '3 backups'; `words` for the irregular: plural(2, "copy", "copies")."""
+    return f"{count} {word if count == 1 else words or word + 's'}"
 
 
 # How long the daily backup waits for a restore or upload to finish before it gives up.
@@ -68,7 +68,7 @@ def purge_old_backups():
         offsite_days = conf.get("STANZA_OFFSITE_RETENTION_DAYS")
         purged = offsite.purge_old_copies(now, offsite_days)
         result += (
-            f"; removed {plural(len(purged), 'offsite copy')} older than "
+            f"; removed {plural(len(purged), 'offsite copy', 'offsite copies')} older than "
             f"{plural(offsite_days, 'day')}"
         )
     return result
