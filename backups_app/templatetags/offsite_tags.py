@@ -1,5 +1,7 @@
 """The offsite parts of the Backups page, from one listing of the store per request."""
 
+import contextlib
+
 from django import template
 
 from backups_app import backups, offsite
@@ -40,10 +42,10 @@ def offsite_where(context, backup):
 def offsite_section(context):
     """The offsite store's state, its last drill, and the backups that are only offsite."""
     state = page_state(context.get("request"))
-    try:
-        local = {b.name for b in backups.list_backups()}
-    except backups.BackupError:
-        local = set()
+    local = set()
+    if state["on"]:  # names only: a Backup per file costs ~50 ms at 5000 backups
+        with contextlib.suppress(backups.BackupError):
+            local = {item.name for item in backups.scan_backups()}
     only = [c for c in state["copies"].values() if c.complete and c.name not in local]
     only.sort(key=lambda c: c.name, reverse=True)
     return {
