@@ -8,6 +8,7 @@ project's own settings call `from_env` so a bad environment variable stops start
 """
 
 import os
+import re
 import zoneinfo
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -124,6 +125,29 @@ def url_parser(*schemes):
     return parse_url
 
 
+def parse_replica_url(name, raw):
+    """`file:///ABSOLUTE/PATH` or `s3://BUCKET/PATH` (Litestream's replica), or "" (off)."""
+    text = str(raw).strip()
+    if not text:
+        return ""
+    parts = urlsplit(text)
+    usage = f"{name}={text!r} is not a replica URL (use file:///PATH or s3://BUCKET/PATH)"
+    if parts.query or parts.fragment:
+        raise ConfigError(usage)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.strip("/"):
+            raise ConfigError(usage)
+        return text
+    if parts.scheme == "s3":
+        bucket = parts.netloc
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+            raise ConfigError(f"{name}={text!r}: {bucket!r} is not a valid S3 bucket name")
+        if not parts.path.strip("/"):
+            raise ConfigError(usage)
+        return text
+    raise ConfigError(usage)
+
+
 # --- the settings --------------------------------------------------------------------------
 
 # name -> (default, parser). A default that is a callable is computed when read.
@@ -134,6 +158,8 @@ SETTINGS = {
     "STANZA_BACKUP_RETENTION_DAYS": (7, int_parser(0)),
     "STANZA_ALERT_EMAILS": ((), parse_emails),
     "STANZA_UPLOAD_MAX_MB": (None, int_parser(1)),
+    "STANZA_REPLICA_URL": ("", parse_replica_url),
+    "STANZA_REPLICA_MAX_LAG": (300, int_parser(1)),
 }
 
 _MISSING = object()

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from django.db.migrations.recorder import MigrationRecorder
 from django.utils import timezone
 
-from backups_app import backups, drill, jobs
+from backups_app import backups, drill, jobs, replication
 from backups_app.backups import BackupError
 from backups_app.models import CronRun
 
@@ -23,7 +23,7 @@ def problems(now=None):
     for name, state in job_states(now).items():
         if state != OK:
             found.append(f"job {name} {state}")
-    return found
+    return found + replication.problems(now)
 
 
 def backup_problems(now):

@@ -69,6 +69,12 @@ def verify_latest_backup():
     return drill.verify_latest_backup()
 
 
+def verify_replica():
+    from backups_app import replication
+
+    return replication.verify_replica()
+
+
 def registry():
     """Every job, by name, with schedules from the settings of this process."""
     jobs = [
@@ -100,6 +106,19 @@ def registry():
             description="Restore the newest backup into a scratch file and check what it holds",
         ),
     ]
+    if conf.get("STANZA_REPLICA_URL"):
+        jobs.append(
+            Job(
+                name="verify-replica",
+                schedule="0 * * * *",
+                func=verify_replica,
+                description=(
+                    "Write a canary row, restore the replica's latest state into a scratch "
+                    "file, check it and find the canary"
+                ),
+                timeout=timedelta(minutes=10),
+            )
+        )
     return {job.name: job for job in jobs}
 
 

@@ -305,6 +305,9 @@ def restore_backup(path, *, database=None, backups_folder=None, confirm=None):
         result.duration,
         extra={"event": "restore", "file": info.name, "duration": round(result.duration, 3)},
     )
+    from backups_app import replication  # replication builds on restore
+
+    replication.note_restore(result, database)
     return result
 
 
