@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from backups_app import conf
+from backups_app import backups, conf
 from backups_app.backups import BackupError
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ SYNC_INTERVAL = "1s"
 # commits made before t minus this margin.
 MONITOR_MARGIN = 1.5
 HEARTBEAT = 5.0  # seconds between two looks at the replica by `replicate`
+SPAN_EVERY = 60.0  # seconds between two listings of all the replica's files (for the window)
 STALE_AFTER = 60.0  # a status file not refreshed for this long means `replicate` is not running
 COMMAND_TIMEOUT = 120  # seconds for one `litestream ltx` call
 RESTORE_TIMEOUT = 3600
@@ -67,7 +68,7 @@ def max_lag():
 
 
 def state_dir(database=None):
-    database = Path(database or conf.live_database_path())
+    database = Path(database or backups.live_database_path())
     return database.parent / STATE_DIRNAME
 
 
@@ -98,7 +99,7 @@ def config_text(url=None, database=None):
 
     Credentials are not in it: Litestream takes them from the AWS_* environment variables.
     """
-    database = Path(database or conf.live_database_path())
+    database = Path(database or backups.live_database_path())
     url = url or replica_url()
     if not url:
         raise ReplicationError("replication is off: set STANZA_REPLICA_URL")
@@ -193,7 +194,7 @@ def start_litestream(config):
 
 def local_txid(database=None):
     """The newest transaction Litestream has read from the live database's WAL (0: none)."""
-    database = Path(database or conf.live_database_path())
+    database = Path(database or backups.live_database_path())
     folder = database.parent / f".{database.name}-litestream" / "ltx" / "0"
     try:
         names = [entry.name for entry in os.scandir(folder)]
@@ -223,7 +224,7 @@ class LtxFile:
 
 def replica_files(config, database=None, level="all"):
     """The LTX files the replica holds (`litestream ltx -json`)."""
-    database = Path(database or conf.live_database_path())
+    database = Path(database or backups.live_database_path())
     output = run_litestream("ltx", "-json", "-level", str(level), str(database), config=config)
     try:
         rows = json.loads(output or "[]")
@@ -278,6 +279,8 @@ class Tracker:
         self.replica_txid = 0
         self.local_txid = 0
         self.error = ""
+        self.files_span = None  # (oldest, newest) file times in the replica
+        self.span_checked = 0.0
 
     def beat(self, now=None):
         now = now if now is not None else time.time()
@@ -287,6 +290,12 @@ class Tracker:
             try:
                 self.replica_txid = replica_txid(self.config, self.database)
                 self.error = ""
+            except ReplicationError as err:
+                self.error = str(err)
+        if now - self.span_checked >= SPAN_EVERY:
+            self.span_checked = now
+            try:
+                self.files_span = files_span(replica_files(self.config, self.database))
             except ReplicationError as err:
                 self.error = str(err)
         covered = [t for t, txid in self.samples if txid <= self.replica_txid]
@@ -309,7 +318,7 @@ def replicate(stop, database=None):
     Restarts back off from 1 s to 60 s while it keeps dying early; a restore noted by
     `note_restore` restarts it at once. Every HEARTBEAT the status file is rewritten.
     """
-    database = Path(database or conf.live_database_path())
+    database = Path(database or backups.live_database_path())
     config = write_config(database=database)
     tracker = Tracker(database, config)
     state = {"pid": os.getpid(), "started_at": _now_iso(), "restarts": 0, "error": ""}
@@ -378,6 +387,7 @@ def _write_state(state, tracker, database):
         "synced_through": datetime.fromtimestamp(synced, UTC).isoformat() if synced else None,
         "local_txid": tracker.local_txid,
         "replica_txid": tracker.replica_txid,
+        "files_span": [t.isoformat() for t in tracker.files_span] if tracker.files_span else None,
         "error": tracker.error or state.get("error", ""),
     }
     try:
@@ -412,8 +422,8 @@ def note_restore(result, database=None):
     """
     if not enabled():
         return
-    database = Path(database or conf.live_database_path())
-    if database.resolve() != conf.live_database_path().resolve():
+    database = Path(database or backups.live_database_path())
+    if database.resolve() != backups.live_database_path().resolve():
         return
     record = {
         "began_at": datetime.now(UTC).isoformat(),
@@ -453,6 +463,7 @@ class Status:
     error: str = ""
     history_began: datetime | None = None
     history_restored: str = ""
+    window: "Window | None" = None  # as of the last listing of the replica's files
 
     @property
     def behind(self):
@@ -479,9 +490,13 @@ def status(now=None, database=None):
     alive = _pid_alive(record.get("pid")) and (now - checked).total_seconds() < STALE_AFTER
     synced = _time_or_none(record.get("synced_through"))
     lag = max(0.0, (checked - synced).total_seconds()) if synced else None
+    running = alive and bool(record.get("litestream_running"))
+    span = record.get("files_span") or ()
+    times = [t for t in map(_time_or_none, span) if t]
     return Status(
         **base,
-        running=alive and bool(record.get("litestream_running")),
+        running=running,
+        window=window_from(times, synced if running else None, now) if len(times) == 2 else None,
         last_sync=synced,
         lag=lag,
         checked_at=checked,
@@ -553,25 +568,38 @@ class Window:
         return f"{format_time(self.start)} to {format_time(self.end)}"
 
 
-def window(database=None, now=None):
-    """The times the replica can restore: its oldest file to its newest (or to the last sync
-    when Litestream reports the replica caught up, since nothing changed after its newest file).
-
-    File times have whole seconds, and the first file may have been written up to a second
-    after its stamp, so the window starts a second later to be sure.
-    """
-    database = Path(database or conf.live_database_path())
-    config = write_config(database=database)
-    files = replica_files(config, database)
+def files_span(files):
+    """(oldest, newest) creation time of the replica's LTX files, or None when it has none."""
     if not files:
-        raise ReplicationError("the replica holds nothing yet; is `manage.py replicate` running?")
-    start = min(f.created for f in files) + timedelta(seconds=1)
-    end = max(f.created for f in files)
-    current = status(now, database)
-    if current.running and current.last_sync and current.last_sync > end:
-        end = current.last_sync.replace(microsecond=0)
+        return None
+    times = [f.created for f in files]
+    return min(times), max(times)
+
+
+def window_from(span, last_sync=None, now=None):
+    """The times a restore can reach, from the replica files' (oldest, newest) times.
+
+    File times have whole seconds and the first file may have been written up to a second
+    after its stamp, so the window starts a second later to be sure. It ends at the newest
+    file, or at the last sync when that is later (nothing changed after the newest file).
+    """
+    oldest, newest = span
+    end = newest
+    if last_sync and last_sync > end:
+        end = last_sync.replace(microsecond=0)
     now = now or datetime.now(UTC)
-    return Window(start=start, end=min(end, now))
+    return Window(start=oldest + timedelta(seconds=1), end=min(end, now))
+
+
+def window(database=None, now=None):
+    """The replica's window now (lists its files; for a restore, not for a page)."""
+    database = Path(database or backups.live_database_path())
+    config = write_config(database=database)
+    span = files_span(replica_files(config, database))
+    if span is None:
+        raise ReplicationError("the replica holds nothing yet; is `manage.py replicate` running?")
+    current = status(now, database)
+    return window_from(span, current.last_sync if current.running else None, now)
 
 
 # --- restoring from the replica -------------------------------------------------------------
@@ -583,7 +611,7 @@ def restored_copy(when=None, database=None):
     its latest state when `when` is None. The file is deleted afterwards."""
     from backups_app import restore
 
-    database = Path(database or conf.live_database_path())
+    database = Path(database or backups.live_database_path())
     config = write_config(database=database)
     with restore.scratch_file(database.parent) as scratch:
         scratch.unlink()  # Litestream writes the file itself (and refuses one that exists)
@@ -610,7 +638,7 @@ def restore_at(when, *, confirm=None, database=None):
     """
     from backups_app import restore
 
-    database = Path(database or conf.live_database_path())
+    database = Path(database or backups.live_database_path())
     if not enabled():
         raise ReplicationError("replication is off: set STANZA_REPLICA_URL")
     reachable = window(database)
@@ -643,7 +671,7 @@ def verify_replica(timeout=120):
 
     if not enabled():
         raise ReplicationError("replication is off")
-    database = conf.live_database_path()
+    database = backups.live_database_path()
     config = write_config(database=database)
     canary = ReplicaCanary.objects.create(token=secrets.token_hex(8))
     ReplicaCanary.objects.filter(id__lt=canary.id).delete()  # only the newest is needed

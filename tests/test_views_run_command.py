@@ -78,3 +78,51 @@ def test_it_serves_the_dashboard_with_the_scheduler_and_stops_both_on_ctrl_c(tmp
             os.killpg(run.pid, signal.SIGKILL)
             run.wait()
     assert password not in manage("ensureadmin", env=env).stdout  # shown once only
+
+
+@pytest.mark.litestream
+def test_it_runs_replication_beside_them_when_a_replica_is_set_and_stops_it(tmp_path):
+    port = free_port()
+    env = {
+        **os.environ,
+        "STANZA_DATA_DIR": str(tmp_path / "data"),
+        "STANZA_PORT": str(port),
+        "STANZA_ADMIN_PASSWORD": "",
+        "STANZA_REPLICA_URL": f"file://{tmp_path / 'replica'}",
+    }
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    log = tmp_path / "run.log"
+    with open(log, "w") as out:
+        run = subprocess.Popen(
+            [REPO_DIR / "scripts" / "run"],
+            cwd=REPO_DIR,
+            env=env,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+
+    def commands():
+        out = subprocess.run(
+            ["ps", "-o", "args=", "-g", str(run.pid)], capture_output=True, text=True
+        ).stdout
+        return out
+
+    try:
+        deadline = time.monotonic() + 180
+        replica = tmp_path / "replica" / "ltx"
+        while not (replica.is_dir() and "Listening at" in log.read_text()):
+            assert run.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.3)
+        assert "manage.py replicate" in commands() and "litestream replicate" in commands()
+        os.killpg(run.pid, signal.SIGINT)
+        run.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while children_of(run.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert children_of(run.pid) == []
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
