@@ -546,7 +546,10 @@ def parse_time(text):
     value = datetime.fromisoformat(str(text).strip().replace("z", "Z"))
     if value.tzinfo is None:
         raise ValueError(f"{text!r} has no time zone (add Z or an offset such as +02:00)")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{text!r} is out of range") from None
 
 
 def format_time(value):

@@ -16,12 +16,15 @@ logger = logging.getLogger(__name__)
 
 def parse_when(text):
     """A time from the form: ISO 8601; without a zone it is read in the site's time zone."""
-    value = parse_datetime((text or "").strip())
-    if value is None:
+    try:
+        value = parse_datetime((text or "").strip())
+        if value is None:
+            return None
+        if timezone.is_naive(value):
+            value = timezone.make_aware(value)
+        return value.astimezone(UTC)
+    except (ValueError, OverflowError):  # well-formed but no such time (month 13, year 0)
         return None
-    if timezone.is_naive(value):
-        value = timezone.make_aware(value)
-    return value.astimezone(UTC)
 
 
 @views.staff_required

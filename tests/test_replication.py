@@ -442,3 +442,18 @@ def test_an_s3_replica_on_moto_restores_to_a_time(live_data, replicating, moto_s
     result = manage("restore", "--at", between.isoformat(), "--yes", env=run.env)
     assert result.returncode == 0, result.stderr
     assert item_names(database) == ["first"]
+
+
+@pytest.mark.parametrize(
+    "text", ["2026-11-27T10:00:00", "yesterday", "0001-01-01T00:00:00+14:00", "2026-02-30T00:00Z"]
+)
+def test_parse_time_refuses_what_is_not_an_aware_time(text):
+    with pytest.raises(ValueError):
+        replication.parse_time(text)
+
+
+def test_parse_time_reads_z_and_offsets():
+    assert replication.parse_time("2026-11-27T10:00:00+02:00") == datetime(
+        2026, 11, 27, 8, tzinfo=UTC
+    )
+    assert replication.parse_time("2026-11-27T08:00:00Z") == datetime(2026, 11, 27, 8, tzinfo=UTC)

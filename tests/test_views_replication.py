@@ -139,3 +139,10 @@ def test_restore_to_a_time_from_the_page(staff_client, replica_url, live_databas
     finally:
         child.terminate()
         child.wait(15)
+
+
+@pytest.mark.parametrize("at", ["2026-13-01T00:00:00", "0001-01-01T00:00:00+14:00", "", "x" * 5000])
+def test_hostile_times_go_back_with_a_message(staff_client, replica_url, at):
+    response = staff_client.get("/admin/backups/restore-at", {"at": at}, follow=True)
+    assert response.status_code == 200
+    assert "is not a date and time" in response.content.decode()
