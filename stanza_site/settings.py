@@ -64,6 +64,7 @@ WSGI_APPLICATION = "stanza_site.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
+        # This site's own templates (error pages, the admin index); the app's are in the app.
         "DIRS": [REPO_DIR / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
@@ -103,7 +104,8 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATICFILES_DIRS = [REPO_DIR / "static"]
+# The dashboard's css comes from backups_app/static (the app directories finder); this site
+# has no static files of its own (add a STATICFILES_DIRS entry when it gets some).
 STATIC_ROOT = REPO_DIR / "staticfiles"
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
