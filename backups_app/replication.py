@@ -13,11 +13,13 @@ SQLite's default PASSIVE auto-checkpoints, which Litestream's guidance allows.
 """
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -35,6 +37,7 @@ STATE_DIRNAME = ".stanza-replica"  # beside the live database: config, status, h
 CONFIG_NAME = "litestream.yml"
 STATUS_NAME = "status.json"
 HISTORY_NAME = "history.json"
+LOCK_NAME = "replicate.lock"
 SYNC_INTERVAL = "1s"
 # Litestream reads the WAL about once a second: a local position sampled at time t holds the
 # commits made before t minus this margin.
@@ -183,10 +186,43 @@ def run_litestream(*args, config, timeout=COMMAND_TIMEOUT):
 
 
 def start_litestream(config):
-    """Start `litestream replicate` for the config; it logs to our stdout/stderr."""
+    """Start `litestream replicate` for the config; it logs to our stdout/stderr.
+
+    It gets SIGTERM if this process dies (even by SIGKILL), so a `replicate` started later
+    never finds an orphaned Litestream still replicating the same database.
+    """
     return subprocess.Popen(
-        [litestream_binary(), "replicate", "-config", str(config)], env=child_env()
+        [litestream_binary(), "replicate", "-config", str(config)],
+        env=child_env(),
+        preexec_fn=_terminate_with_parent,
     )
+
+
+def _terminate_with_parent():
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def only_replicator(database=None):
+    """Hold the lock that lets one `replicate` run per database; ReplicationError if taken."""
+    folder = _private_dir(state_dir(database))
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            record = read_json(folder / STATUS_NAME) or {}
+            raise ReplicationError(
+                f"another `manage.py replicate` (pid {record.get('pid', '?')}) already "
+                "replicates this database"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 # --- positions: what the live database has, what the replica holds ---------------------------

@@ -457,3 +457,27 @@ def test_parse_time_reads_z_and_offsets():
         2026, 11, 27, 8, tzinfo=UTC
     )
     assert replication.parse_time("2026-11-27T08:00:00Z") == datetime(2026, 11, 27, 8, tzinfo=UTC)
+
+
+@pytest.mark.litestream
+@pytest.mark.slow
+def test_one_replicate_per_database_and_no_orphan_when_it_is_killed(
+    live_data, replicating, tmp_path
+):
+    url = f"file://{tmp_path / 'replica'}"
+    run = replicating(url)
+    child = wait_until(lambda: litestream_pid(live_data), interval=0.2)
+    second = manage("replicate", env=run.env, timeout=60)
+    assert second.returncode != 0
+    assert "already replicates this database" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1
+    run.proc.kill()  # SIGKILL: no chance to stop Litestream itself
+    run.proc.wait()
+    wait_until(lambda: _alive(child) is None or _zombie(child), timeout=30, interval=0.2)
+
+
+def _zombie(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True

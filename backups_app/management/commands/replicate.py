@@ -35,6 +35,7 @@ class Command(BaseCommand):
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, request_stop)
         try:
-            replication.replicate(stop)
+            with replication.only_replicator():
+                replication.replicate(stop)
         except (OSError, replication.ReplicationError) as err:
             raise CommandError(f"replication stopped: {err}") from err
