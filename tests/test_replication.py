@@ -481,3 +481,12 @@ def _zombie(pid):
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_checkbackups_lists_a_stopped_replication(replica_on, db, capsys):
+    from django.core.management import call_command
+
+    with pytest.raises(SystemExit) as exit_:
+        call_command("checkbackups")
+    assert exit_.value.code == 1
+    assert "replication stopped" in capsys.readouterr().out
