@@ -21,6 +21,11 @@ SMTP_TIMEOUT = 30
 ERROR_LINES = 20
 
 
+def on_run_finished(sender, run, **kwargs):
+    """Receiver of signals.run_finished (connected in BackupsAppConfig.ready)."""
+    notify_run_finished(run)
+
+
 def notify_run_finished(run):
     """Call after each run of a job: a failure or a recovery changes its state (and mails)."""
     if run.job_name not in jobs.registry():  # e.g. a restore from the page: not a job

@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import resource
-import secrets
 import sqlite3
 import stat
 import threading
@@ -22,12 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import quote
 
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
-from backups_app import conf
+from backups_app import conf, sqlite
+from backups_app.sqlite import TEMP_PREFIX, create_locked, row_count  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +40,7 @@ BACKUP_NAME_RE = re.compile(
 CHECKSUM_SUFFIX = ".sha256"
 SHA256_RE = re.compile(r"\A[0-9a-f]{64}\Z")
 MANIFEST_SUFFIX = ".json"
-TEMP_PREFIX = ".stanza-tmp-"
-SQLITE_HEADER = b"SQLite format 3\x00"
+SQLITE_HEADER = sqlite.HEADER
 try:  # zlib-ng deflates 2-3x faster than zlib for the same ratio (bench/backup.py --tune)
     from zlib_ng import zlib_ng as deflate
 
@@ -57,6 +55,9 @@ GZIP_BLOCK = 1024 * 1024
 READ_CHUNK = 1024 * 1024
 FLUSH_EVERY = 32 * 1024 * 1024
 VERIFY_CACHE_KIB = 32 * 1024
+MANIFEST_MAX_BYTES = 1024 * 1024
+# Sidecars without their backup older than this are debris of a killed backup (seconds).
+ORPHAN_AGE = 600
 
 
 class BackupError(Exception):
@@ -141,24 +142,18 @@ def list_backups(folder=None):
         raise BackupError(f"backups folder {folder} is a file, not a folder") from None
     except PermissionError:
         raise BackupError(f"backups folder {folder} cannot be read (permission denied)") from None
-    names = {entry.name for entry in entries}
+    # A symlink could point anywhere, a FIFO would block its reader: only regular files in
+    # the folder are backups, or sidecars.
+    regular = {entry.name for entry in entries if entry.is_file(follow_symlinks=False)}
     found = []
     for entry in entries:
-        # A symlink could point anywhere; only regular files in the folder are backups.
-        if not is_backup_name(entry.name) or not entry.is_file(follow_symlinks=False):
+        if not is_backup_name(entry.name) or entry.name not in regular:
             continue
         try:
-            stat = entry.stat(follow_symlinks=False)
+            st = entry.stat(follow_symlinks=False)
         except FileNotFoundError:  # deleted between the listing and the stat
             continue
-        found.append(
-            Backup(
-                path=folder / entry.name,
-                size=stat.st_size,
-                modified=datetime.fromtimestamp(stat.st_mtime, UTC),
-                has_checksum=entry.name + CHECKSUM_SUFFIX in names,
-            )
-        )
+        found.append(_backup(folder / entry.name, st, entry.name + CHECKSUM_SUFFIX in regular))
     found.sort(key=lambda b: (b.modified, b.name), reverse=True)
     return found
 
@@ -170,17 +165,29 @@ def get_backup(name, folder=None):
     folder = Path(folder or backups_dir())
     path = folder / name
     try:
-        stat = path.lstat()
+        st = path.lstat()
     except FileNotFoundError:
         raise BackupError(f"backup {name} does not exist") from None
-    if not path.is_file() or path.is_symlink():
+    if not stat.S_ISREG(st.st_mode):
         raise BackupError(f"backup {name} does not exist")
+    return _backup(path, st, _is_regular(folder / (name + CHECKSUM_SUFFIX)))
+
+
+def _backup(path, st, has_checksum):
     return Backup(
         path=path,
-        size=stat.st_size,
-        modified=datetime.fromtimestamp(stat.st_mtime, UTC),
-        has_checksum=(folder / (name + CHECKSUM_SUFFIX)).is_file(),
+        size=st.st_size,
+        modified=datetime.fromtimestamp(st.st_mtime, UTC),
+        has_checksum=has_checksum,
     )
+
+
+def _is_regular(path):
+    """Whether `path` is a regular file itself (not a symlink, FIFO or folder)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def sidecars(path):
@@ -200,20 +207,23 @@ def create_backup(
     label="",
     compress=False,
     progress=None,
+    check="quick",
 ):
     """Copy the database at `source` into a verified backup file and return it.
 
     The copy is made with `VACUUM INTO` (consistent, includes the WAL, does not block
-    writers), written under a temporary name, checked, optionally gzip'd, and only then
-    linked under its final name, so no reader ever sees a partial backup. With `output` the
-    exact path is written; otherwise a standard name in `folder` (the backups folder).
-    `progress(phase, done, total)` is called from time to time during long steps (phases
-    "copy", "verify", "compress", and "done" once at the end); it may be called from
+    writers), written under a temporary name, checked (`check`: "quick" or "full"), hashed,
+    optionally gzip'd, and only then linked under its final name, its sidecars first, so no
+    reader ever sees a partial backup or one without its `.sha256` and `.json`. With
+    `output` the exact path is written; otherwise a standard name in `folder` (the backups
+    folder). `progress(phase, done, total)` is called from time to time during long steps
+    (phases "copy", "verify", "compress", and "done" once at the end); it may be called from
     another thread.
 
     A signal whose Python handler raises (Ctrl-C, or SIGTERM turned into KeyboardInterrupt)
     stops the backup even inside SQLite; the temporary files are removed and the exception
-    is raised again.
+    is raised again: KeyboardInterrupt when no backup was written, BackupInterrupted (whose
+    `path` is the backup) when it came after the backup got its name.
     """
     started = time.monotonic()
     source = Path(source or live_database_path())
@@ -223,51 +233,62 @@ def create_backup(
     check_folder(folder)
     remove_abandoned_temp_files(folder)
 
-    token = f"{os.getpid()}-{secrets.token_hex(4)}"
-    partial = folder / f"{TEMP_PREFIX}{token}.partial"
+    partial = sqlite.temp_path(folder)
     gz = Path(f"{partial}.gz")
-    leftovers = [
-        partial,
-        Path(f"{partial}-journal"),
-        gz,
-        *(Path(f"{partial}{suffix}") for suffix in (CHECKSUM_SUFFIX, MANIFEST_SUFFIX)),
-    ]
+    leftovers = [partial, Path(f"{partial}-journal"), gz, *sidecars(partial)]
     timings = {}
-    lock_fd = None
+    lock_fd = final = None
     try:
-        lock_fd = _create_locked(partial)
-        with _timed(timings, "copy"):
-            # A copy that is compressed next is deleted after: no point flushing it.
-            tables = _vacuum_into(source, partial, progress, flush=not compress)
-        with _timed(timings, "verify_compress" if compress else "verify"):
-            if compress:
-                digest, counts = _verify_and_gzip(partial, gz, tables, progress)
-            else:
-                digest, counts = _verify_and_hash(partial, tables, progress)
-        publish_from = gz if compress else partial
-        final = link_into_place(publish_from, target, folder, label, compress)
         try:
-            write_checksum(final, digest, temp=Path(f"{partial}{CHECKSUM_SUFFIX}"))
-            write_manifest(final, counts, temp=Path(f"{partial}{MANIFEST_SUFFIX}"))
-        except BaseException:
-            for path in (final, *sidecars(final)):
+            lock_fd = create_locked(partial)
+            with _timed(timings, "copy"):
+                # A copy that is compressed next is deleted after: no point flushing it.
+                tables = _vacuum_into(source, partial, progress, flush=not compress)
+            with _timed(timings, "verify_compress" if compress else "verify"):
+                if compress:
+                    digest, counts = _verify_and_gzip(partial, gz, tables, progress, check)
+                else:
+                    digest, counts = _verify_and_hash(partial, tables, progress, check)
+            manifest = new_manifest(counts, check, by="backup")
+            final = publish(
+                gz if compress else partial,
+                digest,
+                manifest,
+                folder=folder,
+                target=target,
+                label=label,
+                compress=compress,
+            )
+        except sqlite3.Error as err:
+            _raise_if_interrupted(err)
+            raise BackupError(_explain_sqlite_error(err, source, folder, partial)) from err
+        except OSError as err:
+            raise BackupError(_explain_os_error(err, folder)) from err
+        finally:
+            for path in leftovers:
                 path.unlink(missing_ok=True)
+            if lock_fd is not None:
+                os.close(lock_fd)
+        backup = get_backup_at(final)
+        _log_backup(backup, time.monotonic() - started, timings)
+        if progress:
+            progress("done", backup.size, backup.size)
+    except KeyboardInterrupt as err:
+        if final is None or isinstance(err, BackupInterrupted):
             raise
-    except sqlite3.Error as err:
-        _raise_if_interrupted(err)
-        raise BackupError(_explain_sqlite_error(err, source, folder, partial)) from err
-    except OSError as err:
-        raise BackupError(_explain_os_error(err, folder)) from err
-    finally:
-        for path in leftovers:
-            path.unlink(missing_ok=True)
-        if lock_fd is not None:
-            os.close(lock_fd)
+        raise BackupInterrupted(final) from err
+    return backup
 
-    backup = get_backup_at(final)
-    duration = time.monotonic() - started
-    if progress:
-        progress("done", backup.size, backup.size)
+
+class BackupInterrupted(KeyboardInterrupt):
+    """A signal arrived after the backup got its name: the backup is whole, with its sidecars."""
+
+    def __init__(self, path):
+        super().__init__(str(path))
+        self.path = Path(path)
+
+
+def _log_backup(backup, duration, timings):
     logger.info(
         "backup written: %s (%d bytes) in %.2f s",
         backup.name,
@@ -282,18 +303,11 @@ def create_backup(
             "timings": {step: round(seconds, 3) for step, seconds in timings.items()},
         },
     )
-    return backup
 
 
 def get_backup_at(path):
     path = Path(path)
-    stat = path.stat()
-    return Backup(
-        path=path,
-        size=stat.st_size,
-        modified=datetime.fromtimestamp(stat.st_mtime, UTC),
-        has_checksum=path.with_name(path.name + CHECKSUM_SUFFIX).is_file(),
-    )
+    return _backup(path, path.stat(), _is_regular(path.with_name(path.name + CHECKSUM_SUFFIX)))
 
 
 def check_output(output):
@@ -319,10 +333,12 @@ def check_source(source):
     if not source.is_file():
         raise BackupError(f"{source} is not a file")
     try:
-        with open(source, "rb") as f:
+        with open_regular(source) as f:
             header = f.read(len(SQLITE_HEADER))
     except PermissionError:
         raise BackupError(f"{source} cannot be read (permission denied)") from None
+    except OSError as err:
+        raise BackupError(f"{source} cannot be read: {err.strerror or err}") from None
     if header != SQLITE_HEADER:
         raise BackupError(f"{source} is not an SQLite database")
 
@@ -359,15 +375,38 @@ def remove_abandoned_temp_files(folder):
             removed += 1
         except FileNotFoundError:
             pass
+    removed += _remove_orphan_sidecars(folder)
     if removed:
         logger.info("removed %d temporary file(s) of interrupted backups in %s", removed, folder)
+    return removed
+
+
+def _remove_orphan_sidecars(folder):
+    """Delete the sidecars of a backup that never got its name (its process was killed).
+
+    `publish` links the sidecars a moment before the backup; one older than ORPHAN_AGE
+    without its backup belongs to no backup in progress.
+    """
+    removed = 0
+    cutoff = time.time() - ORPHAN_AGE
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            base, dot, suffix = entry.name.rpartition(".")
+            if not (dot and f".{suffix}" in (CHECKSUM_SUFFIX, MANIFEST_SUFFIX)):
+                continue
+            if not is_backup_name(base) or os.path.lexists(os.path.join(folder, base)):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
     return removed
 
 
 def is_locked(path):
     """Whether a live process holds an flock on `path` (the kernel drops it when one dies)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # never wait on a FIFO
     except FileNotFoundError:
         return False
     try:
@@ -379,10 +418,7 @@ def is_locked(path):
     return False
 
 
-def _create_locked(path):
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd
+_create_locked = create_locked  # the old private name, still imported by restore.py
 
 
 @contextlib.contextmanager
@@ -394,49 +430,25 @@ def _timed(timings, step):
         timings[step] = time.monotonic() - started
 
 
-def _connect(path, *, readonly=False, cancel=None):
-    """Open an SQLite connection that a signal (or `cancel`) can stop inside a long statement.
-
-    The progress handler gives Python's signal handlers a chance to run while SQLite works
-    (on the main thread only); when one raises, SQLite stops with "interrupted".
-    """
-    mode = "ro" if readonly else "rw"
-    conn = sqlite3.connect(
-        f"file:{quote(str(path))}?mode={mode}", uri=True, timeout=30, isolation_level=None
-    )
-    if cancel is None:
-        conn.set_progress_handler(lambda: 0, 20_000)
-    else:
-        conn.set_progress_handler(cancel.is_set, 20_000)
-    return conn
-
-
 def _raise_if_interrupted(err):
     """Turn SQLite's "interrupted" (a signal handler raised in our progress handler) back
     into the KeyboardInterrupt Python would have raised, so callers treat it like Ctrl-C."""
-    if isinstance(err, sqlite3.OperationalError) and str(err) == "interrupted":
+    if sqlite.interrupted(err):
         raise KeyboardInterrupt from err
-
-
-def _table_names(conn):
-    rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-    return {name for (name,) in rows}
 
 
 def _vacuum_into(source, partial, progress, *, flush=True):
     """VACUUM INTO `partial`; return the source's table names, for the check that follows."""
-    conn = _connect(source)
+    conn = sqlite.connect(source)
     try:
         # The output inherits this connection's `synchronous`; OFF keeps SQLite from flushing
         # every page (which stalls the site's writers); the whole file is fsync'd once after.
         conn.execute("PRAGMA synchronous=OFF")
-        tables = _table_names(conn)
-        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-        pages = conn.execute("PRAGMA page_count").fetchone()[0]
-        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-        expected = (pages - free) * page_size
+        tables = sqlite.table_names(conn)
+        pages = sqlite.pragma(conn, "page_count") - sqlite.pragma(conn, "freelist_count")
+        expected = pages * sqlite.pragma(conn, "page_size")
         with _watch_size(partial, expected, progress, "copy", flush=flush):
-            conn.execute("VACUUM INTO ?", (str(partial),))
+            sqlite.copy_into(conn, partial)
     finally:
         conn.close()
     return tables
@@ -478,27 +490,27 @@ class _watch_size:
         return False
 
 
-def verify_database(path, expected_tables=()):
+def verify_database(path, expected_tables=(), kind="full"):
     """Return {table: rows} of `path`; BackupError unless it is sound and has `expected_tables`.
 
-    `integrity_check` alone is not enough: a write that failed half-way can leave a file
-    that SQLite turns into an empty database which passes it (see FIELD-NOTES).
+    `kind` is the check: "quick" (`quick_check`) or "full" (`integrity_check`). Neither is
+    enough alone: a write that failed half-way can leave a file that SQLite turns into an
+    empty database which passes both (see FIELD-NOTES), hence the expected tables.
     """
-    return _check_database(path, expected_tables)
+    return _check_database(path, expected_tables, kind=kind)
 
 
-def _check_database(path, expected_tables, cancel=None):
+def _check_database(path, expected_tables, cancel=None, *, kind="quick"):
     check_source(Path(path))
     name = Path(path).name
     try:
-        conn = _connect(path, readonly=True, cancel=cancel)
+        conn = sqlite.open_readonly(path, immutable=False, cancel=cancel)
         try:
-            # A bigger page cache makes the check of a 1 GB copy ~12% faster (it is the
-            # longest step of a backup) and stays within the memory budget whatever the size.
+            # A bigger page cache makes the check of a 1 GB copy faster and stays within the
+            # memory budget whatever the size.
             conn.execute(f"PRAGMA cache_size = -{VERIFY_CACHE_KIB}")
-            result = conn.execute("PRAGMA integrity_check").fetchall()
-            tables = _table_names(conn)
-            counts = {table: row_count(conn, table) for table in sorted(tables)}
+            problems = sqlite.check(conn, kind)
+            counts = sqlite.row_counts(conn)
         finally:
             conn.close()
     except sqlite3.DatabaseError as err:
@@ -507,18 +519,15 @@ def _check_database(path, expected_tables, cancel=None):
         elif cancel.is_set():
             raise _Cancelled from err
         raise BackupError(f"{name} is not a sound SQLite database: {err}") from err
-    if result != [("ok",)]:
-        problems = "; ".join(row[0] for row in result[:3])
-        raise BackupError(f"{name} failed the integrity check: {problems}")
-    missing = set(expected_tables) - tables
+    if problems:
+        label = "quick check" if kind == "quick" else "integrity check"
+        raise BackupError(f"{name} failed the {label}: {'; '.join(problems[:3])}")
+    # SQLite's own tables are not copied when empty and unused (an sqlite_sequence left over
+    # from dropped AUTOINCREMENT tables, which cannot itself be dropped).
+    missing = {t for t in set(expected_tables) - set(counts) if not t.startswith("sqlite_")}
     if missing:
         raise BackupError(f"{name} is incomplete: tables missing: {', '.join(sorted(missing))}")
     return counts
-
-
-def row_count(conn, table):
-    quoted = '"' + table.replace('"', '""') + '"'
-    return conn.execute(f"SELECT count(*) FROM {quoted}").fetchone()[0]
 
 
 class _Cancelled(Exception):
@@ -554,8 +563,8 @@ def _alongside(main, side):
     return result, side_result
 
 
-def _verify_and_hash(partial, tables, progress):
-    """integrity_check the copy while hashing and flushing it; return (SHA-256, row counts)."""
+def _verify_and_hash(partial, tables, progress, kind):
+    """Check the copy while hashing and flushing it; return (SHA-256, row counts)."""
     if progress:
         progress("verify", 0, 0)
 
@@ -566,15 +575,15 @@ def _verify_and_hash(partial, tables, progress):
 
     return _alongside(
         hash_and_flush,
-        lambda cancel: _check_database(partial, tables, cancel),
+        lambda cancel: _check_database(partial, tables, cancel, kind=kind),
     )
 
 
-def _verify_and_gzip(partial, gz, tables, progress):
-    """Compress the copy while integrity_check reads it; return (SHA-256 of the .gz, counts)."""
+def _verify_and_gzip(partial, gz, tables, progress, kind):
+    """Compress the copy while the check reads it; return (SHA-256 of the .gz, counts)."""
     return _alongside(
         lambda cancel: _gzip(partial, gz, progress, cancel),
-        lambda cancel: _check_database(partial, tables, cancel),
+        lambda cancel: _check_database(partial, tables, cancel, kind=kind),
     )
 
 
@@ -584,7 +593,7 @@ def sha256_of(path):
 
 def _sha256_of(path, cancel=None):
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         while chunk := f.read(READ_CHUNK):
             if cancel is not None and cancel.is_set():
                 raise _Cancelled
@@ -659,53 +668,136 @@ def _fsync_dir(folder):
         os.close(fd)
 
 
-def link_into_place(temp, target, folder, label, compress):
-    """Give the finished file its name without ever replacing an existing file.
+def publish(temp, digest, manifest, *, folder, target=None, label="", compress=False):
+    """Give a finished backup its name, its sidecars first; return the backup's path.
 
-    `os.link` fails when the name exists, so two processes backing up in the same second
-    each get their own name (`...Z-2.bak`) without a lock between them.
+    `temp` is a `.partial` file this process holds locked (its sidecars are written beside it
+    under its name). For each candidate name: `NAME.sha256` and `NAME.json` are linked, then
+    `NAME` itself. `os.link` fails when a name exists, so two processes backing up in the same
+    second each get their own name (`...Z-2.bak`) without a lock between them, and a signal or
+    a crash at any moment leaves either no backup or a backup with both sidecars (at worst
+    sidecars without a backup, which the next backup's clean-up removes).
     """
     if target:
-        candidates = [target]
+        candidates = [Path(target)]
     else:
         now = timezone.now()
         candidates = (
             folder / backup_name(now, label=label, compress=compress, seq=seq)
             for seq in range(1, 1000)
         )
-    for final in candidates:
-        try:
-            os.link(temp, final)
-        except FileExistsError:
-            if target:
-                raise BackupError(f"{target} already exists; nothing was overwritten") from None
-            continue
-        _fsync_dir(folder)
-        return final
+    staged = {}
+    try:
+        for final in candidates:
+            if digest:
+                staged[CHECKSUM_SUFFIX] = _stage(
+                    temp, CHECKSUM_SUFFIX, checksum_line(final.name, digest)
+                )
+            if manifest:
+                staged[MANIFEST_SUFFIX] = _stage(
+                    temp, MANIFEST_SUFFIX, manifest_text(final.name, manifest)
+                )
+            try:
+                for suffix, path in staged.items():
+                    os.link(path, final.with_name(final.name + suffix))
+                os.link(temp, final)
+                _fsync_dir(folder)
+            except FileExistsError:
+                _take_back(final, staged)
+                if target:
+                    raise BackupError(f"{target} already exists; nothing was overwritten") from None
+                continue
+            except BaseException as err:
+                if not _is_same_file(final, temp):  # not published: take the sidecars back
+                    _take_back(final, staged)
+                    raise
+                if isinstance(err, KeyboardInterrupt) and not isinstance(err, BackupInterrupted):
+                    raise BackupInterrupted(final) from err
+                raise
+            return final
+    finally:
+        _unlink_all(staged.values())
     raise BackupError(f"too many backups in the same second in {folder}")
+
+
+def link_into_place(temp, target, folder, label, compress):
+    """Give a finished file its name, without sidecars (the old way; use publish)."""
+    return publish(temp, None, None, folder=folder, target=target, label=label, compress=compress)
+
+
+def _stage(temp, suffix, text):
+    """Write a sidecar's text, flushed, in a new file beside `temp` (covered by its lock)."""
+    staged = Path(f"{temp}{suffix}")
+    staged.unlink(missing_ok=True)  # it may be linked as a taken name's sidecar: never rewrite
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return staged
+
+
+def _take_back(final, staged):
+    """Unlink the sidecars of `final` that are our staged files (never another's)."""
+    for suffix, path in staged.items():
+        sidecar = final.with_name(final.name + suffix)
+        if _is_same_file(sidecar, path):
+            sidecar.unlink(missing_ok=True)
+
+
+def _unlink_all(paths):
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def _is_same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def checksum_line(name, digest):
+    """A `.sha256` line for `name`, in the format `sha256sum -c` reads."""
+    line = f"{digest}  {name}\n"
+    if "\\" in name:  # coreutils' escaping: a leading backslash, then \\ for each backslash
+        line = "\\" + line.replace("\\", "\\\\")
+    return line
 
 
 def write_checksum(path, digest, *, temp=None):
     """Write `NAME.sha256` beside a backup, in the format `sha256sum -c` reads."""
-    name = Path(path).name
-    line = f"{digest}  {name}\n"
-    if "\\" in name:  # coreutils' escaping: a leading backslash, then \\ for each backslash
-        line = "\\" + line.replace("\\", "\\\\")
-    return _write_sidecar(path, CHECKSUM_SUFFIX, line, temp=temp)
+    return _write_sidecar(path, CHECKSUM_SUFFIX, checksum_line(Path(path).name, digest), temp=temp)
 
 
 def read_manifest(path):
     """The `NAME.json` beside a backup as a dict, or None when there is none (or unreadable)."""
     path = Path(path)
     try:
-        data = json.loads(path.with_name(path.name + MANIFEST_SUFFIX).read_text())
+        with open_regular(path.with_name(path.name + MANIFEST_SUFFIX)) as f:
+            data = json.loads(f.read(MANIFEST_MAX_BYTES))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
 
 
-def write_manifest(path, counts=None, *, drill=None, temp=None):
-    """Write or update `NAME.json` beside a backup: its row counts per table, its last drill.
+def new_manifest(counts, kind, *, by):
+    """The manifest of a backup just checked: its row counts and which check passed when."""
+    now = timezone.now().isoformat()
+    return {
+        "tables": dict(sorted(counts.items())),
+        "counted_at": now,
+        "check": {"kind": kind, "at": now, "by": by},
+    }
+
+
+def manifest_text(name, manifest):
+    return json.dumps({"backup": name, **manifest}, indent=2) + "\n"
+
+
+def write_manifest(path, counts=None, *, drill=None, check=None, temp=None):
+    """Write or update `NAME.json` beside a backup: its row counts, its last check and drill.
 
     The counts are taken from the verified copy, which is the database as it was at the
     backup's moment; the restore drill compares a restored copy against them.
@@ -717,7 +809,26 @@ def write_manifest(path, counts=None, *, drill=None, temp=None):
         data["counted_at"] = timezone.now().isoformat()
     if drill is not None:
         data["drill"] = drill
-    return _write_sidecar(path, MANIFEST_SUFFIX, json.dumps(data, indent=2) + "\n", temp=temp)
+    if check is not None:
+        data["check"] = check
+    return _write_sidecar(path, MANIFEST_SUFFIX, manifest_text(path.name, data), temp=temp)
+
+
+def record_check(path, kind, by):
+    """Record in a backup's manifest that its `kind` check ("quick"/"full") passed just now.
+
+    `by` says who ran it ("backup", "drill", "restore", "upload"); the Backups page shows it.
+    """
+    if kind not in sqlite.CHECK_PRAGMAS:
+        raise ValueError(f"unknown check kind {kind!r}")
+    return write_manifest(path, check={"kind": kind, "at": timezone.now().isoformat(), "by": by})
+
+
+def last_check(backup):
+    """{"kind", "at", "by"} of the last check that passed, from the manifest, or None."""
+    manifest = read_manifest(getattr(backup, "path", backup))
+    check = manifest.get("check") if manifest else None
+    return check if isinstance(check, dict) else None
 
 
 def _write_sidecar(path, suffix, text, *, temp=None):
@@ -730,8 +841,8 @@ def _write_sidecar(path, suffix, text, *, temp=None):
     sidecar = path.with_name(path.name + suffix)
     fd = None
     if temp is None:
-        temp = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}.partial")
-        fd = _create_locked(temp)
+        temp = sqlite.temp_path(path.parent)
+        fd = create_locked(temp)
     try:
         if fd is None:
             temp.write_text(text)
@@ -745,19 +856,36 @@ def _write_sidecar(path, suffix, text, *, temp=None):
     return sidecar
 
 
+def open_regular(path):
+    """Open `path` for reading: never through a symlink, never blocking, regular files only.
+
+    `O_NONBLOCK` keeps a FIFO given a backup's name from hanging a web worker in open();
+    anything but a regular file (FIFO, device, folder) is refused with OSError.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
 def read_checksum(path):
     """The digest in a backup's `.sha256`: None without one, "" when it holds no digest.
 
-    The sidecar is never read through a symlink: a link there is not a checksum we trust.
+    The sidecar is never read through a symlink nor from a FIFO: that is not a checksum we trust.
     """
     path = Path(path)
     try:
-        fd = os.open(path.with_name(path.name + CHECKSUM_SUFFIX), os.O_RDONLY | os.O_NOFOLLOW)
+        f = open_regular(path.with_name(path.name + CHECKSUM_SUFFIX))
     except FileNotFoundError:
         return None
     except OSError:
         return ""
-    with os.fdopen(fd, "rb") as f:
+    with f:
         words = f.read(4096).split()
     digest = words[0].decode("ascii", "replace").lstrip("\\").lower() if words else ""
     return digest if SHA256_RE.match(digest) else ""
@@ -767,15 +895,10 @@ def open_backup(name, folder=None):
     """Open a backup by name for reading, never through a symlink; BackupError if none."""
     if not is_backup_name(name):
         raise BackupError(f"{name!r} is not a backup file name")
-    path = Path(folder or backups_dir()) / name
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # ELOOP for a symlink, wherever it points
+    try:  # ELOOP for a symlink, wherever it points; refused for a FIFO, folder or device
+        return open_regular(Path(folder or backups_dir()) / name)
     except OSError:
         raise BackupError(f"backup {name} does not exist") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a folder or a device with a backup's name
-        os.close(fd)
-        raise BackupError(f"backup {name} does not exist")
-    return os.fdopen(fd, "rb")
 
 
 def _explain_sqlite_error(err, source, folder, partial=None):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from django.utils import timezone
 
-from backups_app import backups, restore
+from backups_app import backups, restore, sqlite
 from backups_app.backups import BackupError, read_manifest, write_manifest
 
 logger = logging.getLogger(__name__)
@@ -26,10 +26,9 @@ class DrillError(BackupError):
 
 def table_row_counts(db_path):
     """{table: rows} of every table of a plain SQLite file."""
-    conn = restore.open_readonly(db_path)
+    conn = sqlite.open_readonly(db_path)
     try:
-        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-        return {name: backups.row_count(conn, name) for (name,) in sorted(rows)}
+        return sqlite.row_counts(conn)
     except sqlite3.DatabaseError as err:
         raise BackupError(f"cannot count the rows of {Path(db_path).name}: {err}") from err
     finally:
@@ -52,15 +51,24 @@ def latest_drill(listed):
 # --- the drill ----------------------------------------------------------------------------
 
 
+def backup_to_drill(listed):
+    """The newest backup this site made itself: any label but `uploaded` (pre-restore and
+    pre-migrate copies are this site's data too), else None. An upload is checked when it
+    arrives; the drill proves that the site's own backups restore."""
+    return next((b for b in listed if b.label != "uploaded"), None)
+
+
 def verify_latest_backup(folder=None):
-    """Drill the newest backup; return a one-line result, raise DrillError when it fails."""
+    """Drill the newest backup the site made; return a one-line result, DrillError if it fails."""
     listed = backups.list_backups(folder)
-    if not listed:
-        raise DrillError("no backup to verify")
-    backup = listed[0]
+    backup = backup_to_drill(listed)
+    if backup is None:
+        raise DrillError("no backup to verify" + (" (only uploaded ones)" if listed else ""))
     problems, notes, counts = _drill(backup)
     result = {"at": timezone.now().isoformat(), "ok": not problems, "problems": problems}
     write_manifest(backup.path, drill=result)
+    if not problems:
+        backups.record_check(backup.path, "full", by="drill")
     if problems:
         logger.error(
             "restore drill of %s failed: %s",
@@ -104,29 +112,25 @@ def _drill(backup):
 
 
 def _restore_into(plain, scratch):
-    """Restore the backup into the scratch file the way a real restore does (backup API)."""
-    source = restore.open_readonly(plain)
-    dest = sqlite3.connect(scratch, isolation_level=None)
+    """Restore the backup into the scratch file the way a real restore copies it."""
     try:
-        source.backup(dest, pages=-1)
-    except sqlite3.Error as err:
+        restore.load_into(plain, scratch)
+    except BackupError as err:
         raise DrillError(f"the backup could not be restored into a scratch file: {err}") from err
-    finally:
-        dest.close()
-        source.close()
 
 
 def _check_restored(scratch):
-    conn = restore.open_readonly(scratch)
+    conn = sqlite.open_readonly(scratch)
     try:
-        result = conn.execute("PRAGMA integrity_check").fetchall()
+        problems = sqlite.check(conn, "full")
+        counts = sqlite.row_counts(conn)
     except sqlite3.DatabaseError as err:
         raise DrillError(f"the restored copy is not a sound database: {err}") from err
     finally:
         conn.close()
-    if result != [("ok",)]:
-        raise DrillError(f"the restored copy failed the integrity check: {result[0][0]}")
-    return table_row_counts(scratch)
+    if problems:
+        raise DrillError(f"the restored copy failed the integrity check: {problems[0]}")
+    return counts
 
 
 def _compare_counts(expected, counts):

@@ -15,7 +15,7 @@ from django.utils import timezone
 from django_apscheduler import util
 from django_apscheduler.models import DjangoJobExecution
 
-from backups_app import backups, conf, retention
+from backups_app import backups, conf, retention, signals
 from backups_app.cron import crontab_trigger
 from backups_app.models import CronRun
 
@@ -39,8 +39,16 @@ class Job:
 # --- the jobs ------------------------------------------------------------------------------
 
 
+# How long the daily backup waits for a restore or upload to finish before it gives up.
+OPERATION_WAIT = 30 * 60
+
+
 def daily_backup():
-    backup = backups.create_backup()
+    from backups_app import operations
+
+    # The same lock as "Back up now", uploads and restores (web or command line).
+    with operations.exclusive("backup", by="the daily-backup job", wait=OPERATION_WAIT):
+        backup = backups.create_backup()
     return f"{backup.name} ({backups.human_size(backup.size)})"
 
 
@@ -191,13 +199,16 @@ def run_job(name, trigger="manual", *, due_at=None):
 
 
 def _alert(run):
-    """Tell the admins when the job's state changed; a mail problem never fails the run."""
-    from backups_app import alerts  # alerts read the job states, which read this registry
-
-    try:
-        alerts.notify_run_finished(run)
-    except Exception:
-        logger.exception("could not update the alert state of job %s", run.job_name)
+    """Tell whoever listens (alerts) that a run finished; their problems never fail the run."""
+    for receiver, outcome in signals.run_finished.send_robust(sender=CronRun, run=run):
+        if isinstance(outcome, Exception):
+            logger.error(
+                "%s failed after run %s of job %s",
+                getattr(receiver, "__qualname__", receiver),
+                run.pk,
+                run.job_name,
+                exc_info=outcome,
+            )
 
 
 def _execute(job, run):

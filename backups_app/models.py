@@ -1,66 +1,17 @@
 import os
 import re
-import socket
-from pathlib import Path
 
 from django.db import models, transaction
 from django.db.models import Q, Subquery
 from django.utils import timezone
 
-
-def this_host():
-    return socket.gethostname()[:255]
+from backups_app.processes import process_identity, process_is_alive, this_host
 
 
-def _boot_id():
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _proc_stat(pid):
-    """(state, start time in clock ticks since boot) of a process from /proc; None if it is gone.
-
-    Raises OSError where there is no /proc (not Linux).
-    """
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # The command name (field 2) may hold spaces and parentheses; the rest follows the last ")".
-    fields = raw.rsplit(")", 1)[1].split()
-    return fields[0], fields[19]
-
-
-def process_identity(pid=None):
-    """What tells this process apart from a later one given the same pid: boot id and start time."""
-    if not Path("/proc/self/stat").exists():
-        return ""
-    stat = _proc_stat(pid or os.getpid())
-    boot = _boot_id()
-    return f"{boot}/{stat[1]}" if stat and boot else ""
-
-
-def process_is_alive(pid, identity=""):
-    """Whether process `pid` on this machine is still the one recorded with `identity`."""
-    if identity:
-        boot, _, ticks = identity.partition("/")
-        if boot != _boot_id():
-            return False  # the machine restarted since: every process of that boot is gone
-    try:
-        stat = _proc_stat(pid)
-    except OSError:  # no /proc: all we can ask is whether the pid exists
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    if stat is None or stat[0] in ("Z", "X"):  # gone, or a zombie waiting for its parent
-        return False
-    return not identity or stat[1] == ticks  # another start time: the pid was reused
+def last_line(text):
+    """The last line of an error (the exception below its traceback), without its module path."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return re.sub(r"^(?:\w+\.)+(\w+: )", r"\1", lines[-1]) if lines else ""
 
 
 class CronRunQuerySet(models.QuerySet):
@@ -210,8 +161,7 @@ class CronRun(models.Model):
     @property
     def error_summary(self):
         """The last line of the error (the exception below its traceback), without module path."""
-        lines = self.error.strip().splitlines()
-        return re.sub(r"^(?:\w+\.)+(\w+: )", r"\1", lines[-1]) if lines else ""
+        return last_line(self.error)
 
     def process_is_gone(self):
         """Whether the process that made this run has certainly ended (only known on its host)."""

@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from backups_app import backups, conf
+from backups_app import backups, conf, sqlite
 from backups_app.backups import BackupError
 
 logger = logging.getLogger(__name__)
@@ -669,11 +669,12 @@ def restored_copy(when=None, database=None):
             Path(f"{scratch}.tmp").unlink(missing_ok=True)
 
 
-def restore_at(when, *, confirm=None, database=None):
+def restore_at(when, *, trigger, by="", confirm=None, database=None):
     """Restore the live database as it was at `when` from the replica; return RestoreResult.
 
     A time outside the replica's window is refused with nothing changed. Otherwise the state
-    at that time goes through the same checks, safety backup and copy as every restore.
+    at that time is restored into a scratch file, then goes through the same checks, safety
+    backup, copy and record as every restore (`restore.restore_and_record`).
     """
     from backups_app import restore
 
@@ -687,16 +688,22 @@ def restore_at(when, *, confirm=None, database=None):
             "nothing was changed"
         )
     with restored_copy(when, database) as copy:
-        result = restore.restore_backup(copy, database=database, confirm=confirm)
-    label = f"the replica at {format_time(when)}"
-    return _renamed(result, label)
+        result = restore.restore_and_record(
+            copy, trigger=trigger, by=by, database=database, confirm=confirm
+        )
+    return _renamed(result, f"the replica at {format_time(when)}")
 
 
 def _renamed(result, label):
-    """The result with the backup named for what it was (not the scratch file's name)."""
+    """The result with the backup named for what it was, not for its scratch file (the run
+    history's line too)."""
     from dataclasses import replace
 
-    return replace(result, backup=replace(result.backup, path=Path(label)))
+    result = replace(result, backup=replace(result.backup, path=Path(label)))
+    run = getattr(result, "run", None)
+    if run is not None:
+        type(run).objects.filter(pk=run.pk).update(result=result.summary())
+    return result
 
 
 # --- the verify-replica job ---------------------------------------------------------------
@@ -723,7 +730,7 @@ def verify_replica(timeout=120):
         time.sleep(1)
     with restored_copy(None, database) as copy:
         info = restore.check_backup_file(copy)
-        conn = restore.open_readonly(copy)
+        conn = sqlite.open_readonly(copy)
         try:
             found = conn.execute(
                 "SELECT 1 FROM replica_canary WHERE token = ?", (canary.token,)

@@ -9,7 +9,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_http_methods
 
-from backups_app import backups, conf, replication, restore, views
+from backups_app import backups, conf, operations, replication, views
 
 logger = logging.getLogger(__name__)
 
@@ -66,17 +66,16 @@ def restore_at(request):
 
 
 def restore_now(request, when):
-    trigger = f"admin:{request.user.get_username()}"
+    user = request.user
+    trigger = f"admin:{user.get_username()}"
     try:
-        with views.one_backup_at_a_time():
-            result = replication.restore_at(when)
-    except views.BackupAlreadyRunning:
-        error = "a backup or restore is already running; try again when it has finished"
+        result = replication.restore_at(when, trigger=trigger, by=user.get_username())
+    except operations.OperationRunning as err:
+        error = str(err)
     except (backups.BackupError, conf.ConfigError) as err:
         logger.error("restore to %s requested by %s failed: %s", when, trigger, err)
-        restore.record_restore(error=err, trigger=trigger)
         error = f"restore failed, nothing was changed: {err}"
-        views.audit(request.user, f"Restore to {when:%Y-%m-%d %H:%M:%S} UTC failed: {err}")
+        views.audit(user, f"Restore to {when:%Y-%m-%d %H:%M:%S} UTC failed: {err}")
     else:
         return views.restored(request, result, trigger)
     messages.error(request, error[:1].upper() + error[1:] + ".")

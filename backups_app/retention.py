@@ -1,4 +1,5 @@
-"""Retention: delete backups older than the configured number of days, never the newest one."""
+"""Retention: delete backups older than the configured number of days, never the newest one
+nor the newest one this site made itself."""
 
 import logging
 from datetime import timedelta
@@ -13,16 +14,19 @@ def purge_old_backups(folder, retention_days, now):
     """Delete the backups in `folder` older than `retention_days` at `now`; return their names.
 
     A backup's age is its file's modification time. The newest backup is always kept, however
-    old, so a run of failing backups cannot leave none; with 0 days it is the only one kept.
+    old, so a run of failing backups cannot leave none, and so is the newest backup the site
+    made itself (not `uploaded`): an upload after a week of failing backups must not make the
+    purge delete the last one of the site's own. With 0 days those two are the only ones kept.
     Files whose names do not match the backup pattern are never touched, except temporary
     files of backups whose process died, which are removed. Sidecars go with their backup.
     """
     folder = Path(folder)
     found = backups.list_backups(folder)  # newest first; only regular files with backup names
     cutoff = now - timedelta(days=retention_days)
+    own = next((b for b in found if b.label != "uploaded"), None)
     removed = []
     for backup in found[1:]:
-        if retention_days and backup.modified >= cutoff:
+        if backup is own or (retention_days and backup.modified >= cutoff):
             continue
         try:
             backup.path.unlink()

@@ -25,7 +25,7 @@ def try_acquire():
 
     Keep the descriptor open for as long as the scheduler runs; closing it releases the lock.
     """
-    fd = os.open(lock_path(), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(lock_path(), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

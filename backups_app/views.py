@@ -1,10 +1,7 @@
 """The staff dashboard inside the admin: Backups page, "Back up now", downloads, restores,
 uploads, Cron page."""
 
-import contextlib
-import fcntl
 import logging
-import os
 import shutil
 from datetime import timedelta
 from functools import wraps
@@ -26,8 +23,8 @@ from django.utils.dateparse import parse_datetime
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from backups_app import backups, drill, health, jobs, restore, scheduler_lock
-from backups_app.models import CronRun
+from backups_app import backups, drill, health, jobs, operations, restore, scheduler_lock, uploads
+from backups_app.models import CronRun, last_line
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +34,6 @@ HISTORY_PAGE_SIZE = 50
 # A page of backups renders in ~10 ms; 5000 rows at once took 0.6 s (bench/dashboard.py).
 BACKUPS_PAGE_SIZE = 100
 AUDIT_ENTRIES_SHOWN = 10
-BACKUP_LOCK_FILENAME = "backup-now.lock"
-
-
-class BackupAlreadyRunning(Exception):
-    pass
 
 
 # --- access --------------------------------------------------------------------------------
@@ -152,29 +144,14 @@ def drill_status(backup):
     }
 
 
-@contextlib.contextmanager
-def one_backup_at_a_time():
-    """Refuse a second "Back up now" or restore while one runs, rather than run two at once."""
-    path = Path(settings.STANZA_DATA_DIR) / BACKUP_LOCK_FILENAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BackupAlreadyRunning from None
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
 @staff_required
 @require_POST
 def backup_now(request):
     try:
-        with one_backup_at_a_time():
+        with operations.exclusive("backup", by=request.user.get_username()):
             backup = backups.create_backup(label="manual")
-    except BackupAlreadyRunning:
-        error, status = "a backup is already running; try again when it has finished", 409
+    except operations.OperationRunning as err:
+        error, status = str(err), 409
     except backups.BackupError as err:
         logger.error("backup requested by %s failed: %s", request.user.get_username(), err)
         error, status = f"backup failed: {err}", 500
@@ -249,6 +226,7 @@ def restore_backup(request, filename):
             backup=backup,
             info=info,
             summary=restore.describe(info) if info else "",
+            changes=restore.changes(info) if info else None,
             problem=problem,
             database=backups.live_database_path(),
             folder=backups.backups_dir(),
@@ -260,16 +238,11 @@ def restore_now(request, backup):
     user = request.user
     trigger = f"admin:{user.get_username()}"
     try:
-        with one_backup_at_a_time():
-            result = restore.restore_backup(backup.path)
-    except BackupAlreadyRunning:
-        error, status = (
-            "a backup or restore is already running; try again when it has finished",
-            409,
-        )
+        result = restore.restore_and_record(backup.path, trigger=trigger, by=user.get_username())
+    except operations.OperationRunning as err:
+        error, status = str(err), 409
     except backups.BackupError as err:
         logger.error("restore of %s requested by %s failed: %s", backup.name, trigger, err)
-        restore.record_restore(error=err, trigger=trigger)
         error, status = f"restore failed, nothing was changed: {err}", 400
         audit(user, f"Restore of {backup.name} failed: {err}", repr_=backup.name)
     else:
@@ -281,13 +254,11 @@ def restore_now(request, backup):
 
 
 def restored(request, result, trigger):
-    """Record a restore that succeeded, in the restored database, and say so.
+    """Say that a restore succeeded (restore_and_record recorded it in the run history).
 
     The restored database has its own sessions table: when it lacks this session, the next
     page is the login page, which shows the message (messages live in a cookie).
     """
-    ContentType.objects.clear_cache()  # ids in the restored database may differ
-    restore.record_restore(result, trigger=trigger)
     name = result.backup.name
     safety = result.safety_backup.name if result.safety_backup else ""
     try:
@@ -327,15 +298,18 @@ def upload_backup(request):
 @csrf_protect
 def _upload_backup(request):
     upload = request.FILES.get("file")
+    status = 400
     if upload is None:
         error = "choose a backup file to upload"
     else:
         try:
-            backup = restore.accept_upload(upload)
+            with operations.exclusive("upload", by=request.user.get_username()):
+                backup = uploads.accept_upload(upload)
         except backups.BackupError as err:
             why = str(err)
             logger.warning("upload of %s refused: %s", upload.name, why)
             error = f"upload of {upload.name} refused: {why}"
+            status = getattr(err, "status", 400)
             audit(request.user, f"Upload of {upload.name} refused: {why}", repr_=upload.name)
         else:
             size = backups.human_size(backup.size)
@@ -348,7 +322,7 @@ def _upload_backup(request):
             messages.success(request, f"{text} ({size}).")
             return redirect("backups:backups")
     if wants_json(request):
-        return JsonResponse({"error": error}, status=400)
+        return JsonResponse({"error": error}, status=status)
     messages.error(request, error[:1].upper() + error[1:] + ".")
     return redirect("backups:backups")
 
@@ -441,11 +415,6 @@ def run_job_by_hand(user, name):
     message = f"Ran job {name} by hand: {run.status}" + (f" ({outcome})" if outcome else "")
     audit(user, message, obj=run)
     return run
-
-
-def last_line(text):
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else ""
 
 
 @staff_required

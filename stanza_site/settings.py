@@ -1,5 +1,7 @@
 """Settings for Stanza Backups; every value a user may change comes from the environment."""
 
+import os
+
 from stanza_site.config import (
     REPO_DIR,
     env_bool,
@@ -15,6 +17,11 @@ from stanza_site.config import (
 )
 
 BASE_DIR = REPO_DIR
+
+# Everything the product creates under STANZA_DATA_DIR (the folder itself, the database and its
+# -wal/-shm, backups, sidecars, temporary and lock files) is for its owner only. Settings are
+# the first thing every entry point loads (manage.py, gunicorn, the tests), before any of it.
+os.umask(0o077)
 
 DEBUG = env_bool("DJANGO_DEBUG", default=False)
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
@@ -35,7 +42,7 @@ ADMINS = [(email, email) for email in STANZA_ALERT_EMAILS]
 
 # --- Django ---------------------------------------------------------------------------------
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "backups_app.admin_site.StanzaAdminConfig",  # Django's admin, listing the dashboard
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -54,6 +61,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Before any body is read: only a staff upload may reach the disk, and it is bounded.
+    "backups_app.upload_gate.UploadGateMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]

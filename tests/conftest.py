@@ -1,9 +1,16 @@
+import contextlib
+import email
 import errno
 import os
+import re
+import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -73,6 +80,92 @@ def manage(*args, env=None, cwd=None, check=False, timeout=120, **kwargs):
     )
 
 
+def free_port():
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Inbox:
+    """An aiosmtpd handler that keeps every message it receives."""
+
+    def __init__(self):
+        self.messages = []
+        self.port = None
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(email.message_from_bytes(envelope.content))
+        return "250 OK"
+
+    @property
+    def subjects(self):
+        return [message["Subject"] for message in self.messages]
+
+
+@contextlib.contextmanager
+def smtp_inbox():
+    """A real SMTP server on loopback; yields its Inbox (`.port` is where it listens)."""
+    from aiosmtpd.controller import Controller
+
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    inbox.port = controller.port
+    try:
+        yield inbox
+    finally:
+        controller.stop()
+
+
+@contextlib.contextmanager
+def gunicorn(env, *args):
+    """Serve the site with gunicorn on a free port (its own choice); yield its base URL."""
+    full_env = {**os.environ, **env}
+    full_env.pop("DJANGO_SETTINGS_MODULE", None)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "stanza_site.wsgi", "--bind", "127.0.0.1:0", *args],
+        cwd=REPO_DIR,
+        env=full_env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield _wait_for_gunicorn(server)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        server.stderr.close()
+
+
+def _wait_for_gunicorn(server):
+    """Read gunicorn's log until it says where it listens, then until a page answers."""
+
+    def listening_url():
+        line = server.stderr.readline()
+        assert line, f"gunicorn exited with status {server.poll()}"
+        found = re.search(r"Listening at: (http://\S+)", line)
+        return found.group(1) if found else None
+
+    url = wait_until(listening_url, timeout=30, interval=0)
+    # Keep draining its log so it never blocks on a full pipe.
+    threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
+
+    def answers():
+        try:
+            with urllib.request.urlopen(f"{url}/admin/login/", timeout=5) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    wait_until(answers, timeout=30, interval=0.2)
+    return url
+
+
 def make_large_database(path, megabytes, *, wal=True):
     """A real SQLite file of about `megabytes` MB (random text, indexed), built in SQLite's C."""
     make_database(path, rows=10, wal=wal)
@@ -129,7 +222,15 @@ def live_data(tmp_path):
 
 
 def live_env(folder, **extra):
-    return {"STANZA_DATA_DIR": str(folder), **extra}
+    """The environment of a subprocess using data folder `folder` (which `hold_jobs` can hold)."""
+    hold = str(Path(__file__).parent / "hold")
+    pythonpath = os.pathsep.join(filter(None, [hold, os.environ.get("PYTHONPATH")]))
+    return {
+        "STANZA_DATA_DIR": str(folder),
+        "PYTHONPATH": pythonpath,
+        "TEST_HOLD_JOBS": "1",
+        **extra,
+    }
 
 
 def read_runs(folder, job_name=None):
@@ -156,8 +257,9 @@ def wait_until(predicate, timeout=60, interval=0.05):
 def hold_jobs(backups_dir):
     """Make the jobs that check the backups folder's temporary files wait until `release()`.
 
-    A FIFO named like a backup's temporary file: the check opens it, and opening a FIFO blocks
-    until a writer comes. So a real job in a real process lasts as long as a test wants.
+    A FIFO named like a backup's temporary file: a subprocess started with `live_env` waits
+    when it lists that folder (tests/hold/sitecustomize.py) until a writer opens the FIFO. So
+    a real job in a real process lasts as long as a test wants.
     """
     fifo = Path(backups_dir) / ".stanza-tmp-held.partial"
     os.mkfifo(fifo)
@@ -262,15 +364,34 @@ def finished_run(job_name, started_at, status="success", error=""):
     )
 
 
+@pytest.fixture(scope="session")
+def migrated_database(tmp_path_factory):
+    """A database migrated by this project's code (real `manage.py migrate`); copy, never write."""
+    data = tmp_path_factory.mktemp("migrated")
+    manage("migrate", "--no-input", "-v0", env={"STANZA_DATA_DIR": str(data)}, check=True)
+    return data / "database.sqlite"
+
+
+def copy_database(source, dest, *, page_size=None, wal=True):
+    """A standalone copy of an SQLite file (optionally with another page size) at `dest`."""
+    conn = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    if page_size:
+        conn.execute("VACUUM INTO ?", (str(dest),))  # then convert below
+        conn.close()
+        out = sqlite3.connect(dest, isolation_level=None)
+        out.execute(f"PRAGMA page_size = {page_size}")
+        out.execute("VACUUM")
+    else:
+        out = sqlite3.connect(dest, isolation_level=None)
+        conn.backup(out)
+        conn.close()
+    if wal:
+        out.execute("PRAGMA journal_mode=WAL")
+    out.close()
+    return dest
+
+
 # --- S3 on loopback (moto's server) ----------------------------------------------------------
-
-
-def _free_port():
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -287,7 +408,7 @@ def moto_s3(tmp_path):
         server = shutil.which("moto_server")
     if not server:
         pytest.skip('moto_server is not installed (pip install "moto[server]")')
-    port = _free_port()
+    port = free_port()
     with open(tmp_path / "moto.log", "wb") as log:  # the child keeps its own copy
         proc = subprocess.Popen(
             [str(server), "-H", "127.0.0.1", "-p", str(port)],

@@ -1,59 +1,31 @@
-import email
-import socket
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from aiosmtpd.controller import Controller
 from django.core.management import call_command
 from django.db.migrations.recorder import MigrationRecorder
 
-from backups_app import alerts, jobs
+from backups_app import alerts, jobs, signals
 from backups_app.models import AlertState, CronRun
-from tests.conftest import finished_run
+from tests.conftest import finished_run, free_port, smtp_inbox
 
 pytestmark = pytest.mark.django_db
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 
 
-class Inbox:
-    """An aiosmtpd handler that keeps every message it receives."""
-
-    def __init__(self):
-        self.messages = []
-
-    async def handle_DATA(self, server, session, envelope):
-        self.messages.append(email.message_from_bytes(envelope.content))
-        return "250 OK"
-
-    @property
-    def subjects(self):
-        return [message["Subject"] for message in self.messages]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def smtp(settings):
     """A real SMTP server on loopback, with Django's SMTP backend pointed at it."""
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    inbox.port = controller.port
-    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-    settings.EMAIL_HOST = "127.0.0.1"
-    settings.EMAIL_PORT = controller.port
-    settings.EMAIL_USE_TLS = False
-    settings.EMAIL_HOST_USER = ""
-    settings.EMAIL_HOST_PASSWORD = ""
-    settings.ADMINS = [("ops@example.com", "ops@example.com")]
-    settings.TIME_ZONE = "UTC"
-    yield inbox
-    controller.stop()
+    with smtp_inbox() as inbox:
+        settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+        settings.EMAIL_HOST = "127.0.0.1"
+        settings.EMAIL_PORT = inbox.port
+        settings.EMAIL_USE_TLS = False
+        settings.EMAIL_HOST_USER = ""
+        settings.EMAIL_HOST_PASSWORD = ""
+        settings.ADMINS = [("ops@example.com", "ops@example.com")]
+        settings.TIME_ZONE = "UTC"
+        yield inbox
 
 
 @pytest.fixture
@@ -188,3 +160,28 @@ def test_checkbackups_notify_sends_the_alerts(smtp, backups_folder, jobs_on_time
         call_command("checkbackups", "--notify")
 
     assert smtp.subjects == ["[Stanza Backups] job daily-backup failed"]
+
+
+def test_a_real_failed_run_mails_through_the_run_finished_signal(
+    smtp, jobs_on_time, settings, tmp_path
+):
+    settings.STANZA_BACKUPS_DIR = tmp_path / "gone"
+
+    run = jobs.run_job("daily-backup")
+
+    assert run.status == CronRun.Status.FAILURE
+    assert smtp.subjects == ["[Stanza Backups] job daily-backup failed"]
+
+
+def test_a_failing_receiver_never_fails_the_run(smtp, jobs_on_time, caplog):
+    def broken(sender, run, **kwargs):
+        raise RuntimeError("receiver bug")
+
+    signals.run_finished.connect(broken)
+    try:
+        run = jobs.run_job("purge-old-cron-runs")
+    finally:
+        signals.run_finished.disconnect(broken)
+
+    assert run.status == CronRun.Status.SUCCESS
+    assert "receiver bug" in caplog.text

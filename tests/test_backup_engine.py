@@ -168,7 +168,7 @@ def test_it_removes_temp_files_of_dead_backups_but_not_of_live_ones(source_db, t
 
 
 def test_it_leaves_no_temp_file_when_verification_fails(source_db, tmp_path, monkeypatch):
-    def fail(path, tables, cancel=None):
+    def fail(path, tables, cancel=None, **kwargs):
         raise BackupError("failed the integrity check")
 
     monkeypatch.setattr(backups, "_check_database", fail)
@@ -233,13 +233,13 @@ def test_it_refuses_every_existing_output_and_leaves_it_alone(source_db, tmp_pat
 
 def test_it_refuses_an_output_that_appears_during_the_backup(source_db, tmp_path, monkeypatch):
     target = tmp_path / "late.bak"
-    real = backups.link_into_place
+    real = backups.publish
 
-    def someone_else_first(*args):
+    def someone_else_first(*args, **kwargs):
         target.write_text("theirs")
-        return real(*args)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(backups, "link_into_place", someone_else_first)
+    monkeypatch.setattr(backups, "publish", someone_else_first)
 
     with pytest.raises(BackupError, match="already exists"):
         create_backup(source_db, output=target)

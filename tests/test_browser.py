@@ -9,11 +9,7 @@ Screenshots of every page land in tests/artifacts/ (ignored by git).
 import hashlib
 import os
 import re
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -21,7 +17,7 @@ import pytest
 from playwright.sync_api import expect
 
 from backups_app.backups import BACKUP_NAME_RE, verify_database
-from tests.conftest import REPO_DIR, manage
+from tests.conftest import REPO_DIR, gunicorn, manage
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -100,49 +96,8 @@ def stack(tmp_path_factory):
         result = manage(*args, env=env)
         assert result.returncode == 0, result.stderr
 
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "stanza_site.wsgi", "--bind", "127.0.0.1:0"]
-        + GUNICORN_ARGS,
-        cwd=REPO_DIR,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        url = wait_for_gunicorn(server)
-        yield {"url": url, "data": data, "backups": data / "backups", "pid": server.pid}
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        server.stderr.close()
-
-
-def wait_for_gunicorn(server, timeout=30):
-    """Read gunicorn's log until it says where it listens, then until a page answers."""
-    deadline = time.monotonic() + timeout
-    url = None
-    while url is None:
-        line = server.stderr.readline()
-        assert line, f"gunicorn exited with status {server.poll()}"
-        found = re.search(r"Listening at: (http://\S+)", line)
-        url = found.group(1) if found else None
-        assert time.monotonic() < deadline, "gunicorn did not start"
-    # Keep draining its log so it never blocks on a full pipe.
-    import threading
-
-    threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/admin/login/", timeout=5) as response:
-                if response.status == 200:
-                    return url
-        except OSError:
-            assert time.monotonic() < deadline, "gunicorn does not answer"
-            time.sleep(0.2)
+    with gunicorn(env, *GUNICORN_ARGS) as url:
+        yield {"url": url, "data": data, "backups": data / "backups"}
 
 
 def shoot(page, name):

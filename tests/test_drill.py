@@ -131,3 +131,40 @@ def test_a_later_drill_replaces_the_result_but_keeps_the_counts(live, backups_fo
 
     assert drill.read_manifest(backup.path)["tables"]["item"] == 3000
     assert drill_result(backup)["ok"] is False
+
+
+def test_it_drills_the_newest_backup_the_site_made_not_a_newer_upload(live, backups_folder):
+    from backups_app.uploads import accept_upload
+
+    own = backup_with_manifest(live, backups_folder)
+    other = make_database(backups_folder.parent / "elsewhere.sqlite", rows=7, wal=False)
+    with open(other, "rb") as f:
+        uploaded = accept_upload(f, backups_folder)
+    make_newest(uploaded)
+
+    result = verify_latest_backup()
+
+    assert result.startswith(f"{own.name}: restored")
+    assert drill_result(own)["ok"] is True
+    assert drill_result(uploaded) is None
+
+
+def test_it_says_when_there_are_only_uploads_to_verify(live, backups_folder):
+    from backups_app.uploads import accept_upload
+
+    with open(live, "rb") as f:
+        accept_upload(f, backups_folder)
+
+    with pytest.raises(DrillError, match=r"no backup to verify \(only uploaded ones\)"):
+        verify_latest_backup()
+
+
+def test_the_drill_copies_the_way_a_restore_does_whatever_the_page_size(backups_folder, tmp_path):
+    big_pages = tmp_path / "big-pages.sqlite"
+    conn = sqlite3.connect(big_pages, isolation_level=None)
+    conn.execute("PRAGMA page_size = 16384")
+    conn.close()
+    make_database(big_pages, rows=500, wal=False)
+    backup = create_backup(big_pages, folder=backups_folder)
+
+    assert verify_latest_backup().startswith(f"{backup.name}: restored, integrity ok, 2 tables")

@@ -14,7 +14,8 @@ from django.core.management.base import CommandError
 from django_apscheduler.models import DjangoJob, DjangoJobExecution
 
 from backups_app import jobs
-from backups_app.models import CronRun, process_identity
+from backups_app.models import CronRun
+from backups_app.processes import process_identity
 from stanza_site.logformat import JsonFormatter
 from tests.conftest import MANAGE, hold_jobs, live_env, manage, read_runs, release, wait_until
 

@@ -226,6 +226,13 @@ def item_names(database):
         conn.close()
 
 
+def settled():
+    """A time a little after the last commit: Litestream stamps a change when it syncs it,
+    up to a second after the commit, and a restore to T holds what was synced by T."""
+    time.sleep(2)
+    return datetime.now(UTC)
+
+
 def status_of(folder):
     return replication.read_json(folder / replication.STATE_DIRNAME / replication.STATUS_NAME)
 
@@ -351,7 +358,7 @@ def test_litestream_killed_is_brought_back_and_replicates_on(live_data, replicat
     assert second != first
     assert status_of(live_data)["restarts"] >= 1
     insert_items(database, ["after the kill"])
-    after = datetime.now(UTC) + timedelta(seconds=1)
+    after = settled()
     run.wait_synced(after=after)
     result = manage("restore", "--at", after.isoformat(), "--yes", env=run.env)
     assert result.returncode == 0, result.stderr
@@ -371,8 +378,8 @@ def test_a_restore_while_replicating_starts_a_new_history_that_replicates(
     backup = manage("backup", "--output", str(tmp_path / "old.bak"), env=run.env, check=True)
     assert backup.returncode == 0
     insert_items(database, ["lost on restore"])
-    run.wait_synced(after=datetime.now(UTC) + timedelta(seconds=1))
-    before_restore = datetime.now(UTC)
+    before_restore = settled()
+    run.wait_synced(after=before_restore)
     first = litestream_pid(live_data)
 
     result = manage("restore", str(tmp_path / "old.bak"), "--yes", env=run.env)
@@ -383,7 +390,7 @@ def test_a_restore_while_replicating_starts_a_new_history_that_replicates(
     assert record and replication.parse_time(record["began_at"]) >= before_restore
 
     insert_items(database, ["new"])
-    after = datetime.now(UTC) + timedelta(seconds=1)
+    after = settled()
     run.wait_synced(after=after)
     later = manage("restore", "--at", after.isoformat(), "--yes", env=run.env)
     assert later.returncode == 0, later.stderr

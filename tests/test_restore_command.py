@@ -210,3 +210,39 @@ def run_on_terminal(args, answer, env):
     os.close(leader)
     process.wait(timeout=60)
     return output.decode(errors="replace"), process.returncode
+
+
+def test_it_refuses_a_hollow_backup_in_one_line_and_changes_nothing(project, tmp_path):
+    data, backup = project
+    hollow = tmp_path / "hollow.bak"
+    conn = sqlite3.connect(hollow, isolation_level=None)
+    conn.execute("ATTACH DATABASE ? AS src", (str(backup.path),))
+    conn.execute("CREATE TABLE django_migrations AS SELECT * FROM src.django_migrations")
+    conn.close()
+    before = file_state(data / "backups")
+
+    result = manage("restore", str(hollow), "--yes", env=env_for(data), stdin=subprocess.DEVNULL)
+
+    assert result.returncode == 1
+    [line] = error_lines(result)
+    assert "is not a complete backup: its own migrations say it must have tables" in line
+    assert "Traceback" not in result.stderr
+    assert file_state(data / "backups") == before  # not even a safety backup
+    assert groups(data) == ["made after the backup"]
+
+
+def test_it_keeps_the_run_history_and_records_the_restore_on_top(project):
+    data, backup = project
+    conn = sqlite3.connect(data / "database.sqlite", isolation_level=None)
+    conn.execute(
+        "INSERT INTO cron_runs (job_name, started_at, status, result, error, trigger, hostname, "
+        "process_start) VALUES ('daily-backup', '2026-11-27 02:00:00', 'success', '', '', '', "
+        "'h', '')"
+    )
+    conn.close()
+
+    result = manage("restore", backup.name, "--yes", env=env_for(data), stdin=subprocess.DEVNULL)
+
+    assert result.returncode == 0, result.stderr
+    assert "Kept from the database as it was: run history (1 rows)" in result.stdout
+    assert history(data) == [("daily-backup", "success"), ("restore", "success")]

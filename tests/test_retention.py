@@ -167,3 +167,17 @@ def test_the_purge_job_clears_abandoned_uploads(settings, backups_folder, time_m
 
     assert jobs.run_job("purge-old-backups").status == "success"
     assert names(uploads) == []
+
+
+def test_it_keeps_the_newest_backup_the_site_made_itself_when_an_upload_is_newer(tmp_path):
+    put(tmp_path, "database.sqlite.20261126T010000Z.uploaded.bak", timedelta(hours=1))
+    put(tmp_path, "database.sqlite.20261118T020000Z.bak", timedelta(days=8))  # the last own one
+    put(tmp_path, "database.sqlite.20261117T020000Z.bak", timedelta(days=9))
+
+    removed = purge_old_backups(tmp_path, 7, NOW)
+
+    assert removed == ["database.sqlite.20261117T020000Z.bak"]
+    assert names(tmp_path) == [
+        "database.sqlite.20261118T020000Z.bak",
+        "database.sqlite.20261126T010000Z.uploaded.bak",
+    ]

@@ -24,7 +24,15 @@ from django_apscheduler.models import DjangoJob
 from backups_app import jobs
 from backups_app.management.commands import runscheduler
 from backups_app.models import CronRun
-from tests.conftest import MANAGE, hold_jobs, live_env, read_runs, release, wait_until
+from tests.conftest import (
+    MANAGE,
+    hold_jobs,
+    live_env,
+    read_runs,
+    release,
+    smtp_inbox,
+    wait_until,
+)
 
 EVERY_MINUTE = "* * * * *"
 
@@ -354,29 +362,20 @@ def test_it_resumes_from_a_stored_due_time_only_if_the_schedule_still_has_it(set
 
 def test_it_mails_the_admins_when_a_job_is_late(live_data, schedulers):
     """A job that never runs cannot report itself: the running scheduler notices and mails."""
-    from aiosmtpd.controller import Controller
-
-    from tests.test_alerts import Inbox, free_port
-
     conn = sqlite3.connect(live_data / "database.sqlite")
     with conn:  # a database made three days ago, on which no job has run since
         conn.execute("UPDATE django_migrations SET applied = datetime('now', '-3 days')")
     conn.close()
-    inbox = Inbox()
-    smtp = Controller(inbox, hostname="127.0.0.1", port=free_port())
-    smtp.start()
-    try:
+    with smtp_inbox() as inbox:
         scheduler = schedulers(
             live_data,
             STANZA_ALERT_EMAILS="ops@example.com",
             EMAIL_HOST="127.0.0.1",
-            EMAIL_PORT=str(smtp.port),
+            EMAIL_PORT=str(inbox.port),
         )
         wait_until(lambda: "[Stanza Backups] job daily-backup is late" in inbox.subjects)
         scheduler.signal()
         assert scheduler.wait() == 0
-    finally:
-        smtp.stop()
 
     assert inbox.messages[0]["To"] == "ops@example.com"
     assert "Traceback" not in scheduler.output

@@ -8,7 +8,7 @@ import pytest
 from django.contrib.admin.models import LogEntry
 from django.test import Client
 
-from backups_app import backups, drill, views
+from backups_app import backups, drill, operations
 from tests.conftest import count_rows, write_backup_file
 
 URL = "/admin/backups/"
@@ -238,18 +238,30 @@ def test_it_reports_a_failed_backup_on_the_page(staff_client, backups_folder, li
 
 
 def test_it_refuses_a_second_backup_while_one_runs(staff_client, backups_folder, live_database):
-    with views.one_backup_at_a_time():
+    with operations.exclusive("backup", by="admin"):
         api = staff_client.post(BACKUP_URL, **JSON)
         page = staff_client.post(BACKUP_URL, follow=True)
 
     assert api.status_code == 409
-    assert api.json() == {"error": "a backup is already running; try again when it has finished"}
-    assert "A backup is already running" in page.content.decode()
+    assert api.json()["error"].startswith("a backup is running (by admin, since ")
+    assert api.json()["error"].endswith("UTC); try again when it has finished")
+    assert "A backup is running (by admin" in page.content.decode()
     assert backups.list_backups(backups_folder) == []
     assert os.listdir(backups_folder) == []
 
     # The lock went with the request that held it.
     assert staff_client.post(BACKUP_URL, **JSON).status_code == 200
+
+
+def test_back_up_now_during_a_restore_says_a_restore_is_running(
+    staff_client, backups_folder, live_database
+):
+    with operations.exclusive("restore", by="the restore command"):
+        api = staff_client.post(BACKUP_URL, **JSON)
+
+    assert api.status_code == 409
+    assert api.json()["error"].startswith("a restore is running (by the restore command, since ")
+    assert backups.list_backups(backups_folder) == []
 
 
 def test_it_does_not_back_up_on_get(staff_client, backups_folder, live_database):

@@ -12,7 +12,7 @@ from django.contrib.sessions.models import Session
 from django.core.files.uploadedfile import SimpleUploadedFile, TemporaryUploadedFile
 from django.test import Client, RequestFactory
 
-from backups_app import backups, drill, restore, views
+from backups_app import backups, drill, operations, restore, uploads, views
 from backups_app.models import CronRun
 from tests.conftest import corrupt_middle, count_rows, file_state, make_database
 
@@ -135,21 +135,16 @@ def test_it_restores_and_names_the_safety_backup(
     assert entry.change_message in html
 
 
-def record_all_migrations(path):
-    """Mark every migration of this code as applied in a test database (an up-to-date schema)."""
-    from django.db.migrations.loader import MigrationLoader
-
-    applied = MigrationLoader(None, ignore_no_migrations=True).disk_migrations
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.executemany("INSERT INTO django_migrations (app, name) VALUES (?, ?)", sorted(applied))
-    conn.close()
-
-
 def test_it_says_to_migrate_after_restoring_an_older_schema_only(
-    staff_client, live_database, backups_folder
+    staff_client, live_database, backups_folder, migrated_database
 ):
     older = backups.create_backup(label="manual")  # its django_migrations is empty
-    record_all_migrations(live_database)
+    # The live database becomes the project's own, with every table its migrations made.
+    source = sqlite3.connect(f"file:{migrated_database}?mode=ro", uri=True)
+    dest = sqlite3.connect(live_database)
+    source.backup(dest)
+    dest.close()
+    source.close()
     current = backups.create_backup(label="manual")
 
     after_older = messages_of(staff_client.post(restore_url(older.name), follow=True))
@@ -226,13 +221,16 @@ def test_it_restores_one_at_a_time(staff_client, backup, live_database, backups_
     change_data(live_database)
     before = nothing_changes(live_database, backups_folder)
 
-    with views.one_backup_at_a_time():
+    with operations.exclusive("backup", by="admin"):
         page = staff_client.post(restore_url(backup.name), follow=True)
         api = staff_client.post(restore_url(backup.name), **JSON)
 
-    assert messages_of(page) == [
-        "A backup or restore is already running; try again when it has finished."
-    ]
+    [message] = messages_of(page)
+    assert re.fullmatch(
+        r"A backup is running \(by admin, since \d\d:\d\d:\d\d UTC\); "
+        r"try again when it has finished\.",
+        message,
+    )
     assert api.status_code == 409
     assert nothing_changes(live_database, backups_folder) == before
     # And a restore holds the same lock as "Back up now".
@@ -455,13 +453,13 @@ def test_a_large_upload_is_streamed_to_the_data_folder_not_held_in_memory(
     size = big.stat().st_size
     assert size > 8 * settings.FILE_UPLOAD_MAX_MEMORY_SIZE
     seen = []
-    real_accept = restore.accept_upload
+    real_accept = uploads.accept_upload
 
     def accept_and_look(upload, *args, **kwargs):
         seen.append((type(upload), upload.temporary_file_path()))
         return real_accept(upload, *args, **kwargs)
 
-    monkeypatch.setattr(restore, "accept_upload", accept_and_look)
+    monkeypatch.setattr(uploads, "accept_upload", accept_and_look)
     with open(big, "rb") as f:
         request = RequestFactory().post(UPLOAD_URL, {"file": f}, **JSON)  # body built here
     request.user = staff_user

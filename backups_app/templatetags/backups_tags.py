@@ -2,7 +2,6 @@
 
 from cron_descriptor import ExpressionDescriptor, FormatException, Options
 from django import template
-from django.urls import reverse
 
 register = template.Library()
 
@@ -46,17 +45,3 @@ def duration(value):
 def backup_kind(label):
     """Where a backup came from, from the label in its name (none: the daily job)."""
     return KINDS.get(label, label)
-
-
-@register.filter
-def has_app(app_list, app_label):
-    return any(app["app_label"] == app_label for app in app_list or ())
-
-
-@register.simple_tag
-def dashboard_links():
-    """The dashboard's pages, listed with the app's models on the admin index and sidebar."""
-    return [
-        {"name": "Backups", "url": reverse("backups:backups"), "slug": "backups"},
-        {"name": "Cron jobs", "url": reverse("backups:cron"), "slug": "cron"},
-    ]

@@ -1,40 +1,21 @@
-import signal
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from backups_app.backups import DATABASE_FILENAME, BackupError, create_backup, human_size
+from backups_app.backups import (
+    DATABASE_FILENAME,
+    BackupError,
+    BackupInterrupted,
+    create_backup,
+    human_size,
+)
+from backups_app.interrupts import on_stop_signals, signal_name
 
 # Progress appears only for a backup that takes longer than this (seconds).
 PROGRESS_DELAY = 0.5
-
-
-@contextmanager
-def signals_as_interrupt():
-    """Turn SIGINT and SIGTERM into KeyboardInterrupt, so a stopped backup cleans up.
-
-    Yields the list of signals received. A signal that was ignored when we started (a
-    background job of a script) stays ignored, as Python itself does for SIGINT.
-    """
-    received = []
-
-    def interrupt(signum, frame):
-        received.append(signum)
-        raise KeyboardInterrupt
-
-    previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        if signal.getsignal(signum) is not signal.SIG_IGN:
-            previous[signum] = signal.signal(signum, interrupt)
-    try:
-        yield received
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 class Command(BaseCommand):
@@ -48,31 +29,48 @@ class Command(BaseCommand):
         )
         parser.add_argument("--compress", action="store_true", help="gzip the backup")
         parser.add_argument(
+            "--full-check",
+            action="store_true",
+            help="run the full PRAGMA integrity_check (slower) instead of quick_check",
+        )
+        parser.add_argument(
             "--data-dir",
             type=Path,
             help="back up DIR/database.sqlite instead of the configured database",
         )
 
-    def handle(self, *args, output, compress, data_dir, **options):
+    def handle(self, *args, output, compress, full_check, data_dir, **options):
         source = data_dir / DATABASE_FILENAME if data_dir else None
         progress = Progress(self.stderr) if sys.stderr.isatty() else None
-        with signals_as_interrupt() as received:
+        backup = None
+        # The result is printed inside the block, so a signal at any moment is reported by
+        # what is on disk: a backup that got its name is whole (with its sidecars).
+        with on_stop_signals() as received:
             try:
                 backup = create_backup(
-                    source, folder=Path.cwd(), output=output, compress=compress, progress=progress
+                    source,
+                    folder=Path.cwd(),
+                    output=output,
+                    compress=compress,
+                    progress=progress,
+                    check="full" if full_check else "quick",
                 )
+                self.stdout.write(f"{backup.path} ({human_size(backup.size)}, {backup.size} bytes)")
             except BackupError as err:
                 raise CommandError(str(err)) from err
-            except KeyboardInterrupt:
-                signum = received[-1] if received else signal.SIGINT
+            except KeyboardInterrupt as err:
+                name, signum = signal_name(received)
+                written = err.path if isinstance(err, BackupInterrupted) else None
+                written = written or (backup and backup.path)
+                outcome = (
+                    f"the backup was written: {written}" if written else "no backup was written"
+                )
                 raise CommandError(
-                    f"interrupted by {signal.Signals(signum).name}; no backup was written",
-                    returncode=128 + signum,
+                    f"interrupted by {name}; {outcome}", returncode=128 + signum
                 ) from None
             finally:
                 if progress:
                     progress.clear()
-        self.stdout.write(f"{backup.path} ({human_size(backup.size)}, {backup.size} bytes)")
 
 
 class Progress:

@@ -31,48 +31,42 @@ class Command(BaseCommand):
         parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
     def handle(self, *args, backup, data_dir, yes, at, **options):
-        if at is not None:
-            if backup or data_dir:
-                raise CommandError("--at restores the live database from the replica: no BACKUP")
-            return self.restore_at(at, yes)
-        if not backup:
-            raise CommandError("name a backup to restore (or --at TIME)")
+        try:
+            if at is not None:
+                self.restore_at(at, backup, data_dir, yes)
+            elif backup:
+                self.restore(backup, data_dir, yes)
+            else:
+                raise CommandError("name a backup to restore (or --at TIME)")
+        except CommandError:
+            raise
+        except (BackupError, conf.ConfigError) as err:
+            raise CommandError(str(err)) from err
+        except KeyboardInterrupt:
+            raise CommandError("interrupted; the database was not changed") from None
+        except Exception as err:  # one line, never a traceback, never exit status 0
+            raise CommandError(f"restore failed: {type(err).__name__}: {err}") from err
+
+    def restore(self, backup, data_dir, yes):
         database = data_dir / DATABASE_FILENAME if data_dir else backups.live_database_path()
         folder = data_dir / "backups" if data_dir else backups.backups_dir()
         if not yes and not sys.stdin.isatty():
             raise CommandError("not restoring without confirmation: no terminal; pass --yes")
         path = find_backup(backup, folder)
-        # The run history lives in the configured database; record only restores into it.
-        is_live = database.resolve() == backups.live_database_path().resolve()
-        try:
-            result = restore.restore_backup(
-                path,
-                database=database,
-                backups_folder=folder,
-                confirm=None if yes else lambda info: self.ask(info, database),
-            )
-        except BackupError as err:
-            if is_live and "cancelled" not in str(err):
-                restore.record_restore(error=err, trigger="command")
-            raise CommandError(str(err)) from err
-        except KeyboardInterrupt:
-            raise CommandError("interrupted; the database was not changed") from None
-        if is_live:
-            restore.record_restore(result, trigger="command")
+        result = restore.restore_and_record(
+            path,
+            trigger="command",
+            by="the restore command",
+            database=database,
+            backups_folder=folder,
+            confirm=None if yes else lambda info: self.ask(info, database),
+        )
         self.stdout.write(f"Restored {restore.describe(result.backup)} into {result.database}")
-        if result.safety_backup:
-            safety = result.safety_backup.path
-            self.stdout.write(f"Safety backup of the previous database: {safety}")
-        else:
-            self.stdout.write("No safety backup: there was no database before")
-        pending = result.backup.pending_migrations
-        if pending:
-            self.stdout.write(
-                f"The backup predates {len(pending)} migration(s) of this code; "
-                "run `python manage.py migrate` next."
-            )
+        self.report(result)
 
-    def restore_at(self, at, yes):
+    def restore_at(self, at, backup, data_dir, yes):
+        if backup or data_dir:
+            raise CommandError("--at restores the live database from the replica: no BACKUP")
         try:
             when = replication.parse_time(at)
         except ValueError as err:
@@ -80,21 +74,31 @@ class Command(BaseCommand):
         if not yes and not sys.stdin.isatty():
             raise CommandError("not restoring without confirmation: no terminal; pass --yes")
         database = backups.live_database_path()
-        try:
-            result = replication.restore_at(
-                when, confirm=None if yes else lambda info: self.ask_at(info, when, database)
-            )
-        except BackupError as err:
-            if "cancelled" not in str(err):
-                restore.record_restore(error=err, trigger="command")
-            raise CommandError(str(err)) from err
-        except (conf.ConfigError, KeyboardInterrupt) as err:
-            raise CommandError(str(err) or "interrupted; the database was not changed") from None
-        restore.record_restore(result, trigger="command")
+        result = replication.restore_at(
+            when,
+            trigger="command",
+            by="the restore command",
+            confirm=None if yes else lambda info: self.ask_at(info, when, database),
+        )
         self.stdout.write(f"Restored {result.backup.name} into {result.database}")
+        self.report(result)
+
+    def report(self, result):
         if result.safety_backup:
+            safety = result.safety_backup.path
+            self.stdout.write(f"Safety backup of the previous database: {safety}")
+        else:
+            self.stdout.write("No safety backup: there was no database before")
+        if result.kept:
+            kept = ", ".join(f"{what} ({rows} rows)" for what, rows in result.kept.items())
+            self.stdout.write(f"Kept from the database as it was: {kept}")
+        for note in result.notes:
+            self.stdout.write(f"Note: {note}")
+        pending = result.backup.pending_migrations
+        if pending:
             self.stdout.write(
-                f"Safety backup of the previous database: {result.safety_backup.path}"
+                f"The backup predates {len(pending)} migration(s) of this code; "
+                "run `python manage.py migrate` next."
             )
 
     def ask_at(self, info, when, database):
@@ -110,7 +114,8 @@ class Command(BaseCommand):
         return self.confirm()
 
     def confirm(self):
-        self.stdout.write("A pre-restore safety backup of the current database is made first.")
+        self.stdout.write("A pre-restore safety backup of the current database is made first;")
+        self.stdout.write("the run history, alert state, job store and audit are kept.")
         self.stdout.write("Restore? [y/N] ", ending="")
         self.stdout.flush()
         answer = sys.stdin.readline().strip().lower()

@@ -1,12 +1,7 @@
-import signal
-
 from django.core.management.base import BaseCommand, CommandError
 
 from backups_app import jobs
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+from backups_app.interrupts import on_stop_signals
 
 
 class Command(BaseCommand):
@@ -20,13 +15,11 @@ class Command(BaseCommand):
         if name not in known:
             raise CommandError(f"unknown job {name!r}; known jobs: {', '.join(known)}")
         # SIGTERM stops the job like Ctrl-C, so its run is recorded as interrupted.
-        previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
-            run = jobs.run_job(name, trigger="runjob")
+            with on_stop_signals():
+                run = jobs.run_job(name, trigger="runjob")
         except KeyboardInterrupt:
             raise CommandError(f"{name} was interrupted") from None
-        finally:
-            signal.signal(signal.SIGTERM, previous)
         if run.status != run.Status.SUCCESS:
             raise CommandError(f"{name} failed: {run.error_summary}")
         self.stdout.write(f"{name}: {run.result} ({run.duration.total_seconds():.2f} s)")

@@ -9,7 +9,6 @@ its run is recorded as interrupted.
 
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -29,13 +28,14 @@ from django_apscheduler.jobstores import DjangoJobStore
 from django_apscheduler.models import DjangoJob
 
 from backups_app import alerts, jobs, scheduler_lock
-from backups_app.models import CronRun, this_host
+from backups_app.interrupts import on_stop_signals
+from backups_app.models import CronRun
+from backups_app.processes import this_host
 
 logger = logging.getLogger(__name__)
 
 LOCK_POLL_SECONDS = 1
 LATENESS_CHECK_MINUTES = 5
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class LatenessWatch(threading.Thread):
@@ -63,10 +63,6 @@ class LatenessWatch(threading.Thread):
             logger.exception("the lateness check failed")
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 class Command(BaseCommand):
     help = (
         "Run the scheduled jobs in the foreground. A second runscheduler waits as a standby "
@@ -74,8 +70,7 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args, **options):
-        previous = signal.signal(signal.SIGTERM, _interrupt)
-        try:
+        with on_stop_signals():
             try:
                 lock = self.wait_for_lock()
             except KeyboardInterrupt:
@@ -87,8 +82,6 @@ class Command(BaseCommand):
                 logger.info("stopped during start-up", extra={"event": "scheduler_stopped"})
             finally:
                 os.close(lock)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
 
     def wait_for_lock(self):
         lock = scheduler_lock.try_acquire()
@@ -129,19 +122,17 @@ class Command(BaseCommand):
                 raise KeyboardInterrupt  # a second signal: abandon the running job
             stop_requested.set()
 
-        previous = {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS}
         watch = LatenessWatch()
         try:
-            scheduler = self.build_scheduler()
-            scheduler.start()
-            watch.start()
-            while not stop_requested.wait(1):
-                pass
-            self.stop(scheduler)
+            with on_stop_signals(request_stop):
+                scheduler = self.build_scheduler()
+                scheduler.start()
+                watch.start()
+                while not stop_requested.wait(1):
+                    pass
+                self.stop(scheduler)
         finally:
             watch.stopped.set()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
     def build_scheduler(self):
         registry = jobs.registry()
