@@ -7,7 +7,7 @@ import sys
 
 def main():
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "stanza_site.settings")
-    from stanza_site.config import ConfigError
+    from backups_app.conf import ConfigError
 
     try:
         from django.conf import settings

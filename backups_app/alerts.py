@@ -1,4 +1,4 @@
-"""Email ADMINS once when a job fails or becomes late, and once more when it recovers.
+"""Email STANZA_ALERT_EMAILS once when a job fails or becomes late, and once more when it recovers.
 
 The state of each job (ok, failing, late) and what the admins were last told about it live in
 `AlertState`, so restarts never repeat an email, and an email that could not be sent (SMTP
@@ -12,18 +12,13 @@ from django.core.mail import get_connection, send_mail
 from django.db import transaction
 from django.utils import timezone
 
-from backups_app import health, jobs, replication
+from backups_app import conf, health, jobs, replication
 from backups_app.models import AlertState, CronRun
 
 logger = logging.getLogger(__name__)
 
 SMTP_TIMEOUT = 30
 ERROR_LINES = 20
-
-
-def on_run_finished(sender, run, **kwargs):
-    """Receiver of signals.run_finished (connected in BackupsAppConfig.ready)."""
-    notify_run_finished(run)
 
 
 def notify_run_finished(run):
@@ -78,8 +73,8 @@ def _set_state(job_name, state, *, run=None, now=None):
 
 
 def _send_notice(alert, previous, run, now):
-    """Email ADMINS about the job's new state; False when it could not be sent."""
-    recipients = [email for _name, email in settings.ADMINS]
+    """Email STANZA_ALERT_EMAILS about the job's new state; False when it could not be sent."""
+    recipients = conf.get("STANZA_ALERT_EMAILS")
     if not recipients:
         return True
     subject, body = _message(alert, previous, run, now)

@@ -1,11 +1,26 @@
 from django.apps import AppConfig
+from django.core import checks
 
 
 class BackupsAppConfig(AppConfig):
     name = "backups_app"
     verbose_name = "Backups"
+    default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        from backups_app import alerts, signals
+        from backups_app import signals
+        from backups_app.checks import check_settings
 
-        signals.run_finished.connect(alerts.on_run_finished, dispatch_uid="backups_app.alerts")
+        signals.run_finished.connect(alert_on_run_finished, dispatch_uid="backups_app.alerts")
+        checks.register(check_settings, "backups_app")
+
+
+def alert_on_run_finished(sender, run, **kwargs):
+    """Update the job's alert state (and mail) after each run; see signals.run_finished.
+
+    alerts is imported here, on the first run, not at start-up: it pulls in the scheduler's
+    libraries, which a command such as `backup` never needs.
+    """
+    from backups_app import alerts
+
+    alerts.notify_run_finished(run)

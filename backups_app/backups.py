@@ -6,6 +6,7 @@ Plain functions over paths. Views, commands and jobs call these and hold no logi
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -26,15 +27,16 @@ from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
 from backups_app import conf, sqlite
-from backups_app.sqlite import TEMP_PREFIX, create_locked, row_count  # noqa: F401 (re-exported)
+from backups_app.sqlite import TEMP_PREFIX, create_locked
 
 logger = logging.getLogger(__name__)
 
 DATABASE_FILENAME = "database.sqlite"
 LABELS = ("manual", "pre-migrate", "pre-restore", "uploaded")
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
-BACKUP_NAME_RE = re.compile(
-    r"\Adatabase\.sqlite\.(?P<stamp>\d{8}T\d{6}Z)(?:-(?P<seq>[1-9][0-9]{0,5}))?"
+# After the live database's file name (see name_prefix): `database.sqlite.` here.
+BACKUP_NAME_PATTERN = (
+    r"\A{prefix}\.(?P<stamp>\d{{8}}T\d{{6}}Z)(?:-(?P<seq>[1-9][0-9]{{0,5}}))?"
     r"(?:\.(?P<label>manual|pre-migrate|pre-restore|uploaded))?\.bak(?P<gz>\.gz)?\Z"
 )
 CHECKSUM_SUFFIX = ".sha256"
@@ -93,14 +95,24 @@ class Backup:
 # --- names -------------------------------------------------------------------------------
 
 
+def name_prefix():
+    """Backup names start with the live database's file name (`db.sqlite3.` in a new site)."""
+    return live_database_path().name
+
+
+@functools.lru_cache(maxsize=8)
+def backup_name_re(prefix):
+    return re.compile(BACKUP_NAME_PATTERN.format(prefix=re.escape(prefix)))
+
+
 def parse_backup_name(name):
     """Return the parts of a backup file name, or None when it is not one."""
-    match = BACKUP_NAME_RE.match(name)
+    match = backup_name_re(name_prefix()).match(name)
     return match.groupdict() if match else None
 
 
 def is_backup_name(name):
-    return BACKUP_NAME_RE.match(name) is not None
+    return backup_name_re(name_prefix()).match(name) is not None
 
 
 def human_size(size):
@@ -114,18 +126,24 @@ def backup_name(when, *, label="", compress=False, seq=1):
     stamp = when.astimezone(UTC).strftime(STAMP_FORMAT)
     suffix = f"-{seq}" if seq > 1 else ""
     label_part = f".{label}" if label else ""
-    return f"{DATABASE_FILENAME}.{stamp}{suffix}{label_part}.bak" + (".gz" if compress else "")
+    return f"{name_prefix()}.{stamp}{suffix}{label_part}.bak" + (".gz" if compress else "")
 
 
 # --- settings-derived locations -----------------------------------------------------------
 
 
 def live_database_path():
-    return conf.live_database_path()
+    try:
+        return conf.live_database_path()
+    except conf.ConfigError as err:  # a bad setting fails the backup (or page) that meets it
+        raise BackupError(str(err)) from None
 
 
 def backups_dir():
-    return conf.get("STANZA_BACKUPS_DIR")
+    try:
+        return conf.backups_dir()
+    except conf.ConfigError as err:
+        raise BackupError(str(err)) from None
 
 
 # --- listing ------------------------------------------------------------------------------
@@ -416,9 +434,6 @@ def is_locked(path):
     finally:
         os.close(fd)
     return False
-
-
-_create_locked = create_locked  # the old private name, still imported by restore.py
 
 
 @contextlib.contextmanager
@@ -718,11 +733,6 @@ def publish(temp, digest, manifest, *, folder, target=None, label="", compress=F
     finally:
         _unlink_all(staged.values())
     raise BackupError(f"too many backups in the same second in {folder}")
-
-
-def link_into_place(temp, target, folder, label, compress):
-    """Give a finished file its name, without sidecars (the old way; use publish)."""
-    return publish(temp, None, None, folder=folder, target=target, label=label, compress=compress)
 
 
 def _stage(temp, suffix, text):

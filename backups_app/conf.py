@@ -3,10 +3,16 @@ variable of the same name, else its default; every value checked by one parser.
 
 `get(name)` is read lazily (inside functions, never at import time), so tests that change
 `settings` or the environment see the change. A bad value raises ConfigError, whose message is
-one line naming the setting; `checks.py` reports the same as a Django system check, and this
-project's own settings call `from_env` so a bad environment variable stops start-up.
+one line naming the setting; `checks.py` reports the same as Django system checks
+(`manage.py check`), and a project's settings.py may call `check_environment()` (and read its
+own variables with `from_env` and these parsers) so a bad environment variable stops start-up.
+
+The app keeps its own working files where the site's database is: lock files, and a folder
+for uploads being received, beside the live database file (as SQLite keeps its -wal and -shm
+files). It needs nothing from the project it is installed in.
 """
 
+import contextlib
 import os
 import re
 import zoneinfo
@@ -55,6 +61,16 @@ def int_parser(minimum=0):
         return value
 
     return parse_int
+
+
+def choice_parser(*choices):
+    def parse_choice(name, raw):
+        text = str(raw).strip().lower()
+        if text not in choices:
+            raise ConfigError(f"{name}={text!r} must be one of: {', '.join(choices)}")
+        return text
+
+    return parse_choice
 
 
 def parse_time_zone(name, raw):
@@ -148,9 +164,23 @@ def parse_replica_url(name, raw):
     raise ConfigError(usage)
 
 
+def parse_age_recipients(name, raw):
+    """Comma-separated age public keys (`age1...`), as `age-keygen -y` prints them."""
+    keys = parse_list(name, raw)
+    for key in keys:
+        if not AGE_RECIPIENT_RE.match(key):
+            raise ConfigError(f"{name} holds {key!r}, which is not an age public key (age1...)")
+    return keys
+
+
+AGE_RECIPIENT_RE = re.compile(r"\Aage1[02-9ac-hj-np-z]{58}\Z")
+
+
 # --- the settings --------------------------------------------------------------------------
 
-# name -> (default, parser). A default that is a callable is computed when read.
+# name -> (default, parser). A default that is a callable is computed when read. Every
+# setting here may be set in the site's settings.py or as an environment variable; the README's
+# "Use it in your own Django site" table lists them all (a test keeps it so).
 SETTINGS = {
     "STANZA_BACKUPS_DIR": (lambda: default_backups_dir(), parse_dir),
     "STANZA_BACKUP_SCHEDULE": ("0 2 * * *", parse_cron),
@@ -158,6 +188,11 @@ SETTINGS = {
     "STANZA_BACKUP_RETENTION_DAYS": (7, int_parser(0)),
     "STANZA_ALERT_EMAILS": ((), parse_emails),
     "STANZA_UPLOAD_MAX_MB": (None, int_parser(1)),
+    "STANZA_OFFSITE_URL": ("", url_parser("s3")),
+    "STANZA_OFFSITE_SCHEDULE": ("*/15 * * * *", parse_cron),
+    "STANZA_OFFSITE_RETENTION_DAYS": (30, int_parser(0)),
+    "STANZA_OFFSITE_AGE_RECIPIENTS": ((), parse_age_recipients),
+    "STANZA_OFFSITE_AGE_IDENTITY": (None, parse_path),
     "STANZA_REPLICA_URL": ("", parse_replica_url),
     "STANZA_REPLICA_MAX_LAG": (300, int_parser(1)),
 }
@@ -192,13 +227,28 @@ def get(name):
 def from_env(name, default=None, parse=None):
     """For a project's settings.py: the environment variable, checked, else `default`.
 
-    Uses the parser registered for `name` unless one is given; a bad value raises ConfigError.
+    Uses the parser registered for `name` unless one is given (any parser above takes
+    `(name, raw)`); a bad value raises ConfigError naming the variable.
     """
     parse = parse or SETTINGS[name][1]
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     return parse(name, raw)
+
+
+def check_environment(time_zone="UTC"):
+    """Check every app setting given as an environment variable; ConfigError on the first bad one.
+
+    For a project's settings.py, which runs before Django's settings can be read: a bad
+    variable then stops start-up with one line. Values set in settings.py itself are checked
+    by the system checks.
+    """
+    for name, (_default, parse) in SETTINGS.items():
+        raw = os.environ.get(name, "").strip()
+        if raw:
+            value = parse_cron(name, raw, time_zone) if parse is parse_cron else parse(name, raw)
+            _check_on_disk(name, value, parse)
 
 
 def time_zone():
@@ -208,29 +258,71 @@ def time_zone():
 
 
 def live_database_path():
-    """The live database: DATABASES["default"], which must be SQLite."""
+    """The live database: DATABASES["default"], which must be SQLite (a file)."""
     from django.conf import settings
 
     database = settings.DATABASES["default"]
-    if database.get("ENGINE") != "django.db.backends.sqlite3":
-        engine = database.get("ENGINE")
-        raise ConfigError(f"Stanza Backups needs SQLite; DATABASES['default'] uses {engine}")
-    return Path(database["NAME"]).resolve()
+    engine = database.get("ENGINE")
+    if engine != "django.db.backends.sqlite3":
+        raise ConfigError(
+            f"Stanza Backups needs SQLite: DATABASES['default'] uses {engine}, "
+            "and other databases are not supported yet"
+        )
+    # absolute(), not resolve(): cheap (backup names are matched against its name), and the
+    # name stays the configured one when the file is a symlink.
+    return Path(database["NAME"]).absolute()
 
 
 def default_backups_dir():
+    """`backups/` beside the live database file."""
     return live_database_path().parent / "backups"
 
 
+def backups_dir():
+    """The backups folder. The default one is created (0700) when first needed; one set in the
+    settings is the site's to create, and a failure of whatever meets it if it went missing."""
+    if raw_value("STANZA_BACKUPS_DIR") is not None:
+        return get("STANZA_BACKUPS_DIR")
+    folder = default_backups_dir()
+    with contextlib.suppress(OSError):  # a file there, or no permission: the user of it says so
+        folder.mkdir(mode=0o700, exist_ok=True)
+    return folder
+
+
+def lock_path(name):
+    """A lock file of the app, beside the live database: every process that uses the database
+    shares that folder (it is on this machine's disk, so an flock there is exact)."""
+    return live_database_path().parent / name
+
+
+UPLOADS_FOLDER = ".stanza-uploads"
+
+
+def upload_dir():
+    """Where uploads are streamed while they arrive: a folder of the app's own beside the live
+    database (the data disk), so the purge of abandoned uploads never touches a site's files."""
+    return live_database_path().parent / UPLOADS_FOLDER
+
+
+def _check_on_disk(name, value, parse):
+    if parse is parse_dir and value.exists() and not value.is_dir():
+        raise ConfigError(f"{name}={str(value)!r} is a file, not a folder")
+
+
 def check_all():
-    """Every setting's problem as one line each (empty when all are fine); for start-up."""
+    """Every setting's problem as one line each (empty when all are fine); for start-up.
+
+    A database that is not SQLite is one problem, reported once (the default backups folder,
+    derived from it, is not reported again).
+    """
+    try:
+        live_database_path()
+    except ConfigError as err:
+        return [str(err)]
     problems = []
     for name, (_default, parse) in SETTINGS.items():
         try:
-            value = get(name)
+            _check_on_disk(name, get(name), parse)
         except ConfigError as err:
             problems.append(str(err))
-            continue
-        if parse is parse_dir and value.exists() and not value.is_dir():
-            problems.append(f"{name}={str(value)!r} is a file, not a folder")
     return problems

@@ -56,7 +56,7 @@ def purge_old_backups():
     days = conf.get("STANZA_BACKUP_RETENTION_DAYS")
     now = timezone.now()
     removed = retention.purge_old_backups(backups.backups_dir(), days, now)
-    retention.remove_abandoned_uploads(settings.FILE_UPLOAD_TEMP_DIR, now)
+    retention.remove_abandoned_uploads(conf.upload_dir(), now)
     return f"removed {len(removed)} backup(s) older than {days} day(s)"
 
 

@@ -45,13 +45,10 @@ class OperationRunning(BackupError):
 
 
 def lock_path(database=None):
-    """The lock file: in the data folder, or beside `database` when it is another one."""
+    """The lock file: beside the live database, or beside `database` when it is another one."""
     if database is not None:
         return Path(database).parent / LOCK_FILENAME
-    from django.conf import settings
-
-    folder = getattr(settings, "STANZA_DATA_DIR", None) or conf.live_database_path().parent
-    return Path(folder) / LOCK_FILENAME
+    return conf.lock_path(LOCK_FILENAME)
 
 
 @contextlib.contextmanager

@@ -298,6 +298,18 @@ def _check_header(plain, name):
         raise RestoreError(f"{name} is truncated ({plain.stat().st_size} bytes of {size})")
 
 
+def open_readonly(path):
+    """A backup opened for reading only (sqlite.open_readonly; the name callers know)."""
+    return sqlite.open_readonly(path)
+
+
+def accept_upload(upload, folder=None, **kwargs):
+    """Moved to uploads.accept_upload; kept for callers of the old name."""
+    from backups_app import uploads
+
+    return uploads.accept_upload(upload, folder, **kwargs)
+
+
 def table_names(conn, schema="main"):
     """The tables of one schema of a connection (`main`, an attached `bak`, `temp`)."""
     if schema == "main":
@@ -474,10 +486,10 @@ def restore_and_record(path, *, trigger, by="", database=None, backups_folder=No
             raise
         except BackupError as err:
             if is_live:
-                _record(trigger, error=err)
+                record_restore(error=err, trigger=trigger)
             raise
     if is_live:
-        result = dataclasses.replace(result, run=_record(trigger, result=result))
+        result = dataclasses.replace(result, run=record_restore(result, trigger=trigger))
     return result
 
 
@@ -500,8 +512,10 @@ def restore_backup(path, *, database=None, backups_folder=None, confirm=None):
         existed = database.exists() and database.stat().st_size > 0
         try:
             with _write_locked(database, plain, new_page_size=info.page_size, wal=True) as conn:
+                locked_at = time.monotonic()
                 safety = _safety_backup(database, folder) if existed else None
                 kept, notes = replace_contents(conn, carry=True)
+            locked = time.monotonic() - locked_at
         except BaseException as err:
             if not existed:  # the connection created an empty file where there was none
                 for leftover in (database, *(Path(f"{database}{s}") for s in ("-wal", "-shm"))):
@@ -522,11 +536,17 @@ def restore_backup(path, *, database=None, backups_folder=None, confirm=None):
         notes=tuple(notes),
     )
     logger.info(
-        "%s into %s in %.2f s",
+        "%s into %s in %.2f s (writers waited %.2f s of it)",
         result.summary(),
         database,
         result.duration,
-        extra={"event": "restore", "file": info.name, "duration": round(result.duration, 3)},
+        locked,
+        extra={
+            "event": "restore",
+            "file": info.name,
+            "duration": round(result.duration, 3),
+            "locked": round(locked, 3),
+        },
     )
     for note in notes:
         logger.warning("restore of %s: %s", info.name, note)
@@ -558,8 +578,10 @@ def _safety_backup(database, folder):
     return safety
 
 
-def _record(trigger, *, result=None, error=None):
+def record_restore(result=None, *, error=None, trigger="manual"):
     """Record a restore in the run history (job "restore") of the restored live database.
+
+    restore_and_record calls it; a restore made another way (from a replica) calls it too.
 
     Returns the CronRun, or None when the database cannot take the record (a backup from
     before the run history existed); that is logged in one line, never a traceback.

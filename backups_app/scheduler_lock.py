@@ -1,23 +1,21 @@
 """The lock that lets only one scheduler run jobs, and tells pages whether one is up.
 
 The database is a local SQLite file, so every process that uses it shares this machine and
-its data folder: an flock on a file there is exact, and the kernel drops it when the
+the database's folder: an flock on a file there is exact, and the kernel drops it when the
 scheduler dies, even by SIGKILL.
 """
 
 import fcntl
 import os
-from pathlib import Path
 
-from django.conf import settings
-
+from backups_app import conf
 from backups_app.backups import is_locked
 
 LOCK_FILENAME = "scheduler.lock"
 
 
 def lock_path():
-    return Path(settings.STANZA_DATA_DIR) / LOCK_FILENAME
+    return conf.lock_path(LOCK_FILENAME)
 
 
 def try_acquire():

@@ -11,8 +11,10 @@ Add it after AuthenticationMiddleware: `"backups_app.upload_gate.UploadGateMiddl
 """
 
 import logging
+import tempfile
 
 from django.conf import settings
+from django.core.files.uploadedfile import TemporaryUploadedFile, UploadedFile
 from django.core.files.uploadhandler import (
     FileUploadHandler,
     MemoryFileUploadHandler,
@@ -22,7 +24,7 @@ from django.core.files.uploadhandler import (
 from django.http import HttpResponse, JsonResponse
 from django.urls import reverse
 
-from backups_app import uploads
+from backups_app import conf, uploads
 from backups_app.uploads import UploadTooLarge
 
 logger = logging.getLogger(__name__)
@@ -40,10 +42,9 @@ class UploadGateMiddleware:
             return self.get_response(request)
         length = content_length(request)
         if is_staff_upload(request):
-            limit = uploads.upload_limit()
-            if length > limit + MULTIPART_SLACK:
-                return too_large(request, UploadTooLarge(limit))
-            request.upload_handlers = [LimitedUploadHandler(request, limit)]
+            refused = bound_staff_upload(request)
+            if refused:
+                return refused
         else:
             in_memory = max(settings.FILE_UPLOAD_MAX_MEMORY_SIZE, memory_limit())
             if length > in_memory + MULTIPART_SLACK:
@@ -55,6 +56,16 @@ class UploadGateMiddleware:
         if isinstance(exception, UploadTooLarge):
             return too_large(request, exception)
         return None
+
+
+def bound_staff_upload(request):
+    """Stream the upload into the app's upload folder, stopping at the limit; a 413 response
+    when the declared length is already over it (nothing read), else None."""
+    limit = uploads.upload_limit()
+    if content_length(request) > limit + MULTIPART_SLACK:
+        return too_large(request, UploadTooLarge(limit))
+    request.upload_handlers = [LimitedUploadHandler(request, limit)]
+    return None
 
 
 def memory_limit():
@@ -86,17 +97,38 @@ def too_large(request, error):
 
 
 class LimitedUploadHandler(TemporaryFileUploadHandler):
-    """Django's temporary-file handler that stops, and deletes its file, past `limit` bytes."""
+    """Django's temporary-file handler that stops, and deletes its file, past `limit` bytes.
+
+    It writes into the app's own upload folder (`conf.upload_dir()`), not the site's
+    FILE_UPLOAD_TEMP_DIR, so the purge of abandoned uploads never touches a file of the site's.
+    """
 
     def __init__(self, request, limit):
         super().__init__(request)
         self.limit = limit
+
+    def new_file(self, *args, **kwargs):
+        FileUploadHandler.new_file(self, *args, **kwargs)
+        folder = conf.upload_dir()
+        folder.mkdir(mode=0o700, exist_ok=True)
+        self.file = UploadedToFolder(
+            folder, self.file_name, self.content_type, 0, self.charset, self.content_type_extra
+        )
 
     def receive_data_chunk(self, raw_data, start):
         if start + len(raw_data) > self.limit:
             self.file.close()  # a temporary upload file is deleted when closed
             raise UploadTooLarge(self.limit)
         return super().receive_data_chunk(raw_data, start)
+
+
+class UploadedToFolder(TemporaryUploadedFile):
+    """Django's TemporaryUploadedFile, in a folder of our choosing."""
+
+    def __init__(self, folder, name, content_type, size, charset, content_type_extra=None):
+        # Open for the upload's lifetime; Django closes (and so deletes) it when the request ends.
+        file = tempfile.NamedTemporaryFile(suffix=".upload", dir=folder)  # noqa: SIM115
+        UploadedFile.__init__(self, file, name, content_type, size, charset, content_type_extra)
 
 
 class MemoryOnly(FileUploadHandler):

@@ -54,7 +54,7 @@ def upload_limit():
         live = Path(backups.live_database_path())
         size = sum(_size(Path(f"{live}{suffix}")) for suffix in ("", "-wal"))
         limit = max(2 * size, MIN_DEFAULT_LIMIT)
-    for folder in (backups.backups_dir(), _upload_temp_dir()):
+    for folder in (backups.backups_dir(), conf.live_database_path().parent):
         try:
             free = shutil.disk_usage(folder).free
         except (OSError, TypeError):
@@ -68,12 +68,6 @@ def _size(path):
         return path.stat().st_size
     except OSError:
         return 0
-
-
-def _upload_temp_dir():
-    from django.conf import settings
-
-    return getattr(settings, "FILE_UPLOAD_TEMP_DIR", None)
 
 
 def accept_upload(upload, folder=None, *, limit=None):

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from backups_app import replication_views, views
+from backups_app import health_views, replication_views, views
 
 app_name = "backups"
 
@@ -17,4 +17,6 @@ urlpatterns = [
     path("admin/database/backups/<path:filename>", views.download_backup, name="download"),
     path("admin/cron/", views.cron_page, name="cron"),
     path("admin/cron/<str:name>/run", views.run_job_now, name="run-job"),
+    # No login: for monitoring (200 or 503).
+    path("healthz", health_views.healthz, name="healthz"),
 ]

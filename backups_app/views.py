@@ -5,7 +5,6 @@ import logging
 import shutil
 from datetime import timedelta
 from functools import wraps
-from pathlib import Path
 
 from django.conf import settings
 from django.contrib import admin, messages
@@ -23,7 +22,17 @@ from django.utils.dateparse import parse_datetime
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from backups_app import backups, drill, health, jobs, operations, restore, scheduler_lock, uploads
+from backups_app import (
+    backups,
+    drill,
+    health,
+    jobs,
+    operations,
+    restore,
+    scheduler_lock,
+    upload_gate,
+    uploads,
+)
 from backups_app.models import CronRun, last_line
 
 logger = logging.getLogger(__name__)
@@ -290,9 +299,15 @@ def restored(request, result, trigger):
 @staff_required
 @require_POST
 def upload_backup(request):
-    # Parsing the upload streams it into FILE_UPLOAD_TEMP_DIR; make sure that folder is there.
-    Path(settings.FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
-    return _upload_backup(request)
+    # Before the body is read: stream the file into the app's upload folder, stopping at the
+    # limit (the same as this site's UploadGateMiddleware does; a site without it gets it here).
+    refused = upload_gate.bound_staff_upload(request)
+    if refused:
+        return refused
+    try:
+        return _upload_backup(request)
+    except uploads.UploadTooLarge as err:  # while streaming
+        return upload_gate.too_large(request, err)
 
 
 @csrf_protect

@@ -1,20 +1,25 @@
-"""Settings for Stanza Backups; every value a user may change comes from the environment."""
+"""Settings for Stanza Backups; every value a user may change comes from the environment.
+
+Variables are read and checked by the app's parsers (`backups_app.conf`), so a bad value stops
+start-up with one line naming it. The app's own `STANZA_*` settings are not repeated here: the
+app reads them from the environment itself (see `conf.SETTINGS`); `check_environment` checks
+them now rather than at their first use.
+"""
 
 import os
 
-from stanza_site.config import (
-    REPO_DIR,
-    env_bool,
-    env_choice,
-    env_cron,
-    env_dir,
-    env_emails,
-    env_int,
-    env_list,
-    env_str,
-    env_time_zone,
-    local_secret_key,
+from backups_app import conf
+from backups_app.conf import (
+    choice_parser,
+    from_env,
+    int_parser,
+    parse_bool,
+    parse_emails,
+    parse_list,
+    parse_str,
+    parse_time_zone,
 )
+from stanza_site.config import REPO_DIR, env_dir, local_secret_key
 
 BASE_DIR = REPO_DIR
 
@@ -23,22 +28,24 @@ BASE_DIR = REPO_DIR
 # the first thing every entry point loads (manage.py, gunicorn, the tests), before any of it.
 os.umask(0o077)
 
-DEBUG = env_bool("DJANGO_DEBUG", default=False)
-ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
-CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
+DEBUG = from_env("DJANGO_DEBUG", False, parse_bool)
+ALLOWED_HOSTS = from_env("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"], parse_list)
+CSRF_TRUSTED_ORIGINS = from_env("DJANGO_CSRF_TRUSTED_ORIGINS", [], parse_list)
 
 # --- Stanza ---------------------------------------------------------------------------------
-TIME_ZONE = env_time_zone("STANZA_TIME_ZONE")
+TIME_ZONE = from_env("STANZA_TIME_ZONE", "UTC", parse_time_zone)
+# This project's data folder: its database (so the app's default backups folder is
+# $STANZA_DATA_DIR/backups, and its lock files are here), and its secret-key file.
 STANZA_DATA_DIR = env_dir("STANZA_DATA_DIR", default=REPO_DIR / "data")
-SECRET_KEY = env_str("DJANGO_SECRET_KEY") or local_secret_key(STANZA_DATA_DIR)
-STANZA_BACKUPS_DIR = env_dir("STANZA_BACKUPS_DIR", default=STANZA_DATA_DIR / "backups")
-STANZA_BACKUP_SCHEDULE = env_cron("STANZA_BACKUP_SCHEDULE", "0 2 * * *", TIME_ZONE)
-STANZA_PURGE_SCHEDULE = env_cron("STANZA_PURGE_SCHEDULE", "30 2 * * *", TIME_ZONE)
-STANZA_BACKUP_RETENTION_DAYS = env_int("STANZA_BACKUP_RETENTION_DAYS", 7, minimum=0)
-STANZA_LOG_FORMAT = env_choice("STANZA_LOG_FORMAT", "text", ("text", "json"))
-STANZA_ADMIN_PASSWORD = env_str("STANZA_ADMIN_PASSWORD")
-STANZA_ALERT_EMAILS = env_emails("STANZA_ALERT_EMAILS")
-ADMINS = [(email, email) for email in STANZA_ALERT_EMAILS]
+SECRET_KEY = from_env("DJANGO_SECRET_KEY", None, parse_str) or local_secret_key(STANZA_DATA_DIR)
+conf.check_environment(TIME_ZONE)
+# This project creates its backups folder at start-up, as it always did (the app on its own
+# creates its default one, the same $STANZA_DATA_DIR/backups here, when first needed).
+env_dir("STANZA_BACKUPS_DIR", default=STANZA_DATA_DIR / "backups")
+STANZA_LOG_FORMAT = from_env("STANZA_LOG_FORMAT", "text", choice_parser("text", "json"))
+STANZA_ADMIN_PASSWORD = from_env("STANZA_ADMIN_PASSWORD", "", parse_str)
+# Django's own error emails go where the app's alerts go.
+ADMINS = [(email, email) for email in from_env("STANZA_ALERT_EMAILS", [], parse_emails)]
 
 # --- Django ---------------------------------------------------------------------------------
 INSTALLED_APPS = [
@@ -52,6 +59,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_apscheduler",
     "backups_app",
+    "stanza_site",  # this project's own command (ensureadmin) and nothing else
 ]
 
 MIDDLEWARE = [
@@ -125,10 +133,8 @@ if DEBUG:
 
 LOGIN_URL = "admin:login"
 
-# Uploaded backups (the Backups page's upload form) are streamed to disk beside the data,
-# not into /tmp (often a small tmpfs) and not into memory: only files up to 1 MB stay in RAM.
-FILE_UPLOAD_TEMP_DIR = STANZA_DATA_DIR / "tmp"
-FILE_UPLOAD_TEMP_DIR.mkdir(exist_ok=True)
+# Backup uploads are streamed into the app's own folder (inside the backups folder); nothing
+# else of this site takes uploads, and only files up to 1 MB would stay in RAM.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 
 # --- Security (production values; TLS-only ones are switched on by DJANGO_SECURE_TLS) -------
@@ -136,7 +142,7 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
-if env_bool("DJANGO_SECURE_TLS", default=False):
+if from_env("DJANGO_SECURE_TLS", False, parse_bool):
     SECURE_SSL_REDIRECT = True
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
@@ -144,12 +150,12 @@ if env_bool("DJANGO_SECURE_TLS", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 # --- Mail (alerts go to ADMINS) ------------------------------------------------------------
-EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
-EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
-EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
-EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
-EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", default=False)
-DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "stanza-backups@localhost")
+EMAIL_HOST = from_env("EMAIL_HOST", "localhost", parse_str)
+EMAIL_PORT = from_env("EMAIL_PORT", 25, int_parser(1))
+EMAIL_HOST_USER = from_env("EMAIL_HOST_USER", "", parse_str)
+EMAIL_HOST_PASSWORD = from_env("EMAIL_HOST_PASSWORD", "", parse_str)
+EMAIL_USE_TLS = from_env("EMAIL_USE_TLS", False, parse_bool)
+DEFAULT_FROM_EMAIL = from_env("DEFAULT_FROM_EMAIL", "stanza-backups@localhost", parse_str)
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 
 # --- Logging -------------------------------------------------------------------------------

@@ -19,6 +19,21 @@ REPO_DIR = Path(__file__).resolve().parent.parent
 MANAGE = REPO_DIR / "manage.py"
 
 
+@pytest.fixture(autouse=True)
+def site_database_file(monkeypatch, tmp_path):
+    """The live database's path as the app sees it: `data/database.sqlite` in the test's folder.
+
+    pytest-django's test database lives in memory, with no file or folder; the app derives
+    backup names, its lock files and its default backups folder from that path, so each
+    in-process test gets one of its own (`live_database` puts a real database there).
+    """
+    from backups_app import conf
+
+    path = tmp_path / "data" / "database.sqlite"  # in the folder `data_dir` makes, as here
+    monkeypatch.setattr(conf, "live_database_path", lambda: path)
+    return path
+
+
 @pytest.fixture
 def data_dir(tmp_path, settings):
     """A data folder with its backups folder, used by the code under test through settings."""

@@ -23,7 +23,7 @@ def smtp(settings):
         settings.EMAIL_USE_TLS = False
         settings.EMAIL_HOST_USER = ""
         settings.EMAIL_HOST_PASSWORD = ""
-        settings.ADMINS = [("ops@example.com", "ops@example.com")]
+        settings.STANZA_ALERT_EMAILS = ["ops@example.com"]
         settings.TIME_ZONE = "UTC"
         yield inbox
 
@@ -135,10 +135,10 @@ def test_an_email_that_could_not_be_sent_is_sent_at_the_next_check(smtp, setting
 
 
 def test_without_admins_nothing_is_sent_but_the_state_is_kept(smtp, settings, jobs_on_time):
-    settings.ADMINS = []
+    settings.STANZA_ALERT_EMAILS = []
 
     fail()
-    settings.ADMINS = [("ops@example.com", "ops@example.com")]
+    settings.STANZA_ALERT_EMAILS = ["ops@example.com"]
     fail()
 
     assert smtp.messages == []

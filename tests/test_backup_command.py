@@ -1,5 +1,6 @@
 """`manage.py backup` end to end, in real subprocesses."""
 
+import contextlib
 import json
 import os
 import resource
@@ -7,12 +8,18 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
 
 from backups_app.backups import is_backup_name
-from tests.conftest import REPO_DIR, count_rows, make_database, make_large_database, manage
+from tests.conftest import (
+    REPO_DIR,
+    count_rows,
+    make_database,
+    make_large_database,
+    manage,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -337,17 +344,14 @@ def start_backup(env, cwd, data_dir, *args):
 
 
 def wait_for_temp_file(folder, suffix=".partial", min_size=1024 * 1024, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def grown_temp_file():
         for path in folder.iterdir():
-            if path.name.endswith(suffix):
-                try:
-                    if path.stat().st_size >= min_size:
-                        return path
-                except FileNotFoundError:
-                    pass
-        time.sleep(0.005)
-    raise AssertionError(f"no {suffix} file appeared in {folder}")
+            with contextlib.suppress(FileNotFoundError):
+                if path.name.endswith(suffix) and path.stat().st_size >= min_size:
+                    return path
+        return None
+
+    return wait_until(grown_temp_file, timeout=timeout, interval=0.005)
 
 
 @pytest.mark.slow

@@ -29,12 +29,16 @@ real_link = os.link
 def link(src, dst, *args, **kwargs):
     real_link(src, dst, *args, **kwargs)
     name = os.path.basename(dst)
-    if backups.is_backup_name(name):
+    if not name.endswith((".bak", ".gz", ".sha256")):
+        # Another file of the product: the secret key, linked while the settings load (backup
+        # names depend on the settings' database, so they cannot be asked about yet).
+        kind = None
+    elif backups.is_backup_name(name):
         kind = "backup"
     elif name.endswith(".sha256") and backups.is_backup_name(name[: -len(".sha256")]):
         kind = "sidecar"
     else:
-        kind = None  # another file of the product (the secret key)
+        kind = None
     if kind == when:
         os.kill(os.getpid(), signum)
 

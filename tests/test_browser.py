@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from backups_app.backups import BACKUP_NAME_RE, verify_database
+from backups_app.backups import is_backup_name, verify_database
 from tests.conftest import REPO_DIR, gunicorn, manage
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -222,12 +222,16 @@ def test_two_clicks_at_once_never_make_a_broken_backup(page, stack):
     assert sorted(status for status, _ in statuses) in ([200, 200], [200, 409])
     for status, body in statuses:
         if status == 409:
-            assert body == {"error": "a backup is already running; try again when it has finished"}
+            assert re.fullmatch(
+                r"a backup is running \(by admin, since \d\d:\d\d:\d\d UTC\); "
+                r"try again when it has finished",
+                body["error"],
+            )
     page.reload()
     new = set(backup_names(page)) - before
     assert len(new) == sum(1 for status, _ in statuses if status == 200)
     for name in new:
-        assert BACKUP_NAME_RE.match(name)
+        assert is_backup_name(name)
         verify_database(stack["backups"] / name, {"django_migrations", "cron_runs"})
     assert not [n for n in os.listdir(stack["backups"]) if n.startswith(".stanza-tmp-")]
 
@@ -286,6 +290,7 @@ def test_it_restores_a_backup_from_the_backups_page(page, stack):
     expect(page.locator("#restore-checks")).to_contain_text("sound")
     expect(page.locator("#restore-checks")).to_contain_text("matches its .sha256 checksum")
     expect(page.locator("#restore-warning")).to_contain_text("pre-restore safety backup")
+    expect(page.locator("#restore-kept")).to_contain_text("audit of dashboard actions")
     assert "made after the backup" in group_names(stack)  # nothing changed yet
     shoot(page, "restore-confirm")
 
@@ -299,6 +304,8 @@ def test_it_restores_a_backup_from_the_backups_page(page, stack):
     assert backup_names(page)[0] == safety
     assert "made after the backup" not in group_names(stack)
     expect(page.locator(".stanza-audit")).to_contain_text(f"Restored backup {name}")
+    # The audit made after the backup was kept through the restore.
+    expect(page.locator(".stanza-audit")).to_contain_text(f"Made backup {name}")
     page.goto(stack["url"] + "/admin/auth/group/")
     expect(page.locator("#content")).not_to_contain_text("made after the backup")
 
@@ -337,8 +344,16 @@ def test_it_asks_to_log_in_again_after_restoring_an_older_database(page, stack):
 def test_it_uploads_a_backup_and_refuses_a_file_that_is_not_one(page, stack, tmp_path):
     page.set_viewport_size({"width": 1280, "height": 800})
     log_in(page, stack)
-    elsewhere = tmp_path / "from-another-machine.sqlite"
-    elsewhere.write_bytes((stack["backups"] / backup_names(page)[-1]).read_bytes())
+    oldest = backup_names(page)[-1]
+    copy = tmp_path / "copy.bak"
+    copy.write_bytes((stack["backups"] / oldest).read_bytes())
+    elsewhere = tmp_path / "from-another-machine.sqlite"  # the same site, other data
+    source = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
+    dest = sqlite3.connect(elsewhere, isolation_level=None)
+    source.backup(dest)
+    dest.execute("INSERT INTO auth_group (name) VALUES ('only on the other machine')")
+    dest.close()
+    source.close()
     not_one = tmp_path / "notes.txt"
     not_one.write_text("not a backup\n" * 100)
 
@@ -346,6 +361,12 @@ def test_it_uploads_a_backup_and_refuses_a_file_that_is_not_one(page, stack, tmp
     page.click("#upload")
     expect(page.locator(".messagelist .error")).to_contain_text(
         "Upload of notes.txt refused: notes.txt is not an SQLite database"
+    )
+
+    page.set_input_files("#upload-file", str(copy))
+    page.click("#upload")
+    expect(page.locator(".messagelist .error")).to_contain_text(
+        f"Upload of copy.bak refused: it is the same file as the backup {oldest}"
     )
 
     page.set_input_files("#upload-file", str(elsewhere))
@@ -357,5 +378,5 @@ def test_it_uploads_a_backup_and_refuses_a_file_that_is_not_one(page, stack, tmp
     assert backup_names(page)[0] == kept
     assert (stack["backups"] / kept).read_bytes() == elsewhere.read_bytes()
     expect(page.locator("#backups tbody tr").first).to_contain_text("uploaded")
-    assert not list((stack["data"] / "tmp").iterdir())
+    assert not list((stack["data"] / ".stanza-uploads").iterdir())
     shoot(page, "backups-after-upload")

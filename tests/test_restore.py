@@ -2,14 +2,13 @@ import json
 import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
 
 from backups_app import backups, drill
 from backups_app.backups import create_backup
 from backups_app.restore import RestoreError, check_backup_file, restore_backup
-from tests.conftest import corrupt_middle, count_rows, file_state, make_database
+from tests.conftest import corrupt_middle, count_rows, file_state, make_database, wait_until
 
 
 @pytest.fixture
@@ -273,12 +272,12 @@ def test_it_restores_while_another_process_writes(live, backups_folder, tmp_path
     )
     try:
         assert writer.stdout.readline().strip() == "ready"
-        wait_for(lambda: writer_rows(live) >= 20)
+        wait_until(lambda: writer_rows(live) >= 20)
 
         restore_backup(backup.path, database=live, backups_folder=backups_folder)
 
         # The writer keeps going on the restored database.
-        wait_for(lambda: writer_rows(live) >= 20)
+        wait_until(lambda: writer_rows(live) >= 20)
     finally:
         stop.touch()
         out, _ = writer.communicate(timeout=60)
@@ -297,10 +296,3 @@ def writer_rows(path):
         return conn.execute("SELECT count(*) FROM item WHERE name = 'writer'").fetchone()[0]
     finally:
         conn.close()
-
-
-def wait_for(condition, limit=30):
-    deadline = time.monotonic() + limit
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)

@@ -1,6 +1,7 @@
 import os
 import pty
 import select
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -246,3 +247,82 @@ def test_it_keeps_the_run_history_and_records_the_restore_on_top(project):
     assert result.returncode == 0, result.stderr
     assert "Kept from the database as it was: run history (1 rows)" in result.stdout
     assert history(data) == [("daily-backup", "success"), ("restore", "success")]
+
+
+def add_filler(data):
+    """Make the database big enough that its restore takes a moment."""
+    conn = sqlite3.connect(data / "database.sqlite", isolation_level=None)
+    conn.execute("CREATE TABLE filler (x)")
+    conn.execute(
+        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 60000) "
+        "INSERT INTO filler SELECT randomblob(500) FROM c"
+    )
+    conn.execute("CREATE INDEX filler_x ON filler (x)")
+    conn.close()
+
+
+def start_restore(data, name):
+    return subprocess.Popen(
+        [sys.executable, str(MANAGE), "restore", name, "--yes"],
+        env={**os.environ, **env_for(data)},
+        cwd=REPO_DIR,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_the_copy(data, child):
+    """Until the safety backup is published: it is made under the write lock, just before
+    the copy starts."""
+    deadline = time.monotonic() + 120
+    while not pre_restore_backups(data) and child.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    assert child.poll() is None, "the restore finished before it could be stopped"
+
+
+def test_a_restore_killed_during_its_copy_leaves_the_database_as_it_was(project):
+    data, _ = project
+    add_filler(data)
+    backup = create_backup(data / "database.sqlite", folder=data / "backups")
+    add_group(data, "made after the big backup")
+    child = start_restore(data, backup.name)
+    try:
+        wait_for_the_copy(data, child)
+        child.kill()
+    finally:
+        child.communicate()
+
+    assert "made after the big backup" in groups(data)
+    conn = sqlite3.connect(data / "database.sqlite", isolation_level=None, timeout=5)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.execute("INSERT INTO auth_group (name) VALUES ('writable again')")  # no lock held
+    conn.close()
+    [safety] = pre_restore_backups(data)
+    conn = sqlite3.connect(f"file:{safety}?mode=ro", uri=True)
+    assert ("made after the big backup",) in conn.execute("SELECT name FROM auth_group")
+    conn.close()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_restore_stopped_by_a_signal_says_so_in_one_line_and_leaves_nothing(project, signum):
+    data, _ = project
+    add_filler(data)
+    backup = create_backup(data / "database.sqlite", folder=data / "backups", compress=True)
+    add_group(data, "made after the big backup")
+    child = start_restore(data, backup.name)
+    try:
+        wait_for_the_copy(data, child)
+        child.send_signal(signum)
+    finally:
+        _out, err = child.communicate()
+
+    assert child.returncode == 1
+    assert [line for line in err.splitlines() if line.startswith("CommandError")] == [
+        "CommandError: interrupted; the database was not changed"
+    ]
+    assert "Traceback" not in err
+    assert "made after the big backup" in groups(data)
+    assert not [p.name for p in data.iterdir() if p.name.startswith(".stanza-tmp-")]

@@ -160,9 +160,8 @@ def test_the_purge_job_clears_abandoned_uploads(settings, backups_folder, time_m
     from backups_app import jobs
 
     time_machine.move_to(NOW, tick=False)
-    uploads = backups_folder.parent / "tmp"
+    uploads = backups_folder.parent / ".stanza-uploads"  # the app's own, beside the database
     uploads.mkdir()
-    settings.FILE_UPLOAD_TEMP_DIR = uploads
     put(uploads, "tmpab12.upload.bak", timedelta(days=1))
 
     assert jobs.run_job("purge-old-backups").status == "success"

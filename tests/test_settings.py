@@ -27,6 +27,13 @@ def env(tmp_path):
         ("STANZA_ALERT_EMAILS", "ops@example.com, not-an-email"),
         ("STANZA_ALERT_EMAILS", "root@localhost"),
         ("DJANGO_DEBUG", "maybe"),
+        ("STANZA_UPLOAD_MAX_MB", "0"),
+        ("STANZA_OFFSITE_URL", "ftp://host/backups"),
+        ("STANZA_OFFSITE_SCHEDULE", "every 15 minutes"),
+        ("STANZA_OFFSITE_RETENTION_DAYS", "-3"),
+        ("STANZA_OFFSITE_AGE_RECIPIENTS", "ssh-ed25519 AAAA"),
+        ("STANZA_REPLICA_URL", "s3://"),
+        ("STANZA_REPLICA_MAX_LAG", "soon"),
     ],
 )
 def test_it_stops_start_up_with_one_line_naming_the_variable(env, name, value):

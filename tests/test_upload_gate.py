@@ -5,7 +5,7 @@ from django.core.files import uploadhandler
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
-from backups_app import backups, uploads
+from backups_app import backups, upload_gate, uploads
 from tests.conftest import make_database
 
 UPLOAD_URL = "/admin/backups/upload"
@@ -13,25 +13,29 @@ JSON = {"HTTP_ACCEPT": "application/json"}
 
 
 @pytest.fixture
-def upload_dir(data_dir, settings):
-    folder = data_dir / "tmp"
+def upload_dir(data_dir):
+    """The app's own upload folder, beside the live database."""
+    folder = data_dir / ".stanza-uploads"
     folder.mkdir()
-    settings.FILE_UPLOAD_TEMP_DIR = folder
     return folder
 
 
 @pytest.fixture
 def files_written(monkeypatch):
-    """Every upload Django streamed to a temporary file during the test (path, size so far)."""
+    """Every upload streamed to a temporary file during the test, by Django's handler or the
+    app's (paths)."""
     written = []
-    real = uploadhandler.TemporaryUploadedFile
 
-    class Recorded(real):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            written.append(self.temporary_file_path())
+    def record(owner, name):
+        class Recorded(getattr(owner, name)):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                written.append(self.temporary_file_path())
 
-    monkeypatch.setattr(uploadhandler, "TemporaryUploadedFile", Recorded)
+        monkeypatch.setattr(owner, name, Recorded)
+
+    record(uploadhandler, "TemporaryUploadedFile")
+    record(upload_gate, "UploadedToFolder")
     return written
 
 

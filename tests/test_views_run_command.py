@@ -3,22 +3,14 @@
 import os
 import re
 import signal
-import socket
 import subprocess
-import time
 import urllib.request
 
 import pytest
 
-from tests.conftest import REPO_DIR, manage
+from tests.conftest import REPO_DIR, free_port, manage, wait_until
 
 pytestmark = pytest.mark.slow
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def children_of(pgid):
@@ -27,8 +19,6 @@ def children_of(pgid):
 
 
 def test_it_serves_the_dashboard_with_the_scheduler_and_stops_both_on_ctrl_c(tmp_path):
-    if "runscheduler" not in manage("help", "--commands").stdout.split():
-        pytest.skip("manage.py runscheduler is not there yet (the jobs issue adds it)")
     port = free_port()
     env = {
         **os.environ,
@@ -49,11 +39,12 @@ def test_it_serves_the_dashboard_with_the_scheduler_and_stops_both_on_ctrl_c(tmp
             start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + 180
-        while "Listening at" not in log.read_text():
+
+        def listening():
             assert run.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.3)
+            return "Listening at" in log.read_text()
+
+        wait_until(listening, timeout=180, interval=0.3)
         text = log.read_text()
         assert f"open http://127.0.0.1:{port}/admin/" in text
         [password] = re.findall(r"Admin login: admin / (\S+)", text)
@@ -69,10 +60,7 @@ def test_it_serves_the_dashboard_with_the_scheduler_and_stops_both_on_ctrl_c(tmp
                 ["ps", "-o", "pid,stat,args", "-g", str(run.pid)], text=True, capture_output=True
             ).stdout
             pytest.fail(f"scripts/run did not stop:\n{tree}\n{log.read_text()[-3000:]}")
-        deadline = time.monotonic() + 15
-        while children_of(run.pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert children_of(run.pid) == []
+        wait_until(lambda: children_of(run.pid) == [], timeout=15, interval=0.2)
     finally:
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
@@ -82,11 +70,10 @@ def test_it_serves_the_dashboard_with_the_scheduler_and_stops_both_on_ctrl_c(tmp
 
 @pytest.mark.litestream
 def test_it_runs_replication_beside_them_when_a_replica_is_set_and_stops_it(tmp_path):
-    port = free_port()
     env = {
         **os.environ,
         "STANZA_DATA_DIR": str(tmp_path / "data"),
-        "STANZA_PORT": str(port),
+        "STANZA_PORT": str(free_port()),
         "STANZA_ADMIN_PASSWORD": "",
         "STANZA_REPLICA_URL": f"file://{tmp_path / 'replica'}",
     }
@@ -103,25 +90,21 @@ def test_it_runs_replication_beside_them_when_a_replica_is_set_and_stops_it(tmp_
         )
 
     def commands():
-        out = subprocess.run(
-            ["ps", "-o", "args=", "-g", str(run.pid)], capture_output=True, text=True
-        ).stdout
-        return out
+        ps = ["ps", "-o", "args=", "-g", str(run.pid)]
+        return subprocess.run(ps, capture_output=True, text=True).stdout
 
     try:
-        deadline = time.monotonic() + 180
-        replica = tmp_path / "replica" / "ltx"
-        while not (replica.is_dir() and "Listening at" in log.read_text()):
+
+        def replicating():
             assert run.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.3)
+            replica = tmp_path / "replica" / "ltx"
+            return replica.is_dir() and "Listening at" in log.read_text()
+
+        wait_until(replicating, timeout=180, interval=0.3)
         assert "manage.py replicate" in commands() and "litestream replicate" in commands()
         os.killpg(run.pid, signal.SIGINT)
         run.wait(timeout=30)
-        deadline = time.monotonic() + 15
-        while children_of(run.pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert children_of(run.pid) == []
+        wait_until(lambda: children_of(run.pid) == [], timeout=15, interval=0.2)
     finally:
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)

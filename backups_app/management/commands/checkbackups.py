@@ -12,7 +12,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--notify",
             action="store_true",
-            help="also email ADMINS about jobs that became late or failing (or recovered)",
+            help="also email STANZA_ALERT_EMAILS about jobs now late or failing (or recovered)",
         )
 
     def handle(self, *args, notify, **options):

@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from backups_app import backups, conf, replication, restore
 from backups_app.backups import DATABASE_FILENAME, BackupError
+from backups_app.interrupts import on_stop_signals
 
 
 class Command(BaseCommand):
@@ -32,12 +33,14 @@ class Command(BaseCommand):
 
     def handle(self, *args, backup, data_dir, yes, at, **options):
         try:
-            if at is not None:
-                self.restore_at(at, backup, data_dir, yes)
-            elif backup:
-                self.restore(backup, data_dir, yes)
-            else:
-                raise CommandError("name a backup to restore (or --at TIME)")
+            # SIGTERM too stops the restore cleanly: rolled back, temporary files removed.
+            with on_stop_signals():
+                if at is not None:
+                    self.restore_at(at, backup, data_dir, yes)
+                elif backup:
+                    self.restore(backup, data_dir, yes)
+                else:
+                    raise CommandError("name a backup to restore (or --at TIME)")
         except CommandError:
             raise
         except (BackupError, conf.ConfigError) as err:
