@@ -182,7 +182,7 @@ def test_health_checkbackups_and_healthz_report_replication(replica_on, db, clie
 def test_an_alert_email_when_replication_stops(replica_on, db, settings, mailoutbox):
     from backups_app import alerts
 
-    settings.ADMINS = [("ops", "ops@example.com")]
+    settings.STANZA_ALERT_EMAILS = "ops@example.com"
     alerts.check_lateness()
     assert any("replication is failing" in m.subject for m in mailoutbox)
     mailoutbox.clear()
