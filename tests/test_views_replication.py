@@ -11,7 +11,7 @@ from tests.conftest import count_rows, wait_until
 
 
 @pytest.fixture
-def replica_url(settings, tmp_path, live_database):
+def replica_url(settings, tmp_path, live_database, data_dir):
     settings.STANZA_REPLICA_URL = f"file://{tmp_path / 'replica'}"
     settings.STANZA_REPLICA_MAX_LAG = 300
     return settings.STANZA_REPLICA_URL
