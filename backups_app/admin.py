@@ -1,40 +1,64 @@
+import contextlib
+
 from django.contrib import admin, messages
+from django.contrib.admin.exceptions import NotRegistered
+from django.shortcuts import redirect
+from django.urls import reverse_lazy
 from django.utils.html import format_html
+from django_apscheduler.models import DjangoJob, DjangoJobExecution
 
 from backups_app import jobs
 from backups_app.models import CronRun
-from backups_app.templatetags.backups_tags import duration
+from backups_app.templatetags.backups_tags import duration, explain, trigger_words, when
 
 admin.site.site_header = "Stanza Backups"
 admin.site.site_title = "Stanza Backups"
 admin.site.index_title = "Dashboard"
+# Django's index with the health verdict on top and "Recent actions" that name the action.
+admin.site.index_template = "backups/admin_index.html"
+# "View site" leads to the dashboard: this project has no public site of its own.
+admin.site.site_url = reverse_lazy("backups:backups")
+
+# django-apscheduler's job store and its record of executions are the scheduler's internals:
+# the run history (CronRun) is the one users read.
+for model in (DjangoJob, DjangoJobExecution):
+    with contextlib.suppress(NotRegistered):
+        admin.site.unregister(model)
+
+
+class JobFilter(admin.SimpleListFilter):
+    """Every job (and restores), listed before they ever ran."""
+
+    title = "job"
+    parameter_name = "job_name"
+
+    def lookups(self, request, model_admin):
+        return [(name, name) for name in jobs.history_names()]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        return queryset.filter(job_name=value) if value else queryset
 
 
 @admin.register(CronRun)
 class CronRunAdmin(admin.ModelAdmin):
-    """The run history, read-only: history is recorded by the jobs, never edited by hand."""
+    """The run history, read-only: history is recorded by the jobs, never edited by hand.
 
-    list_display = ("started_at", "job_name", "status_badge", "took", "trigger", "result")
-    list_display_links = ("started_at",)
-    list_filter = ("job_name", "status")
+    A run's page is the dashboard's run detail page (plain words, error output full width).
+    """
+
+    list_display = ("started", "job_name", "status_badge", "took", "started_by", "outcome")
+    list_display_links = ("started",)
+    list_filter = (JobFilter, "status")
     search_fields = ("error", "result")
     list_per_page = 50
     # The unfiltered count is a second COUNT(*) over the whole history on every page.
     show_full_result_count = False
-    fields = (
-        "job_name",
-        "status",
-        "trigger",
-        "started_at",
-        "finished_at",
-        "took",
-        "result",
-        "error_output",
-        "hostname",
-        "pid",
-    )
-    readonly_fields = ("took", "error_output")
     actions = ("run_again",)
+
+    class Media:
+        js = ("backups/dashboard.js",)
+        css = {"all": ("backups/dashboard.css",)}
 
     def has_add_permission(self, request):
         return False
@@ -45,31 +69,45 @@ class CronRunAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        """A run's page is the dashboard's; anything else (a POST) gets the admin's answer."""
+        if request.method in ("GET", "HEAD") and object_id.isdigit():
+            return redirect("backups:run", pk=object_id)
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    @admin.display(description="started", ordering="started_at")
+    def started(self, run):
+        return when(run.started_at)
+
     @admin.display(description="status", ordering="status")
     def status_badge(self, run):
-        colours = {"success": "#1e7b34", "failure": "#ba2121", "running": "#1f5f8b"}
         return format_html(
-            '<strong style="color: {}">{}</strong>', colours.get(run.status, ""), run.status
+            '<span class="stanza-status stanza-status-{}">{}</span>',
+            run.status,
+            run.get_status_display(),
         )
 
     @admin.display(description="duration", ordering="duration")
     def took(self, run):
         return duration(run.duration) or "—"
 
-    @admin.display(description="error output")
-    def error_output(self, run):
-        if not run.error:
-            return "—"
-        return format_html('<pre style="white-space: pre-wrap; margin: 0">{}</pre>', run.error)
+    @admin.display(description="started by", ordering="trigger")
+    def started_by(self, run):
+        return trigger_words(run)
+
+    @admin.display(description="result")
+    def outcome(self, run):
+        if run.status == CronRun.Status.FAILURE:
+            return format_html('<span class="stanza-result">{}</span>', explain(run.error))
+        return format_html('<span class="stanza-result">{}</span>', run.result or "—")
 
     @admin.action(description="Run the selected runs’ jobs again now")
     def run_again(self, request, queryset):
-        from backups_app.views import run_job_by_hand
-
         registry = jobs.registry()
         names = sorted(set(queryset.values_list("job_name", flat=True)))
-        unknown = [name for name in names if name not in registry]
-        runs = [run_job_by_hand(request.user, name) for name in names if name in registry]
+        not_jobs = [name for name in names if name in jobs.PSEUDO_JOBS]
+        unknown = [name for name in names if name not in registry and name not in not_jobs]
+        runs = [jobs.run_job_by_hand(name, request.user) for name in names if name in registry]
         failed = [run.job_name for run in runs if run.status != CronRun.Status.SUCCESS]
         if runs:
             self.message_user(
@@ -78,6 +116,13 @@ class CronRunAdmin(admin.ModelAdmin):
                 + ", ".join(f"{run.job_name} ({run.status})" for run in runs)
                 + ".",
                 messages.ERROR if failed else messages.SUCCESS,
+            )
+        if not_jobs:
+            self.message_user(
+                request,
+                f"Not run again: {', '.join(not_jobs)} is not a scheduled job "
+                "(restore a backup from the Backups page).",
+                messages.WARNING,
             )
         if unknown:
             self.message_user(

@@ -1,68 +1,223 @@
-"""Are the backups healthy? One verdict for /healthz, `checkbackups`, the Cron page and alerts."""
+"""Are the backups healthy? ONE verdict, computed here, for /healthz, `checkbackups`, alerts,
+the admin index, the Cron page and the Backups page.
+
+Each problem has a few words (what /healthz and `checkbackups` print, stable for monitoring)
+and a sentence saying what to do next (what the pages show). Problems come from, in order:
+- `backup_problems()`: the backups folder (no backup, too old, the last drill failed);
+- the functions named in `PROBLEM_SOURCES`: each takes `now` and returns a list of `Problem`s
+  (or plain strings, shown as they are). Offsite copies and replication add theirs by
+  appending the dotted path of their function there (imported lazily, when a verdict is
+  computed, so a source may import this module);
+- `job_health()`: every registered job whose last run failed, or that is late.
+"""
 
 import logging
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from django.db.migrations.recorder import MigrationRecorder
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
-from backups_app import backups, drill, jobs, replication
+from backups_app import backups, drill, jobs
 from backups_app.backups import BackupError
-from backups_app.models import CronRun
+from backups_app.models import AlertState, CronRun
 
 logger = logging.getLogger(__name__)
 
 MAX_BACKUP_AGE = timedelta(hours=26)
-OK, FAILING, LATE = "ok", "failing", "late"
+# The drill verifies the newest backup each night, so the newest drill result is on one of the
+# newest backups: reading every manifest of 5000 backups would cost each page ~150 ms.
+DRILL_LOOKBACK = 20
+State = AlertState.State
+OK, FAILING, LATE = State.OK.value, State.FAILING.value, State.LATE.value
+# Shown for a job that has not run yet and is not late: not "ok", which it has not proved.
+NEVER_RUN = "never run"
+
+# More kinds of problems, e.g. "backups_app.offsite.health_problems": f(now) -> [Problem | str].
+PROBLEM_SOURCES = ["backups_app.replication.health_problems"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    words: str  # a few words: "no backup" (the /healthz and `checkbackups` text)
+    advice: str = ""  # a sentence with what to do next, for the pages
+
+    def __str__(self):
+        return self.words
+
+    @property
+    def sentence(self):
+        return self.advice or self.words[:1].upper() + self.words[1:] + "."
+
+
+@dataclass(frozen=True)
+class JobHealth:
+    name: str
+    state: str  # OK, FAILING, LATE or NEVER_RUN
+    last_run: CronRun | None = None
+    due: datetime | None = None  # late: the due time missed; never run: when it is first due
+
+    @property
+    def alert_state(self):
+        """The state alerts track: a job that never ran and is not late is fine."""
+        return OK if self.state == NEVER_RUN else self.state
+
+
+@dataclass
+class Check:
+    """What backup_problems looks at: the time, and the backups folder read once per verdict."""
+
+    now: datetime
+    scanned: list | None = None  # the caller's backups.scan_backups(), if it has one
+
+    @property
+    def listed(self):
+        """The backups as `backups.Listed` tuples, newest first (BackupError if unreadable)."""
+        if self.scanned is None:
+            self.scanned = backups.scan_backups()
+        return self.scanned
+
+    @property
+    def folder(self):
+        return backups.backups_dir()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    checked_at: datetime
+    problems: list = field(default_factory=list)
+    jobs: dict = field(default_factory=dict)  # {name: JobHealth}
+
+    @property
+    def ok(self):
+        return not self.problems
+
+    @property
+    def words(self):
+        return [str(problem) for problem in self.problems]
+
+
+def verdict(now=None, *, scanned=None):
+    """The one health verdict: the problems (empty when healthy) and every job's state.
+
+    `scanned`: the backups folder's `backups.scan_backups()`, when the caller has just read it.
+    """
+    now = now or timezone.now()
+    found = backup_problems(Check(now, scanned))
+    for path in PROBLEM_SOURCES:
+        found += [p if isinstance(p, Problem) else Problem(str(p)) for p in source(path)(now)]
+    health = job_health(now)
+    found += [job_problem(job) for job in health.values() if job.state in (FAILING, LATE)]
+    return Verdict(checked_at=now, problems=found, jobs=health)
+
+
+def source(path):
+    return import_string(path)
 
 
 def problems(now=None):
-    """The problems with the backups, in a few words each; an empty list means healthy."""
-    now = now or timezone.now()
-    found = backup_problems(now)
-    for name, state in job_states(now).items():
-        if state != OK:
-            found.append(f"job {name} {state}")
-    return found + replication.problems(now)
-
-
-def backup_problems(now):
-    try:
-        listed = backups.list_backups()
-    except BackupError:
-        return ["backups folder unreadable"]
-    # An uploaded file proves nothing about this machine's own backups.
-    own = [b for b in listed if b.label != "uploaded"]
-    found = []
-    if not own:
-        found.append("no backup")
-    elif now - own[0].modified > MAX_BACKUP_AGE:
-        found.append("newest backup older than 26 hours")
-    newest_drill = drill.latest_drill(listed)
-    if newest_drill is not None and not newest_drill.get("ok"):
-        found.append("restore drill failed")
-    return found
+    """The problems in a few words each; an empty list means healthy."""
+    return verdict(now).words
 
 
 def job_states(now=None):
-    """{job name: "ok" | "failing" | "late"} for every registered job."""
+    """{job name: "ok" | "failing" | "late"} for every registered job (what alerts track)."""
+    return {name: job.alert_state for name, job in job_health(now).items()}
+
+
+# --- the sources ---------------------------------------------------------------------------
+
+
+def backup_problems(check):
+    try:
+        listed = check.listed
+    except BackupError:
+        return [
+            Problem(
+                "backups folder unreadable",
+                "The backups folder cannot be read: check that it exists and that "
+                "STANZA_BACKUPS_DIR points at it.",
+            )
+        ]
+    # An uploaded file proves nothing about this machine's own backups.
+    newest_own = next((b for b in listed if label_of(b.name) != "uploaded"), None)
+    found = []
+    if newest_own is None:
+        found.append(
+            Problem(
+                "no backup",
+                "No backup yet: make one with Back up now (the daily-backup job also makes "
+                "one every night).",
+            )
+        )
+    elif check.now.timestamp() - newest_own.mtime > MAX_BACKUP_AGE.total_seconds():
+        found.append(
+            Problem(
+                "newest backup older than 26 hours",
+                "The newest backup is older than 26 hours: check the daily-backup job on the "
+                "Cron page, or make one with Back up now.",
+            )
+        )
+    folder = check.folder
+    newest_drill = drill.latest_drill([folder / item.name for item in listed[:DRILL_LOOKBACK]])
+    if newest_drill is not None and not newest_drill.get("ok"):
+        found.append(
+            Problem(
+                "restore drill failed",
+                "The last restore drill failed (see the Backups page): make a new backup, "
+                "then run verify-latest-backup on the Cron page.",
+            )
+        )
+    return found
+
+
+def label_of(name):
+    return backups.parse_backup_name(name)["label"] or ""
+
+
+def job_problem(job):
+    if job.state == FAILING:
+        from backups_app.failures import explain  # failures reads the registry too
+
+        why = explain(job.last_run.error) if job.last_run else ""
+        return Problem(
+            f"job {job.name} failing",
+            f"Job {job.name} failed its last run. {why}".strip(),
+        )
+    due = timezone.localtime(job.due).strftime("%Y-%m-%d %H:%M:%S %Z") if job.due else ""
+    return Problem(
+        f"job {job.name} late",
+        f"Job {job.name} did not run when it was due{f' ({due})' if due else ''}: "
+        "is the scheduler (manage.py runscheduler, or scripts/run) running?",
+    )
+
+
+def job_health(now=None):
+    """{job name: JobHealth} for every registered job, from its newest run."""
     now = now or timezone.now()
     registry = jobs.registry()
     latest = CronRun.objects.latest_per_job(registry)
     created = None
-    states = {}
+    health = {}
     for name, job in registry.items():
         run = latest.get(name)
         if run is not None and run.status == CronRun.Status.FAILURE:
-            states[name] = FAILING
+            health[name] = JobHealth(name, FAILING, run)
             continue
         if run is not None:
             since = run.started_at
         else:
             created = created or database_created()
             since = created
-        states[name] = LATE if overdue_since(job, since, now) else OK
-    return states
+        missed = overdue_since(job, since, now)
+        if missed is not None:
+            health[name] = JobHealth(name, LATE, run, missed)
+        elif run is None:
+            health[name] = JobHealth(name, NEVER_RUN, None, jobs.next_run_time(job, now))
+        else:
+            health[name] = JobHealth(name, OK, run)
+    return health
 
 
 def overdue_since(job, since, now):

@@ -39,6 +39,11 @@ class Job:
 # --- the jobs ------------------------------------------------------------------------------
 
 
+def plural(count, word):
+    """'1 backup', '3 backups'."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 # How long the daily backup waits for a restore or upload to finish before it gives up.
 OPERATION_WAIT = 30 * 60
 
@@ -57,7 +62,7 @@ def purge_old_backups():
     now = timezone.now()
     removed = retention.purge_old_backups(backups.backups_dir(), days, now)
     retention.remove_abandoned_uploads(conf.upload_dir(), now)
-    return f"removed {len(removed)} backup(s) older than {days} day(s)"
+    return f"removed {plural(len(removed), 'backup')} older than {plural(days, 'day')}"
 
 
 def purge_old_cron_runs():
@@ -66,7 +71,7 @@ def purge_old_cron_runs():
     # django-apscheduler's own record of each execution would grow forever too.
     executions, _ = DjangoJobExecution.objects.filter(run_time__lt=cutoff).delete()
     return (
-        f"deleted {runs} run(s) and {executions} scheduler execution record(s) "
+        f"deleted {plural(runs, 'run')} and {plural(executions, 'scheduler execution record')} "
         f"older than {CRON_RUN_HISTORY.days} days"
     )
 
@@ -97,8 +102,8 @@ def registry():
             schedule=conf.get("STANZA_PURGE_SCHEDULE"),
             func=purge_old_backups,
             description=(
-                f"Delete backups older than {conf.get('STANZA_BACKUP_RETENTION_DAYS')} day(s), "
-                "never the newest one"
+                f"Delete backups older than "
+                f"{plural(conf.get('STANZA_BACKUP_RETENTION_DAYS'), 'day')}, never the newest one"
             ),
         ),
         Job(
@@ -272,3 +277,43 @@ def run_scheduled(name):
         logger.warning("job %s is not in the registry any more; not running it", name)
         return
     run_job(name, trigger="scheduler", due_at=previous_due_time(job, timezone.now()))
+
+
+# --- for the dashboard -----------------------------------------------------------------------
+
+# Names the run history records that are not scheduled jobs: they cannot be run again.
+PSEUDO_JOBS = ("restore",)
+
+
+def history_names():
+    """Every name a run in the history can have, registered jobs first."""
+    return [*registry(), *PSEUDO_JOBS]
+
+
+def run_job_by_hand(name, user):
+    """Run a registered job now for a staff user, recorded in the history and the audit trail."""
+    from backups_app import audit, failures
+
+    run = run_job(name, trigger=f"admin:{user.get_username()}")
+    ok = run.status == CronRun.Status.SUCCESS
+    outcome = run.result if ok else failures.message_of(run.error)
+    message = f"Ran job {name} by hand: {run.status}" + (f" ({outcome})" if outcome else "")
+    audit.audit(user, message, obj=run)
+    return run
+
+
+def next_run_times(registry):
+    """{job name: (next run time or None, note)}: from the scheduler's job store when one is up."""
+    from backups_app import scheduler_lock
+
+    if scheduler_lock.is_scheduler_running():
+        from django_apscheduler.models import DjangoJob
+
+        stored = dict(
+            DjangoJob.objects.filter(id__in=list(registry)).values_list("id", "next_run_time")
+        )
+        return {
+            name: (stored[name], "") if stored.get(name) else (None, "not scheduled")
+            for name in registry
+        }
+    return {name: (next_run_time(job), "scheduler not running") for name, job in registry.items()}

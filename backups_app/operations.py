@@ -24,6 +24,7 @@ WHAT = {
     "restore": "a restore",
     "upload": "an upload",
     "drill": "a restore drill",
+    "delete": "a delete",
 }
 
 

@@ -558,6 +558,25 @@ def problems(now=None):
     return []
 
 
+def health_problems(now=None):
+    """The same problems for the health verdict, each with what to do next."""
+    from backups_app.health import Problem
+
+    advice = {
+        "stopped": "Start `manage.py replicate` (scripts/run starts it when "
+        "STANZA_REPLICA_URL is set); its log says why Litestream stopped.",
+        "behind": "Litestream cannot keep up or cannot reach the replica: see the log of "
+        "`manage.py replicate`.",
+        "synced": "Wait a few seconds after starting `manage.py replicate`; if this stays, see "
+        "its log.",
+    }
+    found = []
+    for words in problems(now):
+        kind = next((k for k in advice if k in words), "")
+        found.append(Problem(words, advice.get(kind, "")))
+    return found
+
+
 def _pid_alive(pid):
     try:
         os.kill(int(pid), 0)

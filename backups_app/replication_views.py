@@ -10,6 +10,7 @@ from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_http_methods
 
 from backups_app import backups, conf, operations, replication, views
+from backups_app.audit import audit
 
 logger = logging.getLogger(__name__)
 
@@ -71,12 +72,9 @@ def restore_now(request, when):
     try:
         result = replication.restore_at(when, trigger=trigger, by=user.get_username())
     except operations.OperationRunning as err:
-        error = str(err)
+        return views.failed(request, str(err), 409)
     except (backups.BackupError, conf.ConfigError) as err:
         logger.error("restore to %s requested by %s failed: %s", when, trigger, err)
-        error = f"restore failed, nothing was changed: {err}"
-        views.audit(user, f"Restore to {when:%Y-%m-%d %H:%M:%S} UTC failed: {err}")
-    else:
-        return views.restored(request, result, trigger)
-    messages.error(request, error[:1].upper() + error[1:] + ".")
-    return redirect("backups:backups")
+        audit(user, f"Restore to {replication.format_time(when)} failed: {err}")
+        return views.failed(request, f"restore failed, nothing was changed: {err}", 400)
+    return views.restored(request, result)

@@ -119,7 +119,7 @@ def opened_backup(path, *, scratch_dir=None, limit=None):
     path = Path(path)
     _check_is_file(path)
     checksum_verified = _check_checksum(path)
-    compressed = _is_gzip(path)
+    compressed = is_gzip(path)
     if not compressed:
         yield inspect(path, path, compressed, checksum_verified), path
         return
@@ -161,9 +161,6 @@ def _check_checksum(path):
 def is_gzip(path):
     with open(path, "rb") as f:
         return f.read(2) == GZIP_MAGIC
-
-
-_is_gzip = is_gzip
 
 
 def declared_size(header):
@@ -301,13 +298,6 @@ def _check_header(plain, name):
 def open_readonly(path):
     """A backup opened for reading only (sqlite.open_readonly; the name callers know)."""
     return sqlite.open_readonly(path)
-
-
-def accept_upload(upload, folder=None, **kwargs):
-    """Moved to uploads.accept_upload; kept for callers of the old name."""
-    from backups_app import uploads
-
-    return uploads.accept_upload(upload, folder, **kwargs)
 
 
 def table_names(conn, schema="main"):

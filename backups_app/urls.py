@@ -11,11 +11,14 @@ urlpatterns = [
     path("admin/backups/restore/<path:filename>", views.restore_backup, name="restore"),
     # GET ?at=TIME: the confirmation page (nothing changes); POST: restore from the replica.
     path("admin/backups/restore-at", replication_views.restore_at, name="restore-at"),
+    # GET: the confirmation page; POST: delete the backup and its sidecars.
+    path("admin/backups/delete/<path:filename>", views.delete_backup, name="delete"),
     path("admin/backups/upload", views.upload_backup, name="upload"),
     # `path`, not `str`: a name holding "/" (even %2F-encoded) still reaches the view, which
     # answers 400 for anything that is not a backup file name.
     path("admin/database/backups/<path:filename>", views.download_backup, name="download"),
     path("admin/cron/", views.cron_page, name="cron"),
+    path("admin/cron/runs/<int:pk>/", views.run_detail, name="run"),
     path("admin/cron/<str:name>/run", views.run_job_now, name="run-job"),
     # No login: for monitoring (200 or 503).
     path("healthz", health_views.healthz, name="healthz"),

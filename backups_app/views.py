@@ -1,21 +1,18 @@
-"""The staff dashboard inside the admin: Backups page, "Back up now", downloads, restores,
-uploads, Cron page."""
+"""The staff dashboard inside the admin: Backups page, "Back up now", downloads, deletes,
+restores, uploads, Cron page and run details. Each view: one check, one call, one ending."""
 
 import logging
 import shutil
-from datetime import timedelta
 from functools import wraps
 
 from django.conf import settings
 from django.contrib import admin, messages
-from django.contrib.admin.models import ADDITION, CHANGE, LogEntry
 from django.contrib.auth.views import redirect_to_login
-from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import DatabaseError
-from django.http import FileResponse, Http404, HttpResponseBadRequest, JsonResponse
-from django.shortcuts import redirect, render
+from django.http import FileResponse, Http404, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -24,7 +21,9 @@ from django.views.decorators.http import require_http_methods, require_POST, req
 
 from backups_app import (
     backups,
+    conf,
     drill,
+    failures,
     health,
     jobs,
     operations,
@@ -33,19 +32,20 @@ from backups_app import (
     upload_gate,
     uploads,
 )
-from backups_app.models import CronRun, last_line
+from backups_app.audit import CHANGE, DELETION, audit, recent_entries
+from backups_app.forms import DeleteForm, HistoryFilterForm, RestoreForm, UploadForm
+from backups_app.models import CronRun
 
 logger = logging.getLogger(__name__)
 
 # The Backups page shows the last backup in red when it is older than this.
-STALE_AFTER = timedelta(hours=36)
+STALE_AFTER = health.MAX_BACKUP_AGE
 HISTORY_PAGE_SIZE = 50
 # A page of backups renders in ~10 ms; 5000 rows at once took 0.6 s (bench/dashboard.py).
 BACKUPS_PAGE_SIZE = 100
-AUDIT_ENTRIES_SHOWN = 10
 
 
-# --- access --------------------------------------------------------------------------------
+# --- access and endings --------------------------------------------------------------------
 
 
 def wants_json(request):
@@ -73,30 +73,45 @@ def staff_required(view):
     return wrapper
 
 
-# --- the audit trail: Django's LogEntry, under CronRun's content type ---------------------
+def done(request, data, message, to="backups:backups"):
+    """A successful action: its JSON for an API client, else a message and a redirect."""
+    if wants_json(request):
+        return JsonResponse(data)
+    messages.success(request, message)
+    return redirect(to)
 
 
-def audit(user, message, *, flag=ADDITION, obj=None, repr_=""):
-    """Record what a staff user did from the dashboard; shown on its pages and the admin index."""
-    LogEntry.objects.create(
-        user_id=user.pk,
-        content_type=ContentType.objects.get_for_model(CronRun),
-        object_id=str(obj.pk) if obj is not None else None,
-        object_repr=(repr_ or str(obj or ""))[:200],
-        action_flag=flag,
-        change_message=message,
-    )
-
-
-def recent_audit_entries():
-    content_type = ContentType.objects.get_for_model(CronRun)
-    entries = LogEntry.objects.filter(content_type=content_type).select_related("user")
-    return entries.order_by("-action_time", "-id")[:AUDIT_ENTRIES_SHOWN]
+def failed(request, error, status, to="backups:backups"):
+    """A refused or failed action: `{"error"}` for an API client, else a message and a redirect."""
+    if wants_json(request):
+        return JsonResponse({"error": error}, status=status)
+    messages.error(request, failures.capital(error) + ".")
+    return redirect(to)
 
 
 def admin_context(request, title, **extra):
     """The admin's own context (header, navigation sidebar), so our pages sit inside it."""
     return {**admin.site.each_context(request), "title": title, **extra}
+
+
+def refuse_name(request, filename, status):
+    """A name that is not a backup's (400) or no such backup (404): a page, or JSON."""
+    error = "not a backup file name" if status == 400 else "no such backup"
+    if wants_json(request):
+        return JsonResponse({"error": error}, status=status)
+    context = admin_context(request, "Not a backup" if status == 400 else "No such backup")
+    context.update(filename=filename, status=status)
+    return render(request, "backups/bad_name.html", context, status=status)
+
+
+def lookup(request, filename):
+    """(the listed backup called `filename`, None), or (None, the page refusing the name)."""
+    if not backups.is_backup_name(filename):
+        return None, refuse_name(request, filename, 400)
+    try:
+        return backups.get_backup(filename), None
+    except backups.BackupError:
+        return None, refuse_name(request, filename, 404)
 
 
 # --- Backups page --------------------------------------------------------------------------
@@ -108,15 +123,16 @@ def backups_page(request):
     folder = backups.backups_dir()
     problem = ""
     try:
-        found = backups.list_backups(folder)
+        found = backups.scan_backups(folder)  # thousands: Backup objects for the rows shown only
     except backups.BackupError as err:
         found, problem = [], str(err)
     try:
         free = shutil.disk_usage(folder).free
     except OSError:
         free = None
-    newest = found[0] if found else None
+    newest = found[0].backup(folder) if found else None
     page = Paginator(found, BACKUPS_PAGE_SIZE).get_page(request.GET.get("page"))
+    shown = [item.backup(folder) for item in page]
     return render(
         request,
         "backups/backups.html",
@@ -125,8 +141,15 @@ def backups_page(request):
             "Backups",
             count=len(found),
             page=page,
-            # Only the rows shown: one manifest read each, whatever the folder holds.
-            rows=[{"backup": backup, "drill": drill_status(backup)} for backup in page],
+            # Only the rows shown: a manifest and a checksum read each, whatever the folder holds.
+            rows=[
+                {
+                    "backup": backup,
+                    "drill": drill_status(backup),
+                    "sha256": backups.read_checksum(backup.path) if backup.has_checksum else "",
+                }
+                for backup in shown
+            ],
             folder=folder,
             problem=problem,
             total_size=sum(b.size for b in found),
@@ -134,7 +157,10 @@ def backups_page(request):
             newest=newest,
             stale=newest is None or timezone.now() - newest.modified > STALE_AFTER,
             stale_after_hours=int(STALE_AFTER.total_seconds() // 3600),
-            audit_entries=recent_audit_entries(),
+            alert_emails=list(conf.get("STANZA_ALERT_EMAILS")),
+            verdict=health.verdict(scanned=None if problem else found),
+            upload_form=UploadForm(),
+            audit_entries=recent_entries(),
         ),
     )
 
@@ -160,23 +186,16 @@ def backup_now(request):
         with operations.exclusive("backup", by=request.user.get_username()):
             backup = backups.create_backup(label="manual")
     except operations.OperationRunning as err:
-        error, status = str(err), 409
+        return failed(request, str(err), 409)
     except backups.BackupError as err:
         logger.error("backup requested by %s failed: %s", request.user.get_username(), err)
-        error, status = f"backup failed: {err}", 500
-        audit(request.user, f"Back up now failed: {err}", repr_="Back up now (failed)")
-    else:
-        size = backups.human_size(backup.size)
-        audit(request.user, f"Made backup {backup.name} ({size})", repr_=backup.name)
-        if wants_json(request):
-            return JsonResponse({"file": backup.name, "size": backup.size})
-        messages.success(request, f"Backup {backup.name} made ({size}).")
-        return redirect("backups:backups")
-
-    if wants_json(request):
-        return JsonResponse({"error": error}, status=status)
-    messages.error(request, error[:1].upper() + error[1:] + ".")
-    return redirect("backups:backups")
+        audit(request.user, f"Back up now failed: {err}")
+        return failed(request, f"backup failed: {err}", 500)
+    size = backups.human_size(backup.size)
+    audit(request.user, f"Made backup {backup.name} ({size})")
+    return done(
+        request, {"file": backup.name, "size": backup.size}, f"Backup {backup.name} made ({size})."
+    )
 
 
 @staff_required
@@ -184,11 +203,11 @@ def backup_now(request):
 def download_backup(request, filename):
     # The name is checked before any path is built from it.
     if not backups.is_backup_name(filename):
-        return HttpResponseBadRequest("Not a backup file name.", content_type="text/plain")
+        return refuse_name(request, filename, 400)
     try:
         f = backups.open_backup(filename)
     except backups.BackupError:
-        raise Http404("No such backup.") from None
+        return refuse_name(request, filename, 404)
     response = FileResponse(
         f, as_attachment=True, filename=filename, content_type="application/octet-stream"
     )
@@ -196,31 +215,67 @@ def download_backup(request, filename):
     if digest:
         response["X-Checksum-SHA256"] = digest
     if request.method == "GET":
-        audit(request.user, f"Downloaded backup {filename}", flag=CHANGE, repr_=filename)
+        audit(request.user, f"Downloaded backup {filename}", flag=CHANGE)
     return response
 
 
-# --- Restore and upload --------------------------------------------------------------------
+@staff_required
+@require_http_methods(["GET", "HEAD", "POST"])
+def delete_backup(request, filename):
+    """GET: what deleting this backup means (nothing changes). POST: delete it and its sidecars."""
+    backup, refused = lookup(request, filename)
+    if refused:
+        return refused
+    listed = backups.scan_backups()
+    others = [item for item in listed if item.name != backup.name]
+    form = DeleteForm(request.POST if request.method == "POST" else None, is_last=not others)
+    if request.method == "POST":
+        if form.is_valid():
+            return delete_now(request, backup)
+        if wants_json(request):
+            return JsonResponse({"error": form.non_field_errors()[0]}, status=400)
+    return render(
+        request,
+        "backups/delete.html",
+        admin_context(
+            request,
+            "Delete a backup",
+            backup=backup,
+            form=form,
+            is_last=not others,
+            is_newest=bool(listed) and listed[0].name == backup.name,
+        ),
+        status=400 if form.errors else 200,
+    )
 
 
-def find_backup(filename):
-    """The listed backup called `filename`: 400 for a name that is not a backup's, else 404."""
-    if not backups.is_backup_name(filename):
-        return None
+def delete_now(request, backup):
     try:
-        return backups.get_backup(filename)
-    except backups.BackupError:
-        raise Http404("No such backup.") from None
+        with operations.exclusive("delete", by=request.user.get_username()):
+            backups.delete_backup(backup.name)
+    except operations.OperationRunning as err:
+        return failed(request, str(err), 409)
+    except backups.BackupError as err:
+        logger.error("delete of %s failed: %s", backup.name, err)
+        return failed(request, f"could not delete {backup.name}: {err}", 500)
+    size = backups.human_size(backup.size)
+    logger.info("backup %s deleted by %s", backup.name, request.user.get_username())
+    audit(request.user, f"Deleted backup {backup.name} ({size})", flag=DELETION)
+    return done(request, {"deleted": backup.name}, f"Deleted {backup.name} ({size}).")
+
+
+# --- Restore and upload --------------------------------------------------------------------
 
 
 @staff_required
 @require_http_methods(["GET", "HEAD", "POST"])
 def restore_backup(request, filename):
     """GET: what restoring this backup would do (it is checked; nothing changes). POST: do it."""
-    backup = find_backup(filename)
-    if backup is None:
-        return HttpResponseBadRequest("Not a backup file name.", content_type="text/plain")
-    if request.method == "POST":
+    backup, refused = lookup(request, filename)
+    if refused:
+        return refused
+    form = RestoreForm(request.POST if request.method == "POST" else None)
+    if request.method == "POST" and form.is_valid():
         return restore_now(request, backup)
     try:
         info, problem = restore.check_backup_file(backup.path), ""
@@ -233,6 +288,7 @@ def restore_backup(request, filename):
             request,
             "Restore a backup",
             backup=backup,
+            form=form,
             info=info,
             summary=restore.describe(info) if info else "",
             changes=restore.changes(info) if info else None,
@@ -249,20 +305,15 @@ def restore_now(request, backup):
     try:
         result = restore.restore_and_record(backup.path, trigger=trigger, by=user.get_username())
     except operations.OperationRunning as err:
-        error, status = str(err), 409
+        return failed(request, str(err), 409)
     except backups.BackupError as err:
         logger.error("restore of %s requested by %s failed: %s", backup.name, trigger, err)
-        error, status = f"restore failed, nothing was changed: {err}", 400
-        audit(user, f"Restore of {backup.name} failed: {err}", repr_=backup.name)
-    else:
-        return restored(request, result, trigger)
-    if wants_json(request):
-        return JsonResponse({"error": error}, status=status)
-    messages.error(request, error[:1].upper() + error[1:] + ".")
-    return redirect("backups:backups")
+        audit(user, f"Restore of {backup.name} failed: {err}")
+        return failed(request, f"restore failed, nothing was changed: {err}", 400)
+    return restored(request, result)
 
 
-def restored(request, result, trigger):
+def restored(request, result):
     """Say that a restore succeeded (restore_and_record recorded it in the run history).
 
     The restored database has its own sessions table: when it lacks this session, the next
@@ -271,9 +322,7 @@ def restored(request, result, trigger):
     name = result.backup.name
     safety = result.safety_backup.name if result.safety_backup else ""
     try:
-        audit(
-            request.user, f"Restored backup {name}; safety backup: {safety or 'none'}", repr_=name
-        )
+        audit(request.user, f"Restored backup {name}; safety backup: {safety or 'none'}")
     except DatabaseError:  # e.g. this user is not in the restored database
         logger.warning("could not record the restore of %s in the audit trail", name, exc_info=True)
     if wants_json(request):
@@ -286,8 +335,9 @@ def restored(request, result, trigger):
     if pending:
         messages.warning(
             request,
-            f"This backup predates {pending} migration(s) of this code: run "
-            "`python manage.py migrate` (or restart with scripts/run) before using the site.",
+            f"This backup predates {pending} migration{'s' if pending != 1 else ''} of this "
+            "code: run `python manage.py migrate` (or restart with scripts/run) before using "
+            "the site.",
         )
     key = request.session.session_key
     if key and not request.session.exists(key):
@@ -312,88 +362,49 @@ def upload_backup(request):
 
 @csrf_protect
 def _upload_backup(request):
-    upload = request.FILES.get("file")
-    status = 400
-    if upload is None:
-        error = "choose a backup file to upload"
-    else:
-        try:
-            with operations.exclusive("upload", by=request.user.get_username()):
-                backup = uploads.accept_upload(upload)
-        except backups.BackupError as err:
-            why = str(err)
-            logger.warning("upload of %s refused: %s", upload.name, why)
-            error = f"upload of {upload.name} refused: {why}"
-            status = getattr(err, "status", 400)
-            audit(request.user, f"Upload of {upload.name} refused: {why}", repr_=upload.name)
-        else:
-            size = backups.human_size(backup.size)
-            audit(
-                request.user, f"Uploaded {upload.name} as {backup.name} ({size})", repr_=backup.name
-            )
-            if wants_json(request):
-                return JsonResponse({"file": backup.name, "size": backup.size})
-            text = f"Uploaded {upload.name}: it passed the checks and is kept as {backup.name}"
-            messages.success(request, f"{text} ({size}).")
-            return redirect("backups:backups")
-    if wants_json(request):
-        return JsonResponse({"error": error}, status=status)
-    messages.error(request, error[:1].upper() + error[1:] + ".")
-    return redirect("backups:backups")
+    form = UploadForm(request.POST, request.FILES)
+    if not form.is_valid():
+        return failed(request, form.errors["file"][0], 400)
+    upload = form.cleaned_data["file"]
+    try:
+        with operations.exclusive("upload", by=request.user.get_username()):
+            backup = uploads.accept_upload(upload)
+    except backups.BackupError as err:
+        logger.warning("upload of %s refused: %s", upload.name, err)
+        audit(request.user, f"Upload of {upload.name} refused: {err}")
+        status = getattr(err, "status", 400)
+        return failed(request, f"upload of {upload.name} refused: {err}", status)
+    size = backups.human_size(backup.size)
+    audit(request.user, f"Uploaded {upload.name} as {backup.name} ({size})")
+    text = f"Uploaded {upload.name}: it passed the checks and is kept as {backup.name} ({size})."
+    return done(request, {"file": backup.name, "size": backup.size}, text)
 
 
-# --- Cron page -----------------------------------------------------------------------------
-
-
-def next_run_times(registry):
-    """{job name: (next run time or None, note)}: from the scheduler's job store when one is up."""
-    if scheduler_lock.is_scheduler_running():
-        from django_apscheduler.models import DjangoJob
-
-        stored = dict(
-            DjangoJob.objects.filter(id__in=list(registry)).values_list("id", "next_run_time")
-        )
-        return {
-            name: (stored[name], "") if stored.get(name) else (None, "not scheduled")
-            for name in registry
-        }
-    return {
-        name: (jobs.next_run_time(job), "scheduler not running") for name, job in registry.items()
-    }
+# --- Cron page and runs --------------------------------------------------------------------
 
 
 @staff_required
 @require_safe
 def cron_page(request):
     registry = jobs.registry()
-    latest = CronRun.objects.latest_per_job(registry)
-    next_runs = next_run_times(registry)
-    states = health.job_states()
+    verdict = health.verdict()
+    next_runs = jobs.next_run_times(registry)
     job_rows = [
         {
             "job": job,
-            "state": states.get(name, ""),
+            "health": verdict.jobs[name],
             "grace": span_words(job.grace),
-            "last_run": latest.get(name),
+            "last_run": verdict.jobs[name].last_run,
             "next_run": next_runs[name][0],
             "next_run_note": next_runs[name][1],
         }
         for name, job in registry.items()
     ]
-
-    job_filter = request.GET.get("job", "")
-    status_filter = request.GET.get("status", "")
-    if status_filter not in CronRun.Status.values:
-        status_filter = ""
-    history = CronRun.objects.order_by("-started_at", "-id")
-    if job_filter:
-        history = history.filter(job_name=job_filter)
-    if status_filter:
-        history = history.filter(status=status_filter)
+    filters = HistoryFilterForm(request.GET)
+    history = filters.filter(CronRun.objects.order_by("-started_at", "-id"))
     page = Paginator(history, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
-
-    filters = request.GET.copy()
-    filters.pop("page", None)
+    query = request.GET.copy()
+    query.pop("page", None)
     return render(
         request,
         "backups/cron.html",
@@ -401,15 +412,13 @@ def cron_page(request):
             request,
             "Cron jobs",
             job_rows=job_rows,
+            verdict=verdict,
             scheduler_running=scheduler_lock.is_scheduler_running(),
             time_zone=settings.TIME_ZONE,
             page=page,
-            job_names=sorted(set(registry) | ({job_filter} - {""})),
-            statuses=CronRun.Status.choices,
-            job_filter=job_filter,
-            status_filter=status_filter,
-            filter_query=filters.urlencode(),
-            audit_entries=recent_audit_entries(),
+            filters=filters,
+            filter_query=query.urlencode(),
+            audit_entries=recent_entries(),
         ),
     )
 
@@ -423,13 +432,21 @@ def span_words(span):
     return " ".join(words)
 
 
-def run_job_by_hand(user, name):
-    """Run a registered job now for a staff user, recorded in the history and the audit trail."""
-    run = jobs.run_job(name, trigger=f"admin:{user.get_username()}")
-    outcome = run.result if run.status == CronRun.Status.SUCCESS else last_line(run.error)
-    message = f"Ran job {name} by hand: {run.status}" + (f" ({outcome})" if outcome else "")
-    audit(user, message, obj=run)
-    return run
+@staff_required
+@require_safe
+def run_detail(request, pk):
+    """One run: what happened in words, and its whole error output, full width."""
+    run = get_object_or_404(CronRun, pk=pk)
+    return render(
+        request,
+        "backups/run.html",
+        admin_context(
+            request,
+            f"Run of {run.job_name}",
+            run=run,
+            can_run_again=run.job_name in jobs.registry(),
+        ),
+    )
 
 
 @staff_required
@@ -439,7 +456,7 @@ def run_job_now(request, name):
         if wants_json(request):
             return JsonResponse({"error": f"no job called {name!r}"}, status=404)
         raise Http404("No such job.")
-    run = run_job_by_hand(request.user, name)
+    run = jobs.run_job_by_hand(name, request.user)
     if wants_json(request):
         return JsonResponse(
             {"job": name, "status": run.status, "result": run.result, "error": run.error},
@@ -448,5 +465,5 @@ def run_job_now(request, name):
     if run.status == CronRun.Status.SUCCESS:
         messages.success(request, f"Job {name} succeeded: {run.result or 'done'}.")
     else:
-        messages.error(request, f"Job {name} failed: {last_line(run.error) or run.status}.")
+        messages.error(request, f"Job {name} failed. {failures.explain(run.error)}")
     return redirect("backups:cron")

@@ -34,6 +34,12 @@ def test_it_lists_runs_with_filters_by_job_and_status(admin_client):
     assert "database.sqlite.X.bak (1 MB)" in html
     assert "?job_name=purge-old-backups" in html
     assert "?status__exact=failure" in html
+    # Every registered job and restores are offered, even before they ran.
+    for name in [*jobs.registry(), "restore"]:
+        assert f"?job_name={name}" in html
+    # Each run links to its page; failures are in words, results in full.
+    assert 'href="/admin/backups_app/cronrun/' in html
+    assert "Nope (OSError)." in html
     filtered = admin_client.get(CHANGELIST, {"status__exact": "failure"}).content.decode()
     assert "purge-old-backups" in filtered
     assert "database.sqlite.X.bak (1 MB)" not in filtered
@@ -50,11 +56,12 @@ def test_it_searches_the_error_text(admin_client):
     assert 'class="field-job_name">purge-old-backups<' not in html
 
 
-def test_it_shows_a_run_read_only_with_its_error_output(admin_client):
+def test_it_shows_a_run_on_the_dashboards_run_page_with_its_error_output(admin_client):
     run = make_run("daily-backup", "failure", error="Traceback\n<script>x</script>")
 
-    response = admin_client.get(f"{CHANGELIST}{run.pk}/change/")
+    response = admin_client.get(f"{CHANGELIST}{run.pk}/change/", follow=True)
 
+    assert response.redirect_chain == [(f"/admin/cron/runs/{run.pk}/", 302)]
     assert response.status_code == 200
     html = response.content.decode()
     assert "<pre" in html
@@ -93,6 +100,7 @@ def test_it_runs_the_selected_runs_jobs_again(admin_client, admin_user, registry
     html = response.content.decode()
     assert "Ran 1 job now: daily-backup (success)." in html
     assert "Not run, no longer registered: retired-job." in html
+    assert "restore" not in html.split('class="messagelist"')[1].split("</ul>")[0]
     new = CronRun.objects.exclude(pk__in=[old.pk, gone.pk]).get()
     assert new.job_name == "daily-backup"
     assert new.trigger == "admin:admin"
@@ -121,3 +129,41 @@ def test_it_lists_the_dashboard_pages_in_the_navigation_sidebar(admin_client, ba
     assert 'href="/admin/backups/"' in sidebar
     assert 'class="model-dashboard-cron current-model"' in sidebar
     assert 'aria-current="page">Cron jobs</a>' in sidebar
+
+
+def test_it_does_not_run_restores_again(admin_client, registry):
+    restored = make_run("restore", "success", result="restored X")
+
+    response = admin_client.post(
+        CHANGELIST, {"action": "run_again", "_selected_action": [restored.pk]}, follow=True
+    )
+
+    html = response.content.decode()
+    assert "Not run again: restore is not a scheduled job" in html
+    assert "no longer registered" not in html
+    assert CronRun.objects.count() == 1
+
+
+def test_it_hides_the_schedulers_own_tables_and_views_the_dashboard_as_the_site(admin_client):
+    html = admin_client.get("/admin/").content.decode()
+
+    assert "Django job executions" not in html
+    assert "/admin/django_apscheduler/" not in html
+    assert admin_client.get("/admin/django_apscheduler/djangojobexecution/").status_code == 404
+    assert '<a href="/admin/backups/">View site</a>' in html
+
+
+def test_the_admin_index_shows_the_health_verdict_and_names_dashboard_actions(
+    admin_client, admin_user, backups_folder
+):
+    from backups_app.audit import audit
+
+    audit(admin_user, "Deleted backup database.sqlite.20260101T020000Z.bak (1.0 MB)")
+
+    html = admin_client.get("/admin/").content.decode()
+
+    assert 'id="health"' in html
+    assert "No backup yet: make one with Back up now" in html
+    recent = html.split('id="recent-actions-module"')[1]
+    assert "Deleted backup database.sqlite.20260101T020000Z.bak (1.0 MB)" in recent
+    assert "Cron run" not in recent

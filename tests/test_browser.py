@@ -7,6 +7,7 @@ Screenshots of every page land in tests/artifacts/ (ignored by git).
 """
 
 import hashlib
+import json
 import os
 import re
 import sqlite3
@@ -137,7 +138,7 @@ def test_it_backs_up_now_and_shows_the_new_row_and_message(page, stack):
     assert ".manual.bak" in new
     assert new in message.inner_text()
     assert (stack["backups"] / new).is_file()
-    expect(page.locator("#backup-count")).to_have_text("2")
+    expect(page.locator("#backup-count")).to_have_text("2 backups")
     expect(page.locator("#backups tbody tr").first).to_contain_text("manual")
     shoot(page, "backups")
 
@@ -164,16 +165,51 @@ def test_it_shows_the_cron_page_with_a_failed_run_and_the_next_run(page, stack):
     row = page.locator("#job-daily-backup")
     expect(row).to_contain_text("At 02:00 every day")
     expect(row).to_contain_text("Failure")
-    expect(row.locator(".stanza-next-run time")).to_have_text(re.compile(r"\d{4}-\d\d-\d\d 02:00"))
+    expect(row).to_contain_text("failing")
+    expect(row.locator(".stanza-next-run time")).to_have_text(
+        re.compile(r"\d{4}-\d\d-\d\d 02:00:00 UTC")
+    )
     expect(row).to_contain_text("scheduler not running")
+    # Never-run jobs say so, with when they are first due, not "ok".
+    expect(page.locator("#job-purge-old-backups .stanza-job-health")).to_contain_text("never run")
+    expect(page.locator("#job-purge-old-backups .stanza-job-health")).to_contain_text("first due")
 
+    # The failure in words; no traceback on the page.
     failed = page.locator("#runs tr.stanza-run-failure").first
-    error = failed.locator("details pre")
-    expect(error).to_be_hidden()
-    failed.locator("summary").click()
-    expect(error).to_be_visible()
-    expect(error).to_contain_text("BackupError: disk full while writing to /srv/backups")
+    expect(failed).to_contain_text("Disk full while writing to /srv/backups")
+    expect(failed).to_contain_text("Free some space in the backups folder")
+    expect(failed).not_to_contain_text("Traceback")
     shoot(page, "cron")
+
+    # One click away: the run's own page, with the whole error output full width.
+    failed.get_by_role("link", name="Error output").click()
+    expect(page).to_have_url(re.compile(r"/admin/cron/runs/\d+/#error-output$"))
+    traceback = page.locator("pre.stanza-traceback")
+    expect(traceback).to_contain_text("BackupError: disk full while writing to /srv/backups")
+    expect(page.locator("#run-explained")).to_contain_text("Free some space")
+    content = page.locator("#content").bounding_box()
+    assert traceback.bounding_box()["width"] > content["width"] * 0.9
+    shoot(page, "run-detail")
+
+
+def test_it_navigates_the_run_history_in_the_admin(page, stack):
+    page.set_viewport_size({"width": 1280, "height": 800})
+    log_in(page, stack, "/admin/backups_app/cronrun/")
+
+    # Every job (and restores) is in the filter before it ran.
+    sidebar = page.locator("#changelist-filter")
+    for name in ("daily-backup", "purge-old-backups", "verify-latest-backup", "restore"):
+        expect(sidebar.get_by_role("link", name=name, exact=True)).to_be_visible()
+    # The result column is not cut off: the table fits its box at 1280 px.
+    results = page.locator("#changelist .results")
+    assert results.evaluate("el => el.scrollWidth <= el.clientWidth")
+    expect(page.locator("#result_list")).to_contain_text("Free some space in the backups folder")
+    shoot(page, "run-history-admin")
+
+    page.locator("#result_list tbody tr th a").first.click()
+
+    expect(page).to_have_url(re.compile(r"/admin/cron/runs/\d+/$"))
+    expect(page.locator("#run-facts")).to_contain_text("daily-backup")
 
 
 def test_it_runs_a_job_now_from_the_cron_page(page, stack):
@@ -186,7 +222,7 @@ def test_it_runs_a_job_now_from_the_cron_page(page, stack):
     expect(page.locator(".messagelist .success")).to_contain_text("Job daily-backup succeeded")
     expect(page.locator("#job-daily-backup")).to_contain_text("Success")
     newest = page.locator("#runs tbody tr").first
-    expect(newest).to_contain_text("admin:admin")
+    expect(newest).to_contain_text("run by admin with Run now")
     expect(newest).to_contain_text("Success")
     expect(page.locator(".stanza-audit")).to_contain_text("Ran job daily-backup by hand: success")
     assert len(set(os.listdir(stack["backups"])) - files_before) == 3  # backup, .sha256, .json
@@ -250,6 +286,142 @@ def test_it_serves_static_files_and_plain_error_pages(stack):
         assert "Traceback" not in body
     else:
         raise AssertionError("expected a 404")
+
+
+def test_back_up_now_says_it_is_working_and_cannot_be_clicked_twice(page, stack):
+    page.set_viewport_size({"width": 1280, "height": 800})
+    log_in(page, stack)
+    before = len(backup_names(page))
+    # Hold the form's submission, to look at the button while the request would be running.
+    page.evaluate(
+        """() => document.querySelector("#backup-now").form.addEventListener(
+            "submit", (event) => { window.submits = (window.submits || 0) + 1;
+                                   event.preventDefault(); })"""
+    )
+
+    page.click("#backup-now")
+
+    button = page.locator("#backup-now")
+    expect(button).to_be_disabled()
+    expect(button).to_have_text(re.compile("Backing up"))
+    button.click(force=True)  # a second click on the disabled button does nothing
+    assert page.evaluate("window.submits") == 1
+    assert page.locator("#backup-now").evaluate("b => b.form.getAttribute('aria-busy')") == "true"
+    page.reload()
+    assert len(backup_names(page)) == before
+
+
+def test_it_shows_times_in_the_browsers_zone_with_utc_on_hover(browser, stack):
+    context = browser.new_context(timezone_id="America/New_York")
+    page = context.new_page()
+    try:
+        log_in(page, stack)
+        stamp = page.locator("#backups tbody tr").first.locator("time.stanza-time")
+        utc = stamp.get_attribute("title")
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", utc)
+        expect(stamp).to_have_text(re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (EST|EDT)$"))
+        expect(page.locator("#backups tbody tr").first).to_contain_text("ago")
+    finally:
+        context.close()
+
+
+def test_it_shows_the_sha256_and_copies_it(browser, stack):
+    context = browser.new_context(permissions=["clipboard-read", "clipboard-write"])
+    page = context.new_page()
+    try:
+        log_in(page, stack)
+        row = page.locator("#backups tbody tr").first
+        name = row.locator("code.stanza-name").inner_text()
+        recorded = (stack["backups"] / f"{name}.sha256").read_text().split()[0]
+        expect(row.locator("code.stanza-sha")).to_have_text(recorded)
+
+        row.get_by_role("button", name=re.compile("Copy the SHA-256")).click()
+
+        expect(row.get_by_role("button", name=re.compile("Copy the SHA-256"))).to_have_text(
+            "Copied"
+        )
+        assert page.evaluate("navigator.clipboard.readText()") == recorded
+    finally:
+        context.close()
+
+
+def test_the_admin_index_pages_and_healthz_give_one_verdict(page, stack):
+    page.set_viewport_size({"width": 1280, "height": 800})
+    log_in(page, stack, "/admin/")
+    with urllib.request.urlopen(urllib.request.Request(f"{stack['url']}/healthz")) as response:
+        expected = json.loads(response.read())["problems"] if response.status != 200 else []
+    shown = {}
+    for path in ("/admin/", "/admin/backups/", "/admin/cron/"):
+        page.goto(stack["url"] + path)
+        shown[path] = page.locator("#health li").evaluate_all(
+            "items => items.map((li) => li.dataset.problem)"
+        )
+    assert all(problems == expected for problems in shown.values()), (expected, shown)
+    page.goto(stack["url"] + "/admin/")
+    expect(page.locator("#health")).to_be_visible()
+    expect(page.get_by_role("link", name="View site")).to_have_attribute("href", "/admin/backups/")
+    expect(page.locator("#content-main")).not_to_contain_text("Django job executions")
+
+
+def test_it_deletes_a_backup_after_asking(page, stack):
+    page.set_viewport_size({"width": 1280, "height": 800})
+    log_in(page, stack)
+    page.click("text=Back up now")
+    expect(page.locator(".messagelist .success")).to_contain_text("made")
+    name = backup_names(page)[0]
+
+    page.locator("#backups tbody tr", has_text=name).get_by_role("link", name="Delete").click()
+
+    expect(page).to_have_url(stack["url"] + f"/admin/backups/delete/{name}")
+    expect(page.locator("#delete-warning")).to_contain_text("cannot be undone")
+    expect(page.locator("#delete-last")).to_have_count(0)
+    assert (stack["backups"] / name).exists()  # nothing changed yet
+    shoot(page, "delete-confirm")
+    page.click("#delete-confirm")
+
+    expect(page.locator(".messagelist .success")).to_contain_text(f"Deleted {name}")
+    assert name not in backup_names(page)
+    assert not [p for p in os.listdir(stack["backups"]) if p.startswith(name)]
+    expect(page.locator(".stanza-audit")).to_contain_text(f"Deleted backup {name}")
+
+    page.goto(stack["url"] + "/admin/backups/delete/..%2F..%2Fdatabase.sqlite")
+    expect(page.locator("#name-problem")).to_contain_text("not the name of a backup")
+    expect(page.locator("#nav-sidebar")).to_have_count(1)
+
+
+PAGE_FITS = """() => document.documentElement.scrollWidth <= window.innerWidth"""
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_no_page_is_wider_than_a_phone(browser, stack, scheme):
+    """At 390 px nothing scrolls sideways; screenshots at 1280 and 390 px to look at."""
+    context = browser.new_context(color_scheme=scheme)
+    page = context.new_page()
+    try:
+        log_in(page, stack)
+        name = backup_names(page)[0]
+        page.goto(stack["url"] + "/admin/cron/")
+        run_path = page.locator("#runs a.stanza-run-link").first.get_attribute("href")
+        pages = {
+            "backups": "/admin/backups/",
+            "cron": "/admin/cron/",
+            "run-history": "/admin/backups_app/cronrun/",
+            "run-detail": run_path,
+            "restore-confirm": f"/admin/backups/restore/{name}",
+            "delete-confirm": f"/admin/backups/delete/{name}",
+            "admin-index": "/admin/",
+        }
+        too_wide = {}
+        for label, path in pages.items():
+            for width, height in ((1280, 800), (390, 844)):
+                page.set_viewport_size({"width": width, "height": height})
+                page.goto(stack["url"] + path)
+                shoot(page, f"{label}-{width}-{scheme}")
+                if width == 390 and not page.evaluate(PAGE_FITS):
+                    too_wide[label] = page.evaluate("document.documentElement.scrollWidth")
+        assert not too_wide, f"wider than 390 px: {too_wide}"
+    finally:
+        context.close()
 
 
 # --- restore and upload (these change the stack's database: keep them last) -----------------
@@ -317,8 +489,35 @@ def test_it_restores_a_backup_from_the_backups_page(page, stack):
     expect(page.locator("#backups tbody tr").first.locator(".stanza-drill")).to_contain_text(
         "passed"
     )
-    assert page.evaluate(TABLE_FITS), "the backups table scrolls sideways at 1280 px"
+    expect(page.locator("#restore-kept")).to_contain_text("audit of dashboard actions")
+    assert "made after the backup" in group_names(stack)  # nothing changed yet
+    shoot(page, "restore-confirm")
+
+    page.click("#restore-confirm")
+
+    expect(page).to_have_url(stack["url"] + "/admin/backups/")
+    message = page.locator(".messagelist .success")
+    expect(message).to_contain_text(f"Restored {name}.")
+    expect(message).to_contain_text(".pre-restore.bak")
+    safety = re.search(r"safety backup (\S+\.pre-restore\.bak)", message.inner_text()).group(1)
+    assert backup_names(page)[0] == safety
+    assert "made after the backup" not in group_names(stack)
+    expect(page.locator(".stanza-audit")).to_contain_text(f"Restored backup {name}")
+    # The audit made after the backup was kept through the restore.
+    expect(page.locator(".stanza-audit")).to_contain_text(f"Made backup {name}")
+    page.goto(stack["url"] + "/admin/auth/group/")
+    expect(page.locator("#content")).not_to_contain_text("made after the backup")
+
+    # A restore drill of the newest backup (the safety backup) shows on the page.
+    env = {"STANZA_DATA_DIR": str(stack["data"])}
+    drill = "from backups_app import drill; drill.verify_latest_backup()"
+    assert manage("shell", "-c", drill, env=env).returncode == 0
+    page.goto(stack["url"] + "/admin/backups/")
+    expect(page.locator("#backups tbody tr").first.locator(".stanza-drill")).to_contain_text(
+        "passed"
+    )
     shoot(page, "backups-after-restore")
+    assert page.evaluate(TABLE_FITS), "the backups table scrolls sideways at 1280 px"
 
 
 def test_it_asks_to_log_in_again_after_restoring_an_older_database(page, stack):

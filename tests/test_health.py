@@ -190,3 +190,74 @@ def test_checkbackups_exits_1_with_the_problems(backups_folder, jobs_on_time, ti
     out = capsys.readouterr().out
     assert out.startswith("FAILING: no backup; job daily-backup failing\n")
     assert "- no backup\n- job daily-backup failing\n" in out
+
+
+# --- one verdict everywhere ---------------------------------------------------------------
+
+
+def problems_shown(html):
+    """The problems a page's health summary lists, by their words."""
+    import re
+
+    summary = re.search(r'<section class="stanza-health-summary.*?</section>', html, re.S)
+    return re.findall(r'<li data-problem="([^"]*)">', summary.group(0))
+
+
+def test_every_page_shows_the_verdict_healthz_gives(admin_client, data_dir, time_machine):
+    time_machine.move_to(NOW, tick=False)
+    database_created_at(NOW - timedelta(days=7))
+    run("daily-backup", NOW, status=CronRun.Status.FAILURE, error="OSError: disk full")
+
+    expected = admin_client.get("/healthz").json()["problems"]
+
+    assert expected[:2] == ["no backup", "job daily-backup failing"]
+    for url in ("/admin/", "/admin/backups/", "/admin/cron/"):
+        html = admin_client.get(url).content.decode()
+        assert problems_shown(html) == expected, url
+        assert "No backup yet: make one with Back up now" in html
+        assert "Job daily-backup failed its last run. Disk full (OSError)." in html
+
+
+def test_a_fresh_install_is_not_shown_as_healthy(admin_client, data_dir, time_machine):
+    # Just migrated, nothing ran: no backup, and no job is "ok" before it ran.
+    time_machine.move_to(NOW, tick=False)
+    database_created_at(NOW - timedelta(minutes=5))
+
+    html = admin_client.get("/admin/cron/").content.decode()
+
+    assert admin_client.get("/healthz").status_code == 503
+    assert problems_shown(html) == ["no backup"]
+    assert "Backups are healthy" not in html
+    assert html.count('stanza-health-never">never run</span>') == len(jobs.registry())
+    assert 'class="stanza-health stanza-health-ok"' not in html
+
+
+def test_a_never_run_job_says_when_it_is_first_due(data_dir):
+    database_created_at(NOW - timedelta(minutes=5))
+
+    verdict = health.verdict(NOW)
+
+    daily = verdict.jobs["daily-backup"]
+    assert daily.state == health.NEVER_RUN
+    assert daily.due == datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
+    assert health.job_states(NOW)["daily-backup"] == "ok"  # alerts: nothing to report
+
+
+def test_problem_sources_can_be_added(fresh_backup, jobs_on_time, monkeypatch):
+    monkeypatch.setattr(
+        health, "PROBLEM_SOURCES", [*health.PROBLEM_SOURCES, "tests.test_health.offsite_behind"]
+    )
+
+    verdict = health.verdict(NOW)
+
+    assert verdict.words == ["offsite copies behind"]
+    assert verdict.problems[0].sentence == "Offsite copies are 3 backups behind: check the store."
+    assert health.problems(NOW) == ["offsite copies behind"]
+
+
+def offsite_behind(now):
+    return [
+        health.Problem(
+            "offsite copies behind", "Offsite copies are 3 backups behind: check the store."
+        )
+    ]

@@ -148,7 +148,7 @@ def test_it_records_a_successful_run(data_dir):
 
     run.refresh_from_db()
     assert run.status == SUCCESS
-    assert run.result == "removed 0 backup(s) older than 7 day(s)"
+    assert run.result == "removed 0 backups older than 7 days"
     assert run.error == ""
     assert run.trigger == "button"
     assert run.finished_at >= run.started_at
@@ -313,7 +313,7 @@ def test_it_purges_run_history_older_than_ninety_days(data_dir, time_machine):
 
     run = jobs.run_job("purge-old-cron-runs")
 
-    assert run.result == ("deleted 1 run(s) and 1 scheduler execution record(s) older than 90 days")
+    assert run.result == "deleted 1 run and 1 scheduler execution record older than 90 days"
     assert set(CronRun.objects.values_list("pk", flat=True)) == {kept.pk, run.pk}
     assert not DjangoJobExecution.objects.exists()
 

@@ -55,7 +55,7 @@ def test_it_lists_every_job_with_its_schedule_in_words(staff_client, registry):
     assert "<code>0 2 * * *</code>" in row
     assert "At 02:00 every day" in row
     assert "Every 15 minutes" in job_row(html, "always-fails")
-    assert "Times are in UTC." in html
+    assert "Schedules are read in UTC." in html
 
 
 @time_machine.travel(NOW, tick=False)
@@ -78,9 +78,12 @@ def test_it_computes_the_next_run_when_no_scheduler_is_up(staff_client, registry
     html = staff_client.get(URL).content.decode()
 
     daily = job_row(html, "daily-backup")
-    assert '<time datetime="2026-11-27T02:00:00+00:00">2026-11-27 02:00 UTC</time>' in daily
+    assert (
+        '<time class="stanza-time" datetime="2026-11-27T02:00:00+00:00" '
+        'title="2026-11-27 02:00:00 UTC">2026-11-27 02:00:00 UTC</time>'
+    ) in daily
     assert "scheduler not running" in daily
-    assert "09:45 UTC" in job_row(html, "always-fails")
+    assert "09:45:00 UTC" in job_row(html, "always-fails")
     assert "The scheduler is not running" in html
 
 
@@ -94,7 +97,7 @@ def test_it_reads_the_next_run_from_the_scheduler_when_one_is_up(staff_client, r
         os.close(fd)
 
     daily = job_row(html, "daily-backup")
-    assert "2026-11-26 14:31 UTC" in daily
+    assert "2026-11-26 14:31:07 UTC" in daily
     assert "scheduler not running" not in daily
     assert "not scheduled" in job_row(html, "always-fails")
     assert "The scheduler is running" in html
@@ -109,19 +112,56 @@ def test_it_reads_next_runs_in_the_configured_time_zone(registry, settings):
     assert when == datetime(2026, 7, 2, 0, 0, tzinfo=UTC)  # 02:00 in Paris, summer time
 
 
-def test_it_shows_the_history_newest_first_with_error_output(staff_client, registry):
-    make_run("daily-backup", "success", minutes_ago=30, result="database.sqlite.X.bak (1 MB)")
-    make_run("always-fails", "failure", minutes_ago=10, error="Traceback\n<b>RuntimeError</b>")
+def test_it_shows_the_history_newest_first_with_failures_in_words(staff_client, registry):
+    ok = make_run("daily-backup", "success", minutes_ago=30, result="database.sqlite.X.bak (1 MB)")
+    failed = make_run(
+        "always-fails",
+        "failure",
+        minutes_ago=10,
+        error="Traceback\n  File x\nbackups_app.drill.DrillError: no backup to verify",
+    )
 
     html = staff_client.get(URL).content.decode()
 
     rows = history_rows(html)
     assert len(rows) == 2
     assert "always-fails" in rows[0]
-    assert "<details" in rows[0]
-    assert "<pre>Traceback\n&lt;b&gt;RuntimeError&lt;/b&gt;</pre>" in rows[0]
+    # The error in words with what to do next; the traceback is one click away.
+    assert "No backup to verify yet: make one with Back up now." in rows[0]
+    assert "DrillError" not in rows[0]
+    assert "Traceback" not in rows[0]
+    assert f'href="/admin/cron/runs/{failed.pk}/#error-output"' in rows[0]
     assert "database.sqlite.X.bak (1 MB)" in rows[1]
-    assert "<details" not in rows[1]
+    assert f'href="/admin/cron/runs/{ok.pk}/"' in rows[1]
+    assert "Error output" not in rows[1]
+
+
+def test_it_shows_a_runs_details_with_its_whole_error_output(staff_client, registry):
+    error = "Traceback (most recent call last):\n  File x\nRuntimeError: disk on fire <b>really</b>"
+    run = make_run("always-fails", "failure", error=error, trigger="admin:staff")
+
+    response = staff_client.get(f"/admin/cron/runs/{run.pk}/")
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "Disk on fire &lt;b&gt;really&lt;/b&gt; (RuntimeError)." in html
+    assert (
+        '<pre class="stanza-traceback">Traceback (most recent call last):\n  File x\n'
+        "RuntimeError: disk on fire &lt;b&gt;really&lt;/b&gt;</pre>"
+    ) in html
+    assert "run by staff with Run now" in html
+    assert 'action="/admin/cron/always-fails/run"' in html
+    assert 'href="/admin/cron/?job=always-fails#history"' in html
+
+
+def test_a_restore_run_is_not_offered_to_run_again(staff_client, registry):
+    run = make_run("restore", "success", result="restored X", trigger="admin:staff")
+
+    html = staff_client.get(f"/admin/cron/runs/{run.pk}/").content.decode()
+
+    assert "by staff from the Backups page" in html
+    assert "/admin/cron/restore/run" not in html
+    assert staff_client.get("/admin/cron/runs/999999/").status_code == 404
 
 
 def test_it_pages_the_history_fifty_at_a_time(staff_client, registry):
@@ -156,6 +196,31 @@ def test_it_filters_the_history_by_job_and_status(staff_client, registry):
     assert len(history_rows(by_both)) == 1
     assert '<option value="failure" selected>' in by_both
     assert len(history_rows(bad_status)) == 3
+
+
+def test_it_offers_every_job_and_restores_in_the_filter_before_they_ran(staff_client, registry):
+    html = staff_client.get(URL).content.decode()
+
+    select = re.search(r'<select name="job".*?</select>', html, re.S).group(0)
+    assert re.findall(r'<option value="([^"]*)"', select) == [
+        "",
+        "daily-backup",
+        "always-fails",
+        "restore",
+    ]
+
+
+@time_machine.travel(NOW, tick=False)
+def test_a_job_that_never_ran_says_so_and_when_it_is_first_due(staff_client, registry, data_dir):
+    make_run("always-fails", "success", minutes_ago=1)
+
+    html = staff_client.get(URL).content.decode()
+
+    cell = health_cell(html, "daily-backup")
+    assert '<tr id="job-daily-backup" class="stanza-job-never-run">' in html
+    assert ">never run</span>" in cell
+    assert ">ok<" not in cell
+    assert "first due" in cell and "2026-11-27 02:00:00 UTC" in cell
 
 
 def test_it_keeps_the_filters_in_the_page_links(staff_client, registry):
@@ -215,7 +280,7 @@ def test_it_shows_a_failed_run_now_as_an_error(staff_client, registry):
     response = staff_client.post("/admin/cron/always-fails/run", follow=True)
 
     html = response.content.decode()
-    assert "Job always-fails failed: RuntimeError: disk on fire &lt;b&gt;really&lt;/b&gt;." in html
+    assert "Job always-fails failed. Disk on fire &lt;b&gt;really&lt;/b&gt; (RuntimeError)." in html
     run = CronRun.objects.get()
     assert run.status == "failure"
     assert "Traceback" in run.error
@@ -260,9 +325,8 @@ def test_it_runs_the_real_daily_backup(staff_client, backups_folder, live_databa
 
 
 def health_cell(html, name):
-    return re.search(r'<td class="stanza-job-health">(.*?)</td>', job_row(html, name), re.S).group(
-        1
-    )
+    cell = re.search(r'<td class="stanza-job-health"[^>]*>(.*?)</td>', job_row(html, name), re.S)
+    return cell.group(1)
 
 
 @time_machine.travel(NOW, tick=False)
@@ -304,5 +368,5 @@ def test_it_shows_the_health_of_every_registered_job(staff_client, data_dir):
 
     for name in jobs.registry():
         cell = health_cell(html, name)
-        assert re.search(r">(ok|late|failing)</span>", cell), name
+        assert re.search(r">(ok|late|failing|never run)</span>", cell), name
         assert "grace " in cell
