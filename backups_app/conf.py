@@ -141,6 +141,78 @@ def url_parser(*schemes):
     return parse_url
 
 
+def parse_s3_url(name, raw):
+    """`s3://BUCKET/PREFIX` (the prefix may be empty), or "" when off."""
+    text = str(raw).strip()
+    if not text:
+        return ""
+    parts = urlsplit(text)
+    bucket = parts.netloc
+    if parts.scheme != "s3" or not S3_BUCKET_RE.match(bucket) or parts.query or parts.fragment:
+        raise ConfigError(f"{name}={text!r} is not an S3 location (use s3://BUCKET/PREFIX)")
+    prefix = parts.path.strip("/")
+    if "//" in prefix or any(part in (".", "..") for part in prefix.split("/")):
+        raise ConfigError(f"{name}={text!r}: the prefix must be a plain path (s3://BUCKET/PREFIX)")
+    return text
+
+
+S3_BUCKET_RE = re.compile(r"\A[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
+
+
+def parse_age_recipients(name, raw):
+    """Comma-separated age public keys (`age1...`, or `ssh-ed25519 ...`/`ssh-rsa ...`)."""
+    from pyrage import RecipientError, ssh, x25519
+
+    keys = parse_list(name, raw)
+    for key in keys:
+        if key.upper().startswith("AGE-SECRET-KEY-"):  # never echo a secret key
+            raise ConfigError(f"{name} holds a secret key (AGE-SECRET-KEY-...); give public keys")
+        kind = ssh if key.startswith("ssh-") else x25519
+        try:
+            kind.Recipient.from_str(key)
+        except (RecipientError, ValueError):
+            shown = key[:80]
+            raise ConfigError(f"{name} holds {shown!r}, which is not an age public key") from None
+    return keys
+
+
+def parse_age_identity(name, raw):
+    """The path of an age identity file, checked readable and holding at least one key."""
+    path = parse_path(name, raw)
+    if path is None:
+        return None
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{name}={str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as err:
+        reason = getattr(err, "strerror", None) or "not a text file"
+        raise ConfigError(f"{name}={str(path)!r} cannot be read: {reason}") from None
+    try:
+        if not age_identities(text):
+            raise ConfigError(f"{name}={str(path)!r} holds no age identity (AGE-SECRET-KEY-1...)")
+    except ValueError as err:  # the message never quotes the file: it holds secrets
+        raise ConfigError(f"{name}={str(path)!r}: {err}") from None
+    return path
+
+
+def age_identities(text):
+    """The identities of an age identity file (`age-keygen` output); ValueError when bad."""
+    from pyrage import IdentityError, x25519
+
+    found = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            found.append(x25519.Identity.from_str(line))
+        except (IdentityError, ValueError):
+            problem = f"line {number} is not an age identity (AGE-SECRET-KEY-1...)"
+            raise ValueError(problem) from None
+    return found
+
+
 def parse_replica_url(name, raw):
     """`file:///ABSOLUTE/PATH` or `s3://BUCKET/PATH` (Litestream's replica), or "" (off)."""
     text = str(raw).strip()
@@ -164,18 +236,6 @@ def parse_replica_url(name, raw):
     raise ConfigError(usage)
 
 
-def parse_age_recipients(name, raw):
-    """Comma-separated age public keys (`age1...`), as `age-keygen -y` prints them."""
-    keys = parse_list(name, raw)
-    for key in keys:
-        if not AGE_RECIPIENT_RE.match(key):
-            raise ConfigError(f"{name} holds {key!r}, which is not an age public key (age1...)")
-    return keys
-
-
-AGE_RECIPIENT_RE = re.compile(r"\Aage1[02-9ac-hj-np-z]{58}\Z")
-
-
 # --- the settings --------------------------------------------------------------------------
 
 # name -> (default, parser). A default that is a callable is computed when read. Every
@@ -188,11 +248,11 @@ SETTINGS = {
     "STANZA_BACKUP_RETENTION_DAYS": (7, int_parser(0)),
     "STANZA_ALERT_EMAILS": ((), parse_emails),
     "STANZA_UPLOAD_MAX_MB": (None, int_parser(1)),
-    "STANZA_OFFSITE_URL": ("", url_parser("s3")),
+    "STANZA_OFFSITE_URL": ("", parse_s3_url),
     "STANZA_OFFSITE_SCHEDULE": ("*/15 * * * *", parse_cron),
     "STANZA_OFFSITE_RETENTION_DAYS": (30, int_parser(0)),
     "STANZA_OFFSITE_AGE_RECIPIENTS": ((), parse_age_recipients),
-    "STANZA_OFFSITE_AGE_IDENTITY": (None, parse_path),
+    "STANZA_OFFSITE_AGE_IDENTITY": (None, parse_age_identity),
     "STANZA_REPLICA_URL": ("", parse_replica_url),
     "STANZA_REPLICA_MAX_LAG": (300, int_parser(1)),
 }

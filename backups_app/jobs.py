@@ -15,7 +15,7 @@ from django.utils import timezone
 from django_apscheduler import util
 from django_apscheduler.models import DjangoJobExecution
 
-from backups_app import backups, conf, retention, signals
+from backups_app import backups, conf, offsite, retention, signals
 from backups_app.cron import crontab_trigger
 from backups_app.models import CronRun
 
@@ -54,6 +54,7 @@ def daily_backup():
     # The same lock as "Back up now", uploads and restores (web or command line).
     with operations.exclusive("backup", by="the daily-backup job", wait=OPERATION_WAIT):
         backup = backups.create_backup()
+    offsite.copy_soon()  # its own recorded run; an offsite failure never fails the backup
     return f"{backup.name} ({backups.human_size(backup.size)})"
 
 
@@ -62,7 +63,15 @@ def purge_old_backups():
     now = timezone.now()
     removed = retention.purge_old_backups(backups.backups_dir(), days, now)
     retention.remove_abandoned_uploads(conf.upload_dir(), now)
-    return f"removed {plural(len(removed), 'backup')} older than {plural(days, 'day')}"
+    result = f"removed {plural(len(removed), 'backup')} older than {plural(days, 'day')}"
+    if offsite.enabled():  # after the local purge, which a store that is down must not stop
+        offsite_days = conf.get("STANZA_OFFSITE_RETENTION_DAYS")
+        purged = offsite.purge_old_copies(now, offsite_days)
+        result += (
+            f"; removed {plural(len(purged), 'offsite copy')} older than "
+            f"{plural(offsite_days, 'day')}"
+        )
+    return result
 
 
 def purge_old_cron_runs():
@@ -79,7 +88,18 @@ def purge_old_cron_runs():
 def verify_latest_backup():
     from backups_app import drill  # drill builds on restore, which the jobs need not load
 
-    return drill.verify_latest_backup()
+    checks = [drill.verify_latest_backup]
+    if offsite.enabled():
+        checks.append(offsite.drill_newest_copy)
+    results, failures = [], []
+    for check in checks:  # every drill runs, whichever fails
+        try:
+            results.append(check())
+        except backups.BackupError as err:
+            failures.append(str(err))
+    if failures:
+        raise drill.DrillError("; ".join(failures))
+    return "; ".join(results)
 
 
 def verify_replica():
@@ -119,6 +139,15 @@ def registry():
             description="Restore the newest backup into a scratch file and check what it holds",
         ),
     ]
+    if offsite.enabled():
+        jobs.append(
+            Job(
+                name=offsite.JOB_NAME,
+                schedule=conf.get("STANZA_OFFSITE_SCHEDULE"),
+                func=offsite.copy_offsite,
+                description=f"Copy new backups to {offsite.location()}",
+            )
+        )
     if conf.get("STANZA_REPLICA_URL"):
         jobs.append(
             Job(

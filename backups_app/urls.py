@@ -1,6 +1,6 @@
 from django.urls import path
 
-from backups_app import health_views, replication_views, views
+from backups_app import health_views, offsite_views, replication_views, views
 
 app_name = "backups"
 
@@ -17,6 +17,16 @@ urlpatterns = [
     # `path`, not `str`: a name holding "/" (even %2F-encoded) still reaches the view, which
     # answers 400 for anything that is not a backup file name.
     path("admin/database/backups/<path:filename>", views.download_backup, name="download"),
+    path(
+        "admin/backups/offsite/<path:filename>",
+        offsite_views.download_offsite,
+        name="offsite-download",
+    ),
+    path(
+        "admin/backups/offsite-fetch/<path:filename>",
+        offsite_views.fetch_offsite,
+        name="offsite-fetch",
+    ),
     path("admin/cron/", views.cron_page, name="cron"),
     path("admin/cron/runs/<int:pk>/", views.run_detail, name="run"),
     path("admin/cron/<str:name>/run", views.run_job_now, name="run-job"),

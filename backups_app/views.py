@@ -26,6 +26,7 @@ from backups_app import (
     failures,
     health,
     jobs,
+    offsite,
     operations,
     restore,
     scheduler_lock,
@@ -191,6 +192,7 @@ def backup_now(request):
         logger.error("backup requested by %s failed: %s", request.user.get_username(), err)
         audit(request.user, f"Back up now failed: {err}")
         return failed(request, f"backup failed: {err}", 500)
+    offsite.copy_soon()  # its own recorded run, in a thread: the answer does not wait
     size = backups.human_size(backup.size)
     audit(request.user, f"Made backup {backup.name} ({size})")
     return done(

@@ -82,7 +82,7 @@ def test_it_hides_paths_and_tracebacks_on_server_errors(
     def broken(folder=None):
         raise RuntimeError(f"boom in {backups_folder}/secret")
 
-    monkeypatch.setattr(backups, "list_backups", broken)
+    monkeypatch.setattr(backups, "scan_backups", broken)  # what the Backups page lists with
     staff_client.raise_request_exception = False
 
     response = staff_client.get("/admin/backups/")

@@ -1,9 +1,10 @@
+import contextlib
 import sys
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from backups_app import backups, conf, replication, restore
+from backups_app import backups, conf, offsite, replication, restore
 from backups_app.backups import DATABASE_FILENAME, BackupError
 from backups_app.interrupts import on_stop_signals
 
@@ -30,17 +31,24 @@ class Command(BaseCommand):
             help="restore into DIR/database.sqlite (safety backup in DIR/backups)",
         )
         parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+        parser.add_argument(
+            "--offsite",
+            action="store_true",
+            dest="from_offsite",
+            help="BACKUP is the name of an offsite copy: fetch (and decrypt) it first",
+        )
 
-    def handle(self, *args, backup, data_dir, yes, at, **options):
+    def handle(self, *args, backup, data_dir, yes, at=None, from_offsite=False, **options):
         try:
             # SIGTERM too stops the restore cleanly: rolled back, temporary files removed.
-            with on_stop_signals():
+            with on_stop_signals(), contextlib.ExitStack() as stack:
                 if at is not None:
-                    self.restore_at(at, backup, data_dir, yes)
-                elif backup:
-                    self.restore(backup, data_dir, yes)
-                else:
+                    return self.restore_at(at, backup, data_dir, yes, from_offsite)
+                if not backup:
                     raise CommandError("name a backup to restore (or --at TIME)")
+                if from_offsite:  # fetched into the data folder's tmp, removed after
+                    backup = stack.enter_context(fetch_offsite(backup))
+                self.restore(backup, data_dir, yes)
         except CommandError:
             raise
         except (BackupError, conf.ConfigError) as err:
@@ -67,8 +75,8 @@ class Command(BaseCommand):
         self.stdout.write(f"Restored {restore.describe(result.backup)} into {result.database}")
         self.report(result)
 
-    def restore_at(self, at, backup, data_dir, yes):
-        if backup or data_dir:
+    def restore_at(self, at, backup, data_dir, yes, from_offsite):
+        if backup or data_dir or from_offsite:
             raise CommandError("--at restores the live database from the replica: no BACKUP")
         try:
             when = replication.parse_time(at)
@@ -76,15 +84,22 @@ class Command(BaseCommand):
             raise CommandError(f"--at {at!r} is not an ISO 8601 time with Z or an offset") from err
         if not yes and not sys.stdin.isatty():
             raise CommandError("not restoring without confirmation: no terminal; pass --yes")
-        database = backups.live_database_path()
         result = replication.restore_at(
             when,
             trigger="command",
             by="the restore command",
-            confirm=None if yes else lambda info: self.ask_at(info, when, database),
+            confirm=None if yes else lambda info: self.ask_at(info, when),
         )
         self.stdout.write(f"Restored {result.backup.name} into {result.database}")
         self.report(result)
+
+    def ask_at(self, info, when):
+        self.stdout.write(
+            f"Restore {backups.live_database_path()} as it was at "
+            f"{replication.format_time(when)} ({len(info.row_counts)} tables, "
+            f"{info.total_rows} rows)?"
+        )
+        return self.confirm()
 
     def report(self, result):
         if result.safety_backup:
@@ -104,13 +119,6 @@ class Command(BaseCommand):
                 "run `python manage.py migrate` next."
             )
 
-    def ask_at(self, info, when, database):
-        self.stdout.write(
-            f"Restore {database} as it was at {replication.format_time(when)} "
-            f"({len(info.row_counts)} tables, {info.total_rows} rows)?"
-        )
-        return self.confirm()
-
     def ask(self, info, database):
         self.stdout.write(f"Restore {restore.describe(info)}")
         self.stdout.write(f"into {database}?")
@@ -123,6 +131,15 @@ class Command(BaseCommand):
         self.stdout.flush()
         answer = sys.stdin.readline().strip().lower()
         return answer in ("y", "yes")
+
+
+@contextlib.contextmanager
+def fetch_offsite(name):
+    """The offsite copy `name`, fetched (decrypted) into the data folder's tmp and checked."""
+    if not offsite.enabled():
+        raise BackupError("offsite copies are off: set STANZA_OFFSITE_URL")
+    with offsite.fetched(name) as path:
+        yield str(path)
 
 
 def find_backup(argument, folder):

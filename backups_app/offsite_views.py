@@ -1,0 +1,76 @@
+"""The offsite parts of the Backups page: download an offsite copy, fetch one back to restore.
+
+Kept apart from views.py; both views go through the same staff check as the rest of it.
+"""
+
+import logging
+
+from django.contrib import messages
+from django.http import Http404, HttpResponseBadRequest, StreamingHttpResponse
+from django.shortcuts import redirect
+from django.views.decorators.http import require_POST, require_safe
+
+from backups_app import backups, offsite
+from backups_app.audit import CHANGE, audit
+from backups_app.views import staff_required
+
+logger = logging.getLogger(__name__)
+
+
+def _copy_or_404(filename):
+    """The complete offsite copy called `filename`; None for a name that is not a backup's."""
+    if not backups.is_backup_name(filename):
+        return None
+    if not offsite.enabled():
+        raise Http404("Offsite copies are off.")
+    try:
+        return offsite.find_copy(filename)
+    except offsite.OffsiteError as err:
+        raise Http404(str(err)) from None
+
+
+@staff_required
+@require_safe
+def download_offsite(request, filename):
+    """Stream an offsite copy from the store through the dashboard, decrypted when it is."""
+    copy = _copy_or_404(filename)
+    if copy is None:
+        return HttpResponseBadRequest("Not a backup file name.", content_type="text/plain")
+    store = offsite.storage()
+    try:
+        digest = offsite.stored_checksum(copy, store)
+        if copy.encrypted:
+            offsite.identities()  # say now, not half-way, that it cannot be decrypted
+    except offsite.OffsiteError as err:
+        return HttpResponseBadRequest(str(err), content_type="text/plain", status=502)
+    response = StreamingHttpResponse(
+        offsite.stream_plain(copy, store) if request.method == "GET" else iter(()),
+        content_type="application/octet-stream",
+    )
+    response["Content-Disposition"] = f'attachment; filename="{copy.name}"'
+    response["X-Checksum-SHA256"] = digest
+    if not copy.encrypted:
+        response["Content-Length"] = str(copy.size)
+    if request.method == "GET":
+        audit(request.user, f"Downloaded offsite copy {copy.name}", flag=CHANGE)
+    return response
+
+
+@staff_required
+@require_POST
+def fetch_offsite(request, filename):
+    """Put an offsite-only backup back into the backups folder, then show its restore page."""
+    copy = _copy_or_404(filename)
+    if copy is None:
+        return HttpResponseBadRequest("Not a backup file name.", content_type="text/plain")
+    try:
+        backup = offsite.fetch_into_backups(copy.name)
+    except backups.BackupError as err:
+        logger.error("fetching %s from the offsite store failed: %s", copy.name, err)
+        messages.error(request, f"Could not fetch {copy.name} from the offsite store: {err}.")
+        return redirect("backups:backups")
+    audit(request.user, f"Fetched {copy.name} from the offsite store")
+    messages.success(
+        request, f"Fetched {copy.name} from the offsite store and checked its SHA-256."
+    )
+    return redirect("backups:restore", backup.name)
