@@ -261,7 +261,8 @@ class Replicating:
         def synced():
             record = status_of(self.folder) or {}
             through = record.get("synced_through")
-            return through and replication.parse_time(through) >= after and record
+            in_replica = (record.get("replica_txid") or 0) > 0  # its first file is there
+            return in_replica and through and replication.parse_time(through) >= after and record
 
         return wait_until(synced, timeout=timeout, interval=0.2)
 
@@ -307,6 +308,7 @@ def test_restore_to_a_second_between_two_batches_gives_the_rows_before_it(
     database = live_data / "database.sqlite"
     run = replicating(f"file://{tmp_path / 'replica'}")
     run.wait_synced()
+    time.sleep(1.5)  # the window starts a second after the replica's first file
     insert_items(database, ["a1", "a2", "a3"])
     time.sleep(2.5)
     between = datetime.now(UTC)
@@ -374,6 +376,8 @@ def test_a_restore_while_replicating_starts_a_new_history_that_replicates(
 ):
     database = live_data / "database.sqlite"
     run = replicating(f"file://{tmp_path / 'replica'}")
+    run.wait_synced()
+    time.sleep(1.5)  # the window starts a second after the replica's first file
     insert_items(database, ["old"])
     backup = manage("backup", "--output", str(tmp_path / "old.bak"), env=run.env, check=True)
     assert backup.returncode == 0
