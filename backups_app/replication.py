@@ -44,6 +44,9 @@ SYNC_INTERVAL = "1s"
 MONITOR_MARGIN = 1.5
 HEARTBEAT = 5.0  # seconds between two looks at the replica by `replicate`
 SPAN_EVERY = 60.0  # seconds between two listings of all the replica's files (for the window)
+# A heartbeat gives up on a store that does not answer, so the status file keeps being written
+# (the lag it reports grows) well before it would count as stale.
+BEAT_TIMEOUT = 20
 STALE_AFTER = 60.0  # a status file not refreshed for this long means `replicate` is not running
 COMMAND_TIMEOUT = 120  # seconds for one `litestream ltx` call
 RESTORE_TIMEOUT = 3600
@@ -167,22 +170,45 @@ def child_env():
     return env
 
 
-def run_litestream(*args, config, timeout=COMMAND_TIMEOUT):
-    """Run one short `litestream` command; return its stdout. ReplicationError on failure."""
+def run_litestream(*args, config, timeout=COMMAND_TIMEOUT, stop=None):
+    """Run one short `litestream` command; return its stdout. ReplicationError on failure.
+
+    With `stop` (a threading.Event), the command is ended as soon as it is set: a store that
+    does not answer never holds up the replicate command's exit.
+    """
     command = [litestream_binary(), args[0], "-config", str(config), *args[1:]]
     try:
-        done = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout, env=child_env()
+        child = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child_env(),
         )
-    except subprocess.TimeoutExpired as err:
-        raise ReplicationError(f"litestream {args[0]} took longer than {timeout} s") from err
     except OSError as err:
         raise ReplicationError(f"cannot run litestream: {err.strerror or err}") from err
-    if done.returncode != 0:
-        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-        reason = lines[-1] if lines else f"exit status {done.returncode}"
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                stdout, stderr = child.communicate(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if stop is not None and stop.is_set():
+                    raise ReplicationError(f"litestream {args[0]} stopped") from None
+                if time.monotonic() > deadline:
+                    raise ReplicationError(
+                        f"litestream {args[0]} took longer than {timeout} s"
+                    ) from None
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    if child.returncode != 0:
+        lines = [line for line in stderr.strip().splitlines() if line.strip()]
+        reason = lines[-1] if lines else f"exit status {child.returncode}"
         raise ReplicationError(f"litestream {args[0]} failed: {reason.removeprefix('Error: ')}")
-    return done.stdout
+    return stdout
 
 
 def start_litestream(config):
@@ -258,10 +284,19 @@ class LtxFile:
     created: datetime
 
 
-def replica_files(config, database=None, level="all"):
+def replica_files(config, database=None, level="all", stop=None, timeout=COMMAND_TIMEOUT):
     """The LTX files the replica holds (`litestream ltx -json`)."""
     database = Path(database or backups.live_database_path())
-    output = run_litestream("ltx", "-json", "-level", str(level), str(database), config=config)
+    output = run_litestream(
+        "ltx",
+        "-json",
+        "-level",
+        str(level),
+        str(database),
+        config=config,
+        stop=stop,
+        timeout=timeout,
+    )
     try:
         rows = json.loads(output or "[]")
         return [
@@ -276,9 +311,11 @@ def replica_files(config, database=None, level="all"):
         raise ReplicationError(f"litestream ltx answered something unexpected: {err}") from err
 
 
-def replica_txid(config, database=None):
+def replica_txid(config, database=None, stop=None, timeout=COMMAND_TIMEOUT):
     """The newest transaction in the replica (new files always arrive at level 0)."""
-    files = replica_files(config, database, level=0) or replica_files(config, database)
+    files = replica_files(config, database, 0, stop, timeout) or replica_files(
+        config, database, "all", stop, timeout
+    )
     return max((f.max_txid for f in files), default=0)
 
 
@@ -307,9 +344,10 @@ class Tracker:
     """What `replicate` learns each heartbeat: samples of the local position, and up to when
     the replica holds everything ("synced through")."""
 
-    def __init__(self, database, config):
+    def __init__(self, database, config, stop=None):
         self.database = Path(database)
         self.config = config
+        self.stop = stop
         self.samples = []  # [(time the commits are older than, local txid)]
         self.synced_through = None
         self.replica_txid = 0
@@ -324,14 +362,17 @@ class Tracker:
         self.samples.append((now - MONITOR_MARGIN, self.local_txid))
         if self.local_txid > self.replica_txid or self.synced_through is None:
             try:
-                self.replica_txid = replica_txid(self.config, self.database)
+                self.replica_txid = replica_txid(
+                    self.config, self.database, self.stop, BEAT_TIMEOUT
+                )
                 self.error = ""
             except ReplicationError as err:
                 self.error = str(err)
         if now - self.span_checked >= SPAN_EVERY:
             self.span_checked = now
             try:
-                self.files_span = files_span(replica_files(self.config, self.database))
+                files = replica_files(self.config, self.database, "all", self.stop, BEAT_TIMEOUT)
+                self.files_span = files_span(files)
             except ReplicationError as err:
                 self.error = str(err)
         covered = [t for t, txid in self.samples if txid <= self.replica_txid]
@@ -356,7 +397,7 @@ def replicate(stop, database=None):
     """
     database = Path(database or backups.live_database_path())
     config = write_config(database=database)
-    tracker = Tracker(database, config)
+    tracker = Tracker(database, config, stop)
     state = {"pid": os.getpid(), "started_at": _now_iso(), "restarts": 0, "error": ""}
     backoff = BACKOFF_FIRST
     seen_history = _history_stamp(database)

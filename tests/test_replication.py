@@ -427,7 +427,7 @@ def test_verify_replica_finds_its_canary_and_fails_when_replication_is_down(
 @pytest.mark.litestream
 @pytest.mark.s3
 @pytest.mark.slow
-def test_an_s3_replica_on_moto_restores_to_a_time(live_data, replicating, moto_s3, tmp_path):
+def test_an_s3_replica_on_moto_restores_to_a_time(moto_s3, live_data, replicating, tmp_path):
     import boto3
 
     boto3.client(
