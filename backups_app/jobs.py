@@ -67,10 +67,8 @@ def purge_old_backups():
     if offsite.enabled():  # after the local purge, which a store that is down must not stop
         offsite_days = conf.get("STANZA_OFFSITE_RETENTION_DAYS")
         purged = offsite.purge_old_copies(now, offsite_days)
-        result += (
-            f"; removed {plural(len(purged), 'offsite copy')} older than "
-            f"{plural(offsite_days, 'day')}"
-        )
+        copies = "offsite copy" if len(purged) == 1 else "offsite copies"
+        result += f"; removed {len(purged)} {copies} older than {plural(offsite_days, 'day')}"
     return result
 
 
