@@ -12,7 +12,7 @@ from django.core.mail import get_connection, send_mail
 from django.db import transaction
 from django.utils import timezone
 
-from backups_app import conf, health, jobs
+from backups_app import conf, health, jobs, replication
 from backups_app.models import AlertState, CronRun
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,9 @@ def check_lateness(now=None):
     latest = CronRun.objects.latest_per_job(jobs.registry())
     for name, state in health.job_states(now).items():
         _set_state(name, state, run=latest.get(name), now=now)
+    if replication.enabled():
+        state = AlertState.State.FAILING if replication.problems(now) else AlertState.State.OK
+        _set_state(replication.ALERT_NAME, state, now=now)
 
 
 def _set_state(job_name, state, *, run=None, now=None):
@@ -98,7 +101,9 @@ def _send_notice(alert, previous, run, now):
 
 def _message(alert, previous, run, now):
     name = alert.job_name
-    if alert.state == AlertState.State.FAILING:
+    if name == replication.ALERT_NAME:
+        subject, lines = _replication_message(alert, previous, now)
+    elif alert.state == AlertState.State.FAILING:
         subject = f"[Stanza Backups] job {name} failed"
         lines = [f"The last run of job {name} failed."]
         if run is not None and run.error:
@@ -119,3 +124,15 @@ def _message(alert, previous, run, now):
             lines.append(f"Last run: {run.result}")
     lines += ["", f"Checked at {now:%Y-%m-%d %H:%M:%S %Z}."]
     return subject, "\n".join(lines) + "\n"
+
+
+def _replication_message(alert, previous, now):
+    if alert.state == AlertState.State.OK:
+        return "[Stanza Backups] replication recovered", [
+            f"Replication to the replica is back to normal (it was {previous})."
+        ]
+    found = replication.problems(now) or ["replication is not healthy"]
+    return "[Stanza Backups] replication is failing", [
+        *found,
+        "Is `manage.py replicate` running? Its log says why Litestream stopped.",
+    ]

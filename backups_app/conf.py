@@ -213,6 +213,29 @@ def age_identities(text):
     return found
 
 
+def parse_replica_url(name, raw):
+    """`file:///ABSOLUTE/PATH` or `s3://BUCKET/PATH` (Litestream's replica), or "" (off)."""
+    text = str(raw).strip()
+    if not text:
+        return ""
+    parts = urlsplit(text)
+    usage = f"{name}={text!r} is not a replica URL (use file:///PATH or s3://BUCKET/PATH)"
+    if parts.query or parts.fragment:
+        raise ConfigError(usage)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.strip("/"):
+            raise ConfigError(usage)
+        return text
+    if parts.scheme == "s3":
+        bucket = parts.netloc
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+            raise ConfigError(f"{name}={text!r}: {bucket!r} is not a valid S3 bucket name")
+        if not parts.path.strip("/"):
+            raise ConfigError(usage)
+        return text
+    raise ConfigError(usage)
+
+
 # --- the settings --------------------------------------------------------------------------
 
 # name -> (default, parser). A default that is a callable is computed when read. Every
@@ -230,7 +253,7 @@ SETTINGS = {
     "STANZA_OFFSITE_RETENTION_DAYS": (30, int_parser(0)),
     "STANZA_OFFSITE_AGE_RECIPIENTS": ((), parse_age_recipients),
     "STANZA_OFFSITE_AGE_IDENTITY": (None, parse_age_identity),
-    "STANZA_REPLICA_URL": ("", url_parser("file", "s3")),
+    "STANZA_REPLICA_URL": ("", parse_replica_url),
     "STANZA_REPLICA_MAX_LAG": (300, int_parser(1)),
 }
 

@@ -35,7 +35,10 @@ OK, FAILING, LATE = State.OK.value, State.FAILING.value, State.LATE.value
 NEVER_RUN = "never run"
 
 # More kinds of problems, e.g. "backups_app.offsite.health_problems": f(now) -> [Problem | str].
-PROBLEM_SOURCES = ["backups_app.offsite.health_problems"]
+PROBLEM_SOURCES = [
+    "backups_app.offsite.health_problems",
+    "backups_app.replication.health_problems",
+]
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,12 @@ def verify_latest_backup():
     return "; ".join(results)
 
 
+def verify_replica():
+    from backups_app import replication
+
+    return replication.verify_replica()
+
+
 def registry():
     """Every job, by name, with schedules from the settings of this process."""
     jobs = [
@@ -140,6 +146,19 @@ def registry():
                 schedule=conf.get("STANZA_OFFSITE_SCHEDULE"),
                 func=offsite.copy_offsite,
                 description=f"Copy new backups to {offsite.location()}",
+            )
+        )
+    if conf.get("STANZA_REPLICA_URL"):
+        jobs.append(
+            Job(
+                name="verify-replica",
+                schedule="0 * * * *",
+                func=verify_replica,
+                description=(
+                    "Write a canary row, restore the replica's latest state into a scratch "
+                    "file, check it and find the canary"
+                ),
+                timeout=timedelta(minutes=10),
             )
         )
     return {job.name: job for job in jobs}

@@ -224,3 +224,16 @@ class AlertState(models.Model):
     @property
     def needs_notice(self):
         return self.state != self.notified_state
+
+
+class ReplicaCanary(models.Model):
+    """A row the verify-replica job writes, then looks for in a restore from the replica."""
+
+    token = models.CharField(max_length=32)
+    written_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "replica_canary"
+
+    def __str__(self):
+        return f"canary {self.token} ({self.written_at:%Y-%m-%d %H:%M:%S})"

@@ -540,6 +540,9 @@ def restore_backup(path, *, database=None, backups_folder=None, confirm=None):
     )
     for note in notes:
         logger.warning("restore of %s: %s", info.name, note)
+    from backups_app import replication  # replication builds on restore
+
+    replication.note_restore(result, database)
     return result
 
 

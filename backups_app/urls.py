@@ -1,6 +1,6 @@
 from django.urls import path
 
-from backups_app import health_views, offsite_views, views
+from backups_app import health_views, offsite_views, replication_views, views
 
 app_name = "backups"
 
@@ -9,6 +9,8 @@ urlpatterns = [
     path("admin/database/backup", views.backup_now, name="backup-now"),
     # GET: the confirmation page (the backup is checked, nothing changes); POST: restore.
     path("admin/backups/restore/<path:filename>", views.restore_backup, name="restore"),
+    # GET ?at=TIME: the confirmation page (nothing changes); POST: restore from the replica.
+    path("admin/backups/restore-at", replication_views.restore_at, name="restore-at"),
     # GET: the confirmation page; POST: delete the backup and its sidecars.
     path("admin/backups/delete/<path:filename>", views.delete_backup, name="delete"),
     path("admin/backups/upload", views.upload_backup, name="upload"),

@@ -404,3 +404,53 @@ def copy_database(source, dest, *, page_size=None, wal=True):
         out.execute("PRAGMA journal_mode=WAL")
     out.close()
     return dest
+
+
+# --- S3 on loopback (moto's server) ----------------------------------------------------------
+
+
+@pytest.fixture
+def moto_s3(tmp_path):
+    """moto's S3 server on a free loopback port, as a real subprocess; yields its env vars.
+
+    The dict holds the AWS_* variables that point a client (boto3, Litestream) at it.
+    """
+    import shutil
+    import urllib.request
+
+    server = Path(sys.executable).parent / "moto_server"
+    if not server.exists():
+        server = shutil.which("moto_server")
+    if not server:
+        pytest.skip('moto_server is not installed (pip install "moto[server]")')
+    port = free_port()
+    with open(tmp_path / "moto.log", "wb") as log:  # the child keeps its own copy
+        proc = subprocess.Popen(
+            [str(server), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    endpoint = f"http://127.0.0.1:{port}"
+
+    def answering():
+        try:
+            with urllib.request.urlopen(endpoint, timeout=1):
+                return True
+        except OSError as err:
+            return getattr(err, "code", None) is not None  # an HTTP error is an answer
+
+    try:
+        wait_until(answering, timeout=30, interval=0.2)
+        yield {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": endpoint,
+        }
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -66,3 +66,46 @@ def test_it_serves_the_dashboard_with_the_scheduler_and_stops_both_on_ctrl_c(tmp
             os.killpg(run.pid, signal.SIGKILL)
             run.wait()
     assert password not in manage("ensureadmin", env=env).stdout  # shown once only
+
+
+@pytest.mark.litestream
+def test_it_runs_replication_beside_them_when_a_replica_is_set_and_stops_it(tmp_path):
+    env = {
+        **os.environ,
+        "STANZA_DATA_DIR": str(tmp_path / "data"),
+        "STANZA_PORT": str(free_port()),
+        "STANZA_ADMIN_PASSWORD": "",
+        "STANZA_REPLICA_URL": f"file://{tmp_path / 'replica'}",
+    }
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    log = tmp_path / "run.log"
+    with open(log, "w") as out:
+        run = subprocess.Popen(
+            [REPO_DIR / "scripts" / "run"],
+            cwd=REPO_DIR,
+            env=env,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+
+    def commands():
+        ps = ["ps", "-o", "args=", "-g", str(run.pid)]
+        return subprocess.run(ps, capture_output=True, text=True).stdout
+
+    try:
+
+        def replicating():
+            assert run.poll() is None, log.read_text()
+            replica = tmp_path / "replica" / "ltx"
+            return replica.is_dir() and "Listening at" in log.read_text()
+
+        wait_until(replicating, timeout=180, interval=0.3)
+        assert "manage.py replicate" in commands() and "litestream replicate" in commands()
+        os.killpg(run.pid, signal.SIGINT)
+        run.wait(timeout=30)
+        wait_until(lambda: children_of(run.pid) == [], timeout=15, interval=0.2)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from backups_app import backups, offsite, restore
+from backups_app import backups, conf, offsite, replication, restore
 from backups_app.backups import DATABASE_FILENAME, BackupError
 from backups_app.interrupts import on_stop_signals
 
@@ -17,7 +17,13 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "backup", help="path of a backup file, or its name in the backups folder"
+            "backup", nargs="?", help="path of a backup file, or its name in the backups folder"
+        )
+        parser.add_argument(
+            "--at",
+            metavar="TIME",
+            help="restore the live database as it was at TIME (ISO 8601 with Z or an offset) "
+            "from the replica",
         )
         parser.add_argument(
             "--data-dir",
@@ -32,16 +38,20 @@ class Command(BaseCommand):
             help="BACKUP is the name of an offsite copy: fetch (and decrypt) it first",
         )
 
-    def handle(self, *args, backup, data_dir, yes, from_offsite=False, **options):
+    def handle(self, *args, backup, data_dir, yes, at=None, from_offsite=False, **options):
         try:
             # SIGTERM too stops the restore cleanly: rolled back, temporary files removed.
             with on_stop_signals(), contextlib.ExitStack() as stack:
+                if at is not None:
+                    return self.restore_at(at, backup, data_dir, yes, from_offsite)
+                if not backup:
+                    raise CommandError("name a backup to restore (or --at TIME)")
                 if from_offsite:  # fetched into the data folder's tmp, removed after
                     backup = stack.enter_context(fetch_offsite(backup))
                 self.restore(backup, data_dir, yes)
         except CommandError:
             raise
-        except BackupError as err:
+        except (BackupError, conf.ConfigError) as err:
             raise CommandError(str(err)) from err
         except KeyboardInterrupt:
             raise CommandError("interrupted; the database was not changed") from None
@@ -63,6 +73,35 @@ class Command(BaseCommand):
             confirm=None if yes else lambda info: self.ask(info, database),
         )
         self.stdout.write(f"Restored {restore.describe(result.backup)} into {result.database}")
+        self.report(result)
+
+    def restore_at(self, at, backup, data_dir, yes, from_offsite):
+        if backup or data_dir or from_offsite:
+            raise CommandError("--at restores the live database from the replica: no BACKUP")
+        try:
+            when = replication.parse_time(at)
+        except ValueError as err:
+            raise CommandError(f"--at {at!r} is not an ISO 8601 time with Z or an offset") from err
+        if not yes and not sys.stdin.isatty():
+            raise CommandError("not restoring without confirmation: no terminal; pass --yes")
+        result = replication.restore_at(
+            when,
+            trigger="command",
+            by="the restore command",
+            confirm=None if yes else lambda info: self.ask_at(info, when),
+        )
+        self.stdout.write(f"Restored {result.backup.name} into {result.database}")
+        self.report(result)
+
+    def ask_at(self, info, when):
+        self.stdout.write(
+            f"Restore {backups.live_database_path()} as it was at "
+            f"{replication.format_time(when)} ({len(info.row_counts)} tables, "
+            f"{info.total_rows} rows)?"
+        )
+        return self.confirm()
+
+    def report(self, result):
         if result.safety_backup:
             safety = result.safety_backup.path
             self.stdout.write(f"Safety backup of the previous database: {safety}")
@@ -83,6 +122,9 @@ class Command(BaseCommand):
     def ask(self, info, database):
         self.stdout.write(f"Restore {restore.describe(info)}")
         self.stdout.write(f"into {database}?")
+        return self.confirm()
+
+    def confirm(self):
         self.stdout.write("A pre-restore safety backup of the current database is made first;")
         self.stdout.write("the run history, alert state, job store and audit are kept.")
         self.stdout.write("Restore? [y/N] ", ending="")

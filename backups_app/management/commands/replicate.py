@@ -1,0 +1,41 @@
+import signal
+import threading
+
+from django.core.management.base import BaseCommand, CommandError
+
+from backups_app import conf, replication
+
+
+class Command(BaseCommand):
+    help = (
+        "Replicate the live database continuously to STANZA_REPLICA_URL with Litestream, in "
+        "the foreground; Litestream is restarted if it dies. Ctrl-C or SIGTERM stops it."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--print-config", action="store_true", help="print Litestream's config and exit"
+        )
+
+    def handle(self, *args, print_config, **options):
+        try:
+            if not replication.enabled():
+                raise CommandError("replication is off: set STANZA_REPLICA_URL")
+            if print_config:
+                self.stdout.write(replication.config_text(), ending="")
+                return
+            replication.litestream_binary()
+        except (conf.ConfigError, replication.ReplicationError) as err:
+            raise CommandError(str(err)) from err
+        stop = threading.Event()
+
+        def request_stop(signum, frame):
+            stop.set()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, request_stop)
+        try:
+            with replication.only_replicator():
+                replication.replicate(stop)
+        except (OSError, replication.ReplicationError) as err:
+            raise CommandError(f"replication stopped: {err}") from err

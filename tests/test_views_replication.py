@@ -1,0 +1,148 @@
+"""The Backups page's replication card and "Restore to a point in time"."""
+
+import sqlite3
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from backups_app import backups, replication
+from tests.conftest import count_rows, wait_until
+
+
+@pytest.fixture
+def replica_url(settings, tmp_path, live_database, data_dir):
+    settings.STANZA_REPLICA_URL = f"file://{tmp_path / 'replica'}"
+    settings.STANZA_REPLICA_MAX_LAG = 300
+    return settings.STANZA_REPLICA_URL
+
+
+def write_status(database, *, lag=1, span=None):
+    now = datetime.now(UTC)
+    span = span or (now - timedelta(hours=2), now - timedelta(seconds=30))
+    replication.write_status(
+        {
+            "pid": __import__("os").getpid(),
+            "litestream_running": True,
+            "heartbeat_at": now.isoformat(),
+            "synced_through": (now - timedelta(seconds=lag)).isoformat(),
+            "files_span": [t.isoformat() for t in span],
+        },
+        database,
+    )
+
+
+def test_the_backups_page_shows_replication_status_and_window(
+    staff_client, replica_url, live_database
+):
+    write_status(live_database, lag=3)
+    page = staff_client.get("/admin/backups/").content.decode()
+    assert "Continuous replication" in page
+    assert "&#10003; running" in page and 'id="replication-lag">3 s' in page
+    assert "Restore to a point in time" in page and 'name="at"' in page
+
+
+def test_the_page_says_when_replication_stopped(staff_client, replica_url, live_database):
+    page = staff_client.get("/admin/backups/").content.decode()
+    assert "stopped" in page and "manage.py replicate" in page
+
+
+def test_no_replication_card_when_it_is_off(staff_client, settings, live_database):
+    settings.STANZA_REPLICA_URL = ""
+    page = staff_client.get("/admin/backups/").content.decode()
+    assert "Continuous replication" not in page
+
+
+def test_the_page_says_a_new_history_began_after_a_restore(
+    staff_client, replica_url, live_database
+):
+    write_status(live_database)
+    replication.note_restore(type("R", (), {"backup": type("B", (), {"name": "x.bak"})()})())
+    page = staff_client.get("/admin/backups/").content.decode()
+    assert "A new history began" in page and "x.bak" in page
+
+
+def test_the_confirmation_page_changes_nothing(staff_client, replica_url, live_database):
+    write_status(live_database)
+    before = live_database.read_bytes()
+    when = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S")
+    response = staff_client.get("/admin/backups/restore-at", {"at": when})
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert "Restore to this time" in page and 'name="at"' in page
+    assert live_database.read_bytes() == before
+
+
+def test_a_time_outside_the_window_is_refused_on_the_confirmation_page(
+    staff_client, replica_url, live_database
+):
+    write_status(live_database)
+    response = staff_client.get("/admin/backups/restore-at", {"at": "2001-01-01T00:00:00"})
+    page = response.content.decode()
+    assert "outside the replica&#x27;s window" in page
+    assert "Restore to this time" not in page
+
+
+def test_a_time_that_is_not_a_time_goes_back_with_a_message(staff_client, replica_url):
+    response = staff_client.get("/admin/backups/restore-at", {"at": "soon"}, follow=True)
+    assert "is not a date and time" in response.content.decode()
+
+
+def test_anonymous_users_cannot_restore(client, db, replica_url, live_database):
+    before = live_database.read_bytes()
+    response = client.post("/admin/backups/restore-at", {"at": "2026-01-01T00:00:00Z"})
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]
+    assert live_database.read_bytes() == before
+
+
+def test_non_staff_users_cannot_restore(user_client, replica_url, live_database):
+    before = live_database.read_bytes()
+    response = user_client.post("/admin/backups/restore-at", {"at": "2026-01-01T00:00:00Z"})
+    assert response.status_code == 403
+    assert live_database.read_bytes() == before
+
+
+def insert(database, count, start):
+    conn = sqlite3.connect(database, isolation_level=None, timeout=20)
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(
+        "INSERT INTO item (name, n) VALUES ('x', ?)", ((start + i,) for i in range(count))
+    )
+    conn.execute("COMMIT")
+    conn.close()
+
+
+@pytest.mark.litestream
+@pytest.mark.slow
+def test_restore_to_a_time_from_the_page(staff_client, replica_url, live_database):
+    config = replication.write_config()
+    child = replication.start_litestream(config)
+    try:
+        wait_until(lambda: replication.replica_txid(config) > 0, timeout=30, interval=0.2)
+        time.sleep(1.5)
+        rows = count_rows(live_database)
+        insert(live_database, 5, 1000)
+        time.sleep(2.5)
+        between = datetime.now(UTC)
+        time.sleep(2.5)
+        insert(live_database, 7, 2000)
+        time.sleep(replication.MONITOR_MARGIN)
+        target = replication.local_txid(live_database)
+        wait_until(lambda: replication.replica_txid(config) >= target, timeout=30, interval=0.2)
+
+        response = staff_client.post(
+            "/admin/backups/restore-at", {"at": between.isoformat()}, follow=True
+        )
+        assert "Restored the replica at" in response.content.decode()
+        assert count_rows(live_database) == rows + 5
+        assert [b for b in backups.list_backups() if b.label == "pre-restore"]
+    finally:
+        child.terminate()
+        child.wait(15)
+
+
+@pytest.mark.parametrize("at", ["2026-13-01T00:00:00", "0001-01-01T00:00:00+14:00", "", "x" * 5000])
+def test_hostile_times_go_back_with_a_message(staff_client, replica_url, at):
+    response = staff_client.get("/admin/backups/restore-at", {"at": at}, follow=True)
+    assert response.status_code == 200
+    assert "is not a date and time" in response.content.decode()
