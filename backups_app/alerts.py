@@ -12,7 +12,7 @@ from django.core.mail import get_connection, send_mail
 from django.db import transaction
 from django.utils import timezone
 
-from backups_app import conf, health, jobs, replication
+from backups_app import conf, health, jobs
 from backups_app.models import AlertState, CronRun
 
 logger = logging.getLogger(__name__)
@@ -41,9 +41,25 @@ def check_lateness(now=None):
     latest = CronRun.objects.latest_per_job(jobs.registry())
     for name, state in health.job_states(now).items():
         _set_state(name, state, run=latest.get(name), now=now)
-    if replication.enabled():
-        state = AlertState.State.FAILING if replication.problems(now) else AlertState.State.OK
-        _set_state(replication.ALERT_NAME, state, now=now)
+    for name, found in source_problems(now).items():
+        state = AlertState.State.FAILING if found else AlertState.State.OK
+        _set_state(name, state, now=now)
+
+
+def source_problems(now):
+    """{alert name: problems} of each health problem source (offsite copies, replication).
+
+    A source's alert name is its module's name ("offsite", "replication"), kept beside the
+    jobs' names in AlertState, so each problem is mailed once and its recovery once.
+    """
+    found = {}
+    for path in health.PROBLEM_SOURCES:
+        found[source_name(path)] = health.source(path)(now)
+    return found
+
+
+def source_name(path):
+    return path.rsplit(".", 2)[-2]
 
 
 def _set_state(job_name, state, *, run=None, now=None):
@@ -101,8 +117,8 @@ def _send_notice(alert, previous, run, now):
 
 def _message(alert, previous, run, now):
     name = alert.job_name
-    if name == replication.ALERT_NAME:
-        subject, lines = _replication_message(alert, previous, now)
+    if name not in jobs.registry() and name in map(source_name, health.PROBLEM_SOURCES):
+        subject, lines = _source_message(alert, previous, now)
     elif alert.state == AlertState.State.FAILING:
         subject = f"[Stanza Backups] job {name} failed"
         lines = [f"The last run of job {name} failed."]
@@ -126,13 +142,17 @@ def _message(alert, previous, run, now):
     return subject, "\n".join(lines) + "\n"
 
 
-def _replication_message(alert, previous, now):
+def _source_message(alert, previous, now):
+    """Offsite copies or replication: the problems in words, each with what to do next."""
+    name = alert.job_name
     if alert.state == AlertState.State.OK:
-        return "[Stanza Backups] replication recovered", [
-            f"Replication to the replica is back to normal (it was {previous})."
+        return f"[Stanza Backups] {name} recovered", [
+            f"{name} is back to normal (it was {previous})."
         ]
-    found = replication.problems(now) or ["replication is not healthy"]
-    return "[Stanza Backups] replication is failing", [
-        *found,
-        "Is `manage.py replicate` running? Its log says why Litestream stopped.",
-    ]
+    found = source_problems(now).get(name) or [f"{name} is not healthy"]
+    lines = []
+    for problem in found:
+        lines.append(str(problem))
+        if getattr(problem, "advice", ""):
+            lines.append(problem.advice)
+    return f"[Stanza Backups] {name} is failing: {found[0]}", lines

@@ -50,7 +50,6 @@ BEAT_TIMEOUT = 20
 STALE_AFTER = 60.0  # a status file not refreshed for this long means `replicate` is not running
 COMMAND_TIMEOUT = 120  # seconds for one `litestream ltx` call
 RESTORE_TIMEOUT = 3600
-ALERT_NAME = "replication"  # its name in the alert states, beside the jobs'
 
 
 class ReplicationError(BackupError):

@@ -15,7 +15,7 @@ import boto3
 import pytest
 from django.utils import timezone
 
-from backups_app import backups, health, jobs, offsite
+from backups_app import alerts, backups, health, jobs, offsite
 from backups_app.models import CronRun
 from tests.conftest import (
     count_rows,
@@ -436,6 +436,30 @@ def test_health_counts_a_store_that_is_down_as_behind(
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
 
     assert "offsite copy behind" in health.problems()
+
+
+@pytest.mark.django_db
+def test_offsite_copy_behind_is_mailed_once_and_its_recovery_once(
+    offsite_on, live, backups_folder, settings, mailoutbox
+):
+    settings.STANZA_ALERT_EMAILS = ["ops@example.com"]
+    make_backup(live, backups_folder, age=timedelta(hours=2))
+
+    alerts.check_lateness()
+    alerts.check_lateness()  # still behind: no second email
+
+    behind = [m for m in mailoutbox if "offsite" in m.subject]
+    assert [m.subject for m in behind] == [
+        "[Stanza Backups] offsite is failing: offsite copy behind"
+    ]
+    assert "copy-offsite run on the Cron page" in behind[0].body
+    assert behind[0].to == ["ops@example.com"]
+
+    jobs.run_job("copy-offsite")
+    alerts.check_lateness()
+
+    behind = [m for m in mailoutbox if "offsite" in m.subject]
+    assert behind[-1].subject == "[Stanza Backups] offsite recovered"
 
 
 # --- retention ----------------------------------------------------------------------------
