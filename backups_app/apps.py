@@ -12,6 +12,7 @@ class BackupsAppConfig(AppConfig):
         from backups_app.checks import check_settings
 
         signals.run_finished.connect(alert_on_run_finished, dispatch_uid="backups_app.alerts")
+        signals.restored.connect(note_restore, dispatch_uid="backups_app.replication")
         checks.register(check_settings, "backups_app")
 
 
@@ -24,3 +25,10 @@ def alert_on_run_finished(sender, run, **kwargs):
     from backups_app import alerts
 
     alerts.notify_run_finished(run)
+
+
+def note_restore(sender, result, database, **kwargs):
+    """Tell replication that a new history began (see signals.restored); imported lazily too."""
+    from backups_app import replication
+
+    replication.note_restore(result, database)

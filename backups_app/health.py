@@ -22,6 +22,7 @@ from django.utils.module_loading import import_string
 from backups_app import backups, drill, jobs
 from backups_app.backups import BackupError
 from backups_app.models import AlertState, CronRun
+from backups_app.problems import Problem
 
 logger = logging.getLogger(__name__)
 
@@ -39,19 +40,6 @@ PROBLEM_SOURCES = [
     "backups_app.offsite.health_problems",
     "backups_app.replication.health_problems",
 ]
-
-
-@dataclass(frozen=True)
-class Problem:
-    words: str  # a few words: "no backup" (the /healthz and `checkbackups` text)
-    advice: str = ""  # a sentence with what to do next, for the pages
-
-    def __str__(self):
-        return self.words
-
-    @property
-    def sentence(self):
-        return self.advice or self.words[:1].upper() + self.words[1:] + "."
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,13 @@ declared once.
 """
 
 import logging
+import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
+from django import db
 from django.conf import settings
 from django.utils import timezone
 from django_apscheduler import util
@@ -54,7 +56,7 @@ def daily_backup():
     # The same lock as "Back up now", uploads and restores (web or command line).
     with operations.exclusive("backup", by="the daily-backup job", wait=OPERATION_WAIT):
         backup = backups.create_backup()
-    offsite.copy_soon()  # its own recorded run; an offsite failure never fails the backup
+    copy_offsite_soon()  # its own recorded run; an offsite failure never fails the backup
     return f"{backup.name} ({backups.human_size(backup.size)})"
 
 
@@ -234,15 +236,7 @@ def run_job(name, trigger="manual", *, due_at=None):
 
 def _alert(run):
     """Tell whoever listens (alerts) that a run finished; their problems never fail the run."""
-    for receiver, outcome in signals.run_finished.send_robust(sender=CronRun, run=run):
-        if isinstance(outcome, Exception):
-            logger.error(
-                "%s failed after run %s of job %s",
-                getattr(receiver, "__qualname__", receiver),
-                run.pk,
-                run.job_name,
-                exc_info=outcome,
-            )
+    signals.send(signals.run_finished, run=run)
 
 
 def _execute(job, run):
@@ -346,3 +340,41 @@ def next_run_times(registry):
             for name in registry
         }
     return {name: (next_run_time(job), "scheduler not running") for name, job in registry.items()}
+
+
+# --- starting a copy after a backup -------------------------------------------------------
+
+
+def copy_offsite_soon():
+    """Start a recorded copy-offsite run in a thread, now that a backup was made.
+
+    Never raises: the backup is done whatever happens offsite. Skipped when a run of the job
+    is already going (it would be recorded as a failure); the next scheduled run catches up.
+    The thread is not a daemon, so a command that made a backup waits for its copy.
+    """
+    try:
+        if not offsite.enabled():
+            return None
+    except backups.BackupError:
+        logger.exception("offsite copies are misconfigured; no copy started")
+        return None
+    thread = threading.Thread(target=_copy_offsite_now, name="copy-offsite", daemon=False)
+    thread.start()
+    return thread
+
+
+def _copy_offsite_now():
+    try:
+        CronRun.objects.close_interrupted(
+            offsite.JOB_NAME
+        )  # a run whose process died blocks nothing
+        if CronRun.objects.filter(
+            job_name=offsite.JOB_NAME, status=CronRun.Status.RUNNING
+        ).exists():
+            logger.info("a copy-offsite run is going; the next one copies the new backup")
+            return
+        run_job(offsite.JOB_NAME, trigger="after backup")
+    except Exception:
+        logger.exception("could not run copy-offsite after the backup")
+    finally:
+        db.connection.close()  # this thread's own connection

@@ -30,6 +30,7 @@ from django.utils import timezone
 
 from backups_app import backups, conf
 from backups_app.backups import CHECKSUM_SUFFIX, MANIFEST_SUFFIX, BackupError
+from backups_app.problems import Problem
 
 logger = logging.getLogger(__name__)
 
@@ -572,45 +573,6 @@ class _HashingWriter:
         return self.digest.hexdigest()
 
 
-# --- starting a copy after a backup -------------------------------------------------------
-
-
-def copy_soon():
-    """Start a recorded copy-offsite run in a thread, now that a backup was made.
-
-    Never raises: the backup is done whatever happens offsite. Skipped when a run of the job
-    is already going (it would be recorded as a failure); the next scheduled run catches up.
-    The thread is not a daemon, so a command that made a backup waits for its copy.
-    """
-    try:
-        if not enabled():
-            return None
-    except BackupError:
-        logger.exception("offsite copies are misconfigured; no copy started")
-        return None
-    thread = threading.Thread(target=_copy_now, name="copy-offsite", daemon=False)
-    thread.start()
-    return thread
-
-
-def _copy_now():
-    from django.db import connection
-
-    from backups_app import jobs
-    from backups_app.models import CronRun
-
-    try:
-        CronRun.objects.close_interrupted(JOB_NAME)  # a run whose process died blocks nothing
-        if CronRun.objects.filter(job_name=JOB_NAME, status=CronRun.Status.RUNNING).exists():
-            logger.info("a copy-offsite run is going; the next one copies the new backup")
-            return
-        jobs.run_job(JOB_NAME, trigger="after backup")
-    except Exception:
-        logger.exception("could not run copy-offsite after the backup")
-    finally:
-        connection.close()  # this thread's own connection
-
-
 # --- health -------------------------------------------------------------------------------
 
 
@@ -630,8 +592,6 @@ def health_problems(now=None):
             return []
     except BackupError as err:
         logger.warning("cannot tell whether %s is offsite: %s", listed[0].name, err)
-    from backups_app.health import Problem
-
     advice = (
         "The newest backup has had no offsite copy for over an hour: see the last "
         "copy-offsite run on the Cron page (is the store down, or refusing?)."

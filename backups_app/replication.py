@@ -30,6 +30,7 @@ from urllib.parse import unquote, urlsplit
 
 from backups_app import backups, conf, sqlite
 from backups_app.backups import BackupError
+from backups_app.problems import Problem
 
 logger = logging.getLogger(__name__)
 
@@ -600,8 +601,6 @@ def problems(now=None):
 
 def health_problems(now=None):
     """The same problems for the health verdict, each with what to do next."""
-    from backups_app.health import Problem
-
     advice = {
         "stopped": "Start `manage.py replicate` (scripts/run starts it when "
         "STANZA_REPLICA_URL is set); its log says why Litestream stopped.",

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
-from backups_app import backups, sqlite
+from backups_app import backups, signals, sqlite
 from backups_app.backups import BackupError
 
 logger = logging.getLogger(__name__)
@@ -540,9 +540,7 @@ def restore_backup(path, *, database=None, backups_folder=None, confirm=None):
     )
     for note in notes:
         logger.warning("restore of %s: %s", info.name, note)
-    from backups_app import replication  # replication builds on restore
-
-    replication.note_restore(result, database)
+    signals.send(signals.restored, result=result, database=database)
     return result
 
 

@@ -26,7 +26,6 @@ from backups_app import (
     failures,
     health,
     jobs,
-    offsite,
     operations,
     restore,
     scheduler_lock,
@@ -192,7 +191,7 @@ def backup_now(request):
         logger.error("backup requested by %s failed: %s", request.user.get_username(), err)
         audit(request.user, f"Back up now failed: {err}")
         return failed(request, f"backup failed: {err}", 500)
-    offsite.copy_soon()  # its own recorded run, in a thread: the answer does not wait
+    jobs.copy_offsite_soon()  # its own recorded run, in a thread: the answer does not wait
     size = backups.human_size(backup.size)
     audit(request.user, f"Made backup {backup.name} ({size})")
     return done(

@@ -620,8 +620,8 @@ def test_back_up_now_starts_its_own_copy_offsite_run(
     staff_client, offsite_on, s3, backups_folder, live_database, monkeypatch
 ):
     calls = []
-    real = offsite.copy_soon
-    monkeypatch.setattr(offsite, "copy_soon", lambda: calls.append("copy"))
+    real = jobs.copy_offsite_soon
+    monkeypatch.setattr(jobs, "copy_offsite_soon", lambda: calls.append("copy"))
 
     response = staff_client.post("/admin/database/backup", HTTP_ACCEPT="application/json")
 
@@ -643,8 +643,8 @@ def test_a_backup_never_fails_because_offsite_failed(
 ):
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     calls = []
-    real = offsite.copy_soon
-    monkeypatch.setattr(offsite, "copy_soon", lambda: calls.append("copy"))
+    real = jobs.copy_offsite_soon
+    monkeypatch.setattr(jobs, "copy_offsite_soon", lambda: calls.append("copy"))
 
     response = staff_client.post("/admin/database/backup", HTTP_ACCEPT="application/json")
 

@@ -1,0 +1,41 @@
+"""The app's modules import each other in one direction only, lazy imports included: a cycle
+hidden inside a function still ties two modules together (issue 9)."""
+
+import ast
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
+
+APP = Path(__file__).resolve().parent.parent / "backups_app"
+
+
+def imported_app_modules(path):
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module == "backups_app":
+            found |= {f"backups_app.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("backups_app."):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("backups_app.")}
+    return found
+
+
+def module_name(path):
+    parts = path.relative_to(APP.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_it_has_no_import_cycle_even_through_lazy_imports():
+    paths = [p for p in APP.rglob("*.py") if "migrations" not in p.parts]
+    modules = {module_name(p): p for p in paths}
+    graph = {
+        name: {m for m in imported_app_modules(path) if m in modules and m != name}
+        for name, path in modules.items()
+    }
+
+    try:
+        tuple(TopologicalSorter(graph).static_order())
+    except CycleError as err:
+        raise AssertionError(f"import cycle: {' -> '.join(err.args[1])}") from None
+
+    assert "backups_app.jobs" in graph and "backups_app.offsite" in graph["backups_app.jobs"]
