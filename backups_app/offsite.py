@@ -740,13 +740,7 @@ def fetched(name, store=None):
     folder = Path(tempfile.mkdtemp(prefix=FETCH_PREFIX, dir=scratch_dir()))
     try:
         path = folder / name
-        try:
-            with open(path, "xb") as f:
-                digest = download(copy, f, store)
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as err:
-            raise OffsiteError(f"cannot write the fetched {name} into {folder}: {err}") from err
+        digest = download_to(path, copy, store, mode="xb")
         backups.write_checksum(path, digest)
         manifest = read_small(store, name + MANIFEST_SUFFIX)
         if manifest:
@@ -754,6 +748,18 @@ def fetched(name, store=None):
         yield path
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def download_to(path, copy, store, mode="wb"):
+    """Download an offsite copy into the file at `path`, flushed to disk; return its SHA-256."""
+    try:
+        with open(path, mode) as f:
+            digest = download(copy, f, store)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        raise OffsiteError(f"cannot write {copy.name} into {Path(path).parent}: {err}") from err
+    return digest
 
 
 def _remove_abandoned_fetches():
@@ -782,13 +788,7 @@ def fetch_into_backups(name, store=None):
     store = store or storage()
     copy = find_copy(name, store)
     with restore.scratch_file(folder) as temp:
-        try:
-            with open(temp, "wb") as f:
-                digest = download(copy, f, store)
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as err:
-            raise OffsiteError(f"cannot write {name} into {folder}: {err}") from err
+        digest = download_to(temp, copy, store)
         moment = backups.Backup(path=folder / name, size=0, modified=timezone.now()).created
         os.utime(temp, (moment.timestamp(), moment.timestamp()))
         try:
