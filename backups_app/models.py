@@ -116,15 +116,18 @@ class CronRun(models.Model):
         db_table = "cron_runs"
         ordering = ("-started_at", "-id")
         indexes = (
+            # Ascending: SQLite reads them backwards for "-started_at", "-id" (an index's rowid
+            # runs ascending, so a "-started_at" index needed a sort of each run of equal
+            # times: 0.7 s for the history's page 10000 with a million runs, 40 ms this way).
             # CronRunQuerySet.latest_per_job() and the Cron page's history of one job.
-            models.Index(fields=("job_name", "-started_at"), name="cron_runs_job_started"),
+            models.Index(fields=("job_name", "started_at"), name="cron_runs_job_started"),
             # The Cron page's run history, newest first, and the purge of old history.
-            models.Index(fields=("-started_at",), name="cron_runs_started"),
+            models.Index(fields=("started_at",), name="cron_runs_started"),
             # The history filtered by status, and the search for runs left `running`.
-            models.Index(fields=("status", "-started_at"), name="cron_runs_status_started"),
+            models.Index(fields=("status", "started_at"), name="cron_runs_status_started"),
             # The Cron page's history filtered by job and status (its page and its count).
             models.Index(
-                fields=("job_name", "status", "-started_at"), name="cron_runs_job_status_started"
+                fields=("job_name", "status", "started_at"), name="cron_runs_job_status_started"
             ),
         )
         constraints = (
