@@ -403,7 +403,7 @@ def cron_page(request):
     ]
     filters = HistoryFilterForm(request.GET)
     history = filters.filter(CronRun.objects.order_by("-started_at", "-id"))
-    page = Paginator(history, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
+    page = HistoryPaginator(history, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
     return render(
@@ -422,6 +422,20 @@ def cron_page(request):
             audit_entries=recent_entries(),
         ),
     )
+
+
+class HistoryPaginator(Paginator):
+    """Pages of runs: the page's ids from the index alone, then those runs.
+
+    A deep page skips its offset in the index, not in the table's rows: page 10000 of a
+    million runs took 46 ms this way instead of 95 ms (bench/dashboard.py).
+    """
+
+    def page(self, number):
+        page = super().page(number)
+        ids = list(page.object_list.values_list("pk", flat=True))
+        page.object_list = list(self.object_list.filter(pk__in=ids))
+        return page
 
 
 def span_words(span):
