@@ -4,6 +4,7 @@ restores, uploads, Cron page and run details. Each view: one check, one call, on
 import logging
 import shutil
 from functools import wraps
+from urllib.parse import quote
 
 from django.conf import settings
 from django.contrib import admin, messages
@@ -16,6 +17,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
+from django.utils.http import RFC3986_SUBDELIMS
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
@@ -133,6 +135,7 @@ def backups_page(request):
     newest = found[0].backup(folder) if found else None
     page = Paginator(found, BACKUPS_PAGE_SIZE).get_page(request.GET.get("page"))
     shown = [item.backup(folder) for item in page]
+    links = {view: backup_link(view) for view in ("download", "restore", "delete")}
     return render(
         request,
         "backups/backups.html",
@@ -147,6 +150,7 @@ def backups_page(request):
                     "backup": backup,
                     "drill": drill_status(backup),
                     "sha256": backups.read_checksum(backup.path) if backup.has_checksum else "",
+                    "urls": {view: link(backup.name) for view, link in links.items()},
                 }
                 for backup in shown
             ],
@@ -163,6 +167,13 @@ def backups_page(request):
             audit_entries=recent_entries(),
         ),
     )
+
+
+def backup_link(view):
+    """A function making the `backups:<view>` link of a backup name: one reverse() for a page
+    of rows instead of one per row (300 reverses were ~15 ms of the Backups page)."""
+    prefix = reverse(f"backups:{view}", args=["-"])[:-1]  # the name is the link's last part
+    return lambda name: prefix + quote(name, safe=RFC3986_SUBDELIMS + "/~:@")  # as reverse()
 
 
 def drill_status(backup):

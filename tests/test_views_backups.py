@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from django.contrib.admin.models import LogEntry
 from django.test import Client
+from django.urls import reverse
 
 from backups_app import backups, drill, health, operations
 from tests.conftest import count_rows, write_backup_file
@@ -394,3 +395,16 @@ def test_it_shows_sizes_and_counts_in_plain_words(staff_client, backups_folder):
     assert "1000.0" not in html
     assert backups.human_size(1_024_000) == "1.0 MB"
     assert backups.human_size(1) == "1 byte"
+
+
+def test_each_row_links_to_its_own_download_restore_and_delete(staff_client, backups_folder):
+    """The rows' links are made without one reverse() each: they must be reverse()'s links."""
+    names = ["database.sqlite.20260101T020000Z.bak", "database.sqlite.20260102T020000Z.manual.bak"]
+    for name in names:
+        write_backup_file(backups_folder, name, b"x")
+
+    html = staff_client.get(URL).content.decode()
+
+    for name in names:
+        for view in ("download", "restore", "delete"):
+            assert f'href="{reverse(f"backups:{view}", args=[name])}"' in html
