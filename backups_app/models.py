@@ -19,8 +19,8 @@ class CronRunQuerySet(models.QuerySet):
         """{job name: its newest run} for the named jobs, in one query.
 
         Each `id = (SELECT ...)` is uncorrelated, so SQLite evaluates it once on the
-        (job_name, -started_at) index: one index entry per job, whatever the history's size
-        (a correlated subquery took ~1 s with a million runs; this takes ~30 ms).
+        (job_name, started_at) index read backwards: one index entry per job, whatever the
+        history's size (a correlated subquery took ~1 s with a million runs; this takes ~30 ms).
         """
         condition = Q()
         for name in job_names:
