@@ -439,7 +439,7 @@ class HistoryPaginator(Paginator):
     """Pages of runs: the page's ids from the index alone, then those runs.
 
     A deep page skips its offset in the index, not in the table's rows: page 10000 of a
-    million runs took 46 ms this way instead of 95 ms (bench/dashboard.py).
+    million runs: 33 ms this way, 45 ms fetching whole rows at the offset (bench data).
     """
 
     def page(self, number):
