@@ -9,8 +9,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_http_methods
 
-from backups_app import backups, conf, operations, replication, views
-from backups_app.audit import audit
+from backups_app import backups, conf, replication, views
 
 logger = logging.getLogger(__name__)
 
@@ -67,14 +66,9 @@ def restore_at(request):
 
 
 def restore_now(request, when):
-    user = request.user
-    trigger = f"admin:{user.get_username()}"
-    try:
-        result = replication.restore_at(when, trigger=trigger, by=user.get_username())
-    except operations.OperationRunning as err:
-        return views.failed(request, str(err), 409)
-    except (backups.BackupError, conf.ConfigError) as err:
-        logger.error("restore to %s requested by %s failed: %s", when, trigger, err)
-        audit(user, f"Restore to {replication.format_time(when)} failed: {err}")
-        return views.failed(request, f"restore failed, nothing was changed: {err}", 400)
-    return views.restored(request, result)
+    return views.run_restore(
+        request,
+        f"restore to {replication.format_time(when)}",
+        lambda **who: replication.restore_at(when, **who),
+        errors=(backups.BackupError, conf.ConfigError),
+    )

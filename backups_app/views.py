@@ -312,15 +312,28 @@ def restore_backup(request, filename):
 
 
 def restore_now(request, backup):
+    return run_restore(
+        request,
+        f"restore of {backup.name}",
+        lambda **who: restore.restore_and_record(backup.path, **who),
+    )
+
+
+def run_restore(request, what, restore_as, errors=(backups.BackupError,)):
+    """Run `restore_as(trigger=..., by=...)` for the staff user and answer the page or API.
+
+    One ending for every kind of restore (a backup, a point in time): busy is 409, a refused
+    or failed restore is 400 with nothing changed, logged and audited under `what`.
+    """
     user = request.user
     trigger = f"admin:{user.get_username()}"
     try:
-        result = restore.restore_and_record(backup.path, trigger=trigger, by=user.get_username())
+        result = restore_as(trigger=trigger, by=user.get_username())
     except operations.OperationRunning as err:
         return failed(request, str(err), 409)
-    except backups.BackupError as err:
-        logger.error("restore of %s requested by %s failed: %s", backup.name, trigger, err)
-        audit(user, f"Restore of {backup.name} failed: {err}")
+    except errors as err:
+        logger.error("%s requested by %s failed: %s", what, trigger, err)
+        audit(user, f"{what[:1].upper()}{what[1:]} failed: {err}")
         return failed(request, f"restore failed, nothing was changed: {err}", 400)
     return restored(request, result)
 
