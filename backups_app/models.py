@@ -129,6 +129,10 @@ class CronRun(models.Model):
             models.Index(
                 fields=("job_name", "status", "started_at"), name="cron_runs_job_status_started"
             ),
+            # The history's COUNT(*): SQLite counts the smallest index it has, page by page.
+            # Ids alone make one a quarter the size of started_at's: 4 ms instead of 16 ms
+            # for a million runs, a fifth of the Cron page (bench/dashboard.py).
+            models.Index(fields=("id",), name="cron_runs_ids"),
         )
         constraints = (
             # No job runs twice for the same due time, however many schedulers are started.
