@@ -40,8 +40,8 @@ BACKUP_NAME_PATTERN = (
     r"(?:\.(?P<label>manual|pre-migrate|pre-restore|uploaded))?\.bak(?P<gz>\.gz)?\Z"
 )
 CHECKSUM_SUFFIX = ".sha256"
-# What a backup or its checksum ends with: the cheap test before the name pattern.
-LISTED_ENDINGS = (".bak", ".bak.gz", CHECKSUM_SUFFIX)
+# What a backup ends with: the cheap test before the name pattern.
+BACKUP_ENDINGS = (".bak", ".bak.gz")
 SHA256_RE = re.compile(r"\A[0-9a-f]{64}\Z")
 MANIFEST_SUFFIX = ".json"
 SQLITE_HEADER = sqlite.HEADER
@@ -188,7 +188,7 @@ def scan_backups(folder=None):
 
     For pages that count thousands of backups and show a few. The folder is read through its
     descriptor, so each stat is relative to it (no path walked per file), and only names that
-    end like a backup are matched and stat'd: 5000 backups in 43 ms instead of 67 ms here.
+    end like a backup are matched and stat'd: 5000 backups in 40 ms instead of 67 ms here.
     """
     folder = Path(folder or backups_dir())
     try:
@@ -199,27 +199,31 @@ def scan_backups(folder=None):
         raise BackupError(f"backups folder {folder} is a file, not a folder") from None
     except PermissionError:
         raise BackupError(f"backups folder {folder} cannot be read (permission denied)") from None
+    # The pattern once, not per file: it depends on the settings (the database's name).
+    matches = backup_name_re(name_prefix()).match
+    # A symlink could point anywhere, a FIFO would block its reader: only regular files in
+    # the folder are backups, or checksums.
+    checksums, candidates = set(), []
     try:
         with os.scandir(fd) as listing:
-            entries = [e for e in listing if e.name.endswith(LISTED_ENDINGS)]
-        # A symlink could point anywhere, a FIFO would block its reader: only regular files in
-        # the folder are backups, or checksums.
-        checksums = {
-            e.name
-            for e in entries
-            if e.name.endswith(CHECKSUM_SUFFIX) and e.is_file(follow_symlinks=False)
-        }
-        # The pattern once, not per file: it depends on the settings (the database's name).
-        matches = backup_name_re(name_prefix()).match
+            for entry in listing:
+                name = entry.name
+                if name.endswith(CHECKSUM_SUFFIX):
+                    if entry.is_file(follow_symlinks=False):
+                        checksums.add(name)
+                elif (
+                    name.endswith(BACKUP_ENDINGS)
+                    and matches(name)
+                    and entry.is_file(follow_symlinks=False)
+                ):
+                    candidates.append(entry)
         found = []
-        for entry in entries:
-            name = entry.name
-            if not matches(name) or not entry.is_file(follow_symlinks=False):
-                continue
+        for entry in candidates:
             try:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:  # deleted between the listing and the stat
                 continue
+            name = entry.name
             found.append(Listed(st.st_mtime, name, st.st_size, name + CHECKSUM_SUFFIX in checksums))
     finally:
         os.close(fd)
