@@ -19,49 +19,30 @@ OWN_ERRORS = {
 }
 EXCEPTION = re.compile(r"^([A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt)): (.*)$")
 
-# (pattern of the message, what to do next). A `None` advice means the sentence says it all.
-ADVICE = (
-    (
-        re.compile(r"^no backup to verify$", re.I),
-        "No backup to verify yet: make one with Back up now",
-        None,
+# Messages that say it all: pattern -> the sentence shown instead of the message.
+SENTENCES = {
+    r"^no backup to verify$": "No backup to verify yet: make one with Back up now.",
+}
+# What to do next, said after the message: pattern -> advice; the first pattern that matches.
+ADVICE = {
+    r"disk is full|no space left|disk full|quota exceeded": (
+        "Free some space in the backups folder, then run it again."
     ),
-    (
-        re.compile(r"disk is full|no space left|disk full|quota exceeded", re.I),
-        None,
-        "Free some space in the backups folder, then run it again.",
+    r"permission denied|not writable|cannot be read": (
+        "Check who owns the folder and its permissions, then run it again."
     ),
-    (
-        re.compile(r"permission denied|not writable|cannot be read", re.I),
-        None,
-        "Check who owns the folder and its permissions, then run it again.",
+    r"folder .* does not exist|is a file, not a folder": (
+        "Create the folder (or fix STANZA_BACKUPS_DIR), then run it again."
     ),
-    (
-        re.compile(r"folder .* does not exist|is a file, not a folder", re.I),
-        None,
-        "Create the folder (or fix STANZA_BACKUPS_DIR), then run it again.",
+    r"^restore drill of .* failed": (
+        "Make a new backup with Back up now, then run verify-latest-backup again."
     ),
-    (
-        re.compile(r"^restore drill of .* failed", re.I),
-        None,
-        "Make a new backup with Back up now, then run verify-latest-backup again.",
+    r"^interrupted:": "The process was stopped during the run: run it again with Run now.",
+    r"^skipped:": "Nothing to do unless the earlier run stays stuck.",
+    r"database is locked|locked by another process": (
+        "Something held the database too long: run it again in a moment."
     ),
-    (
-        re.compile(r"^interrupted:", re.I),
-        None,
-        "The process was stopped during the run: run it again with Run now.",
-    ),
-    (
-        re.compile(r"^skipped:", re.I),
-        None,
-        "Nothing to do unless the earlier run stays stuck.",
-    ),
-    (
-        re.compile(r"database is locked|locked by another process", re.I),
-        None,
-        "Something held the database too long: run it again in a moment.",
-    ),
-)
+}
 
 
 def message_of(text):
@@ -81,12 +62,18 @@ def explain(text):
     message = message_of(text)
     if not message:
         return "It failed without an error message: see the run's details."
-    for pattern, sentence, advice in ADVICE:
-        if pattern.search(message):
-            if sentence:
-                return sentence + "."
-            return f"{capital(message)}. {advice}"
-    return f"{capital(message)}."
+    sentence = first_match(SENTENCES, message)
+    if sentence:
+        return sentence
+    advice = first_match(ADVICE, message)
+    return f"{capital(message)}. {advice}" if advice else f"{capital(message)}."
+
+
+def first_match(table, message):
+    """The value of the first pattern of `table` found in `message` (any case), else None."""
+    return next(
+        (value for pattern, value in table.items() if re.search(pattern, message, re.I)), None
+    )
 
 
 def capital(text):
