@@ -13,6 +13,7 @@ files). It needs nothing from the project it is installed in.
 """
 
 import contextlib
+import functools
 import os
 import re
 import zoneinfo
@@ -127,26 +128,23 @@ def parse_emails(name, raw):
     return emails
 
 
-def url_parser(*schemes):
+S3_BUCKET_RE = re.compile(r"\A[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
+
+
+def off_when_empty(parse):
+    """A URL setting that is off when empty: "" then, else `parse(name, text, urlsplit(text))`."""
+
+    @functools.wraps(parse)
     def parse_url(name, raw):
         text = str(raw).strip()
-        if not text:
-            return ""
-        parts = urlsplit(text)
-        if parts.scheme not in schemes or not (parts.netloc or parts.path.strip("/")):
-            shown = " or ".join(f"{scheme}://..." for scheme in schemes)
-            raise ConfigError(f"{name}={text!r} is not a valid URL (use {shown})")
-        return text
+        return parse(name, text, urlsplit(text)) if text else ""
 
     return parse_url
 
 
-def parse_s3_url(name, raw):
+@off_when_empty
+def parse_s3_url(name, text, parts):
     """`s3://BUCKET/PREFIX` (the prefix may be empty), or "" when off."""
-    text = str(raw).strip()
-    if not text:
-        return ""
-    parts = urlsplit(text)
     bucket = parts.netloc
     if parts.scheme != "s3" or not S3_BUCKET_RE.match(bucket) or parts.query or parts.fragment:
         raise ConfigError(f"{name}={text!r} is not an S3 location (use s3://BUCKET/PREFIX)")
@@ -154,9 +152,6 @@ def parse_s3_url(name, raw):
     if "//" in prefix or any(part in (".", "..") for part in prefix.split("/")):
         raise ConfigError(f"{name}={text!r}: the prefix must be a plain path (s3://BUCKET/PREFIX)")
     return text
-
-
-S3_BUCKET_RE = re.compile(r"\A[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
 
 
 def parse_age_recipients(name, raw):
@@ -213,12 +208,9 @@ def age_identities(text):
     return found
 
 
-def parse_replica_url(name, raw):
+@off_when_empty
+def parse_replica_url(name, text, parts):
     """`file:///ABSOLUTE/PATH` or `s3://BUCKET/PATH` (Litestream's replica), or "" (off)."""
-    text = str(raw).strip()
-    if not text:
-        return ""
-    parts = urlsplit(text)
     usage = f"{name}={text!r} is not a replica URL (use file:///PATH or s3://BUCKET/PATH)"
     if parts.query or parts.fragment:
         raise ConfigError(usage)
@@ -228,7 +220,7 @@ def parse_replica_url(name, raw):
         return text
     if parts.scheme == "s3":
         bucket = parts.netloc
-        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+        if not S3_BUCKET_RE.match(bucket):
             raise ConfigError(f"{name}={text!r}: {bucket!r} is not a valid S3 bucket name")
         if not parts.path.strip("/"):
             raise ConfigError(usage)
