@@ -4,6 +4,7 @@ Kept apart from views.py; both views go through the same staff check as the rest
 """
 
 import logging
+from functools import wraps
 
 from django.contrib import messages
 from django.http import Http404, HttpResponseBadRequest, StreamingHttpResponse
@@ -17,25 +18,30 @@ from backups_app.views import staff_required
 logger = logging.getLogger(__name__)
 
 
-def _copy_or_404(filename):
-    """The complete offsite copy called `filename`; None for a name that is not a backup's."""
-    if not backups.is_backup_name(filename):
-        return None
-    if not offsite.enabled():
-        raise Http404("Offsite copies are off.")
-    try:
-        return offsite.find_copy(filename)
-    except offsite.OffsiteError as err:
-        raise Http404(str(err)) from None
+def offsite_copy_view(view):
+    """Look up the offsite copy the URL names before `view` gets it: 400 for a name that is
+    not a backup's (nothing is asked of the store), 404 when copies are off or it has none."""
+
+    @wraps(view)
+    def wrapper(request, filename):
+        if not backups.is_backup_name(filename):
+            return HttpResponseBadRequest("Not a backup file name.", content_type="text/plain")
+        if not offsite.enabled():
+            raise Http404("Offsite copies are off.")
+        try:
+            copy = offsite.find_copy(filename)
+        except offsite.OffsiteError as err:
+            raise Http404(str(err)) from None
+        return view(request, copy)
+
+    return wrapper
 
 
 @staff_required
 @require_safe
-def download_offsite(request, filename):
+@offsite_copy_view
+def download_offsite(request, copy):
     """Stream an offsite copy from the store through the dashboard, decrypted when it is."""
-    copy = _copy_or_404(filename)
-    if copy is None:
-        return HttpResponseBadRequest("Not a backup file name.", content_type="text/plain")
     store = offsite.storage()
     try:
         digest = offsite.stored_checksum(copy, store)
@@ -58,11 +64,9 @@ def download_offsite(request, filename):
 
 @staff_required
 @require_POST
-def fetch_offsite(request, filename):
+@offsite_copy_view
+def fetch_offsite(request, copy):
     """Put an offsite-only backup back into the backups folder, then show its restore page."""
-    copy = _copy_or_404(filename)
-    if copy is None:
-        return HttpResponseBadRequest("Not a backup file name.", content_type="text/plain")
     try:
         backup = offsite.fetch_into_backups(copy.name)
     except backups.BackupError as err:

@@ -107,14 +107,39 @@ def refuse_name(request, filename, status):
     return render(request, "backups/bad_name.html", context, status=status)
 
 
-def lookup(request, filename):
-    """(the listed backup called `filename`, None), or (None, the page refusing the name)."""
+def lookup(request, filename, find=backups.get_backup):
+    """(`find(filename)`, None), or (None, the page refusing the name).
+
+    The name is checked before any path is built from it: 400 when it is not a backup's name,
+    404 when `find` finds no such backup.
+    """
     if not backups.is_backup_name(filename):
         return None, refuse_name(request, filename, 400)
     try:
-        return backups.get_backup(filename), None
+        return find(filename), None
     except backups.BackupError:
         return None, refuse_name(request, filename, 404)
+
+
+def confirm_view(view):
+    """A staff page of one backup that says what an action would do (GET, nothing changes) and
+    does it (POST): the URL's name is looked up first, and `view` gets the backup."""
+
+    @staff_required
+    @require_http_methods(["GET", "HEAD", "POST"])
+    @wraps(view)
+    def wrapper(request, filename):
+        backup, refused = lookup(request, filename)
+        if refused is not None:
+            return refused
+        return view(request, backup)
+
+    return wrapper
+
+
+def posted(request):
+    """The form's data for a POST, or None (an unbound form) for a GET."""
+    return request.POST if request.method == "POST" else None
 
 
 # --- Backups page --------------------------------------------------------------------------
@@ -214,13 +239,9 @@ def backup_now(request):
 @staff_required
 @require_safe
 def download_backup(request, filename):
-    # The name is checked before any path is built from it.
-    if not backups.is_backup_name(filename):
-        return refuse_name(request, filename, 400)
-    try:
-        f = backups.open_backup(filename)
-    except backups.BackupError:
-        return refuse_name(request, filename, 404)
+    f, refused = lookup(request, filename, find=backups.open_backup)
+    if refused is not None:
+        return refused
     response = FileResponse(
         f, as_attachment=True, filename=filename, content_type="application/octet-stream"
     )
@@ -232,16 +253,12 @@ def download_backup(request, filename):
     return response
 
 
-@staff_required
-@require_http_methods(["GET", "HEAD", "POST"])
-def delete_backup(request, filename):
+@confirm_view
+def delete_backup(request, backup):
     """GET: what deleting this backup means (nothing changes). POST: delete it and its sidecars."""
-    backup, refused = lookup(request, filename)
-    if refused:
-        return refused
     listed = backups.scan_backups()
     others = [item for item in listed if item.name != backup.name]
-    form = DeleteForm(request.POST if request.method == "POST" else None, is_last=not others)
+    form = DeleteForm(posted(request), is_last=not others)
     if request.method == "POST":
         if form.is_valid():
             return delete_now(request, backup)
@@ -280,14 +297,10 @@ def delete_now(request, backup):
 # --- Restore and upload --------------------------------------------------------------------
 
 
-@staff_required
-@require_http_methods(["GET", "HEAD", "POST"])
-def restore_backup(request, filename):
+@confirm_view
+def restore_backup(request, backup):
     """GET: what restoring this backup would do (it is checked; nothing changes). POST: do it."""
-    backup, refused = lookup(request, filename)
-    if refused:
-        return refused
-    form = RestoreForm(request.POST if request.method == "POST" else None)
+    form = RestoreForm(posted(request))
     if request.method == "POST" and form.is_valid():
         return restore_now(request, backup)
     try:
