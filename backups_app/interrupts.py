@@ -1,4 +1,4 @@
-"""Signals for the commands that run long work in the foreground (backup, runjob, runscheduler)."""
+"""Signals for the commands that run long work in the foreground (backup, restore, replicate...)."""
 
 import signal
 from contextlib import contextmanager

@@ -1,9 +1,9 @@
-import signal
 import threading
 
 from django.core.management.base import BaseCommand, CommandError
 
 from backups_app import conf, replication
+from backups_app.interrupts import on_stop_signals
 
 
 class Command(BaseCommand):
@@ -28,14 +28,8 @@ class Command(BaseCommand):
         except (conf.ConfigError, replication.ReplicationError) as err:
             raise CommandError(str(err)) from err
         stop = threading.Event()
-
-        def request_stop(signum, frame):
-            stop.set()
-
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, request_stop)
         try:
-            with replication.only_replicator():
+            with on_stop_signals(lambda signum, frame: stop.set()), replication.only_replicator():
                 replication.replicate(stop)
         except (OSError, replication.ReplicationError) as err:
             raise CommandError(f"replication stopped: {err}") from err
