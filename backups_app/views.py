@@ -456,7 +456,7 @@ def cron_page(request):
             time_zone=settings.TIME_ZONE,
             page=page,
             filters=filters,
-            filter_query=query.urlencode(),
+            page_query=query.urlencode() + "&" if query else "",  # before page=N
             audit_entries=recent_entries(),
         ),
     )
