@@ -289,6 +289,7 @@ def test_it_logs_one_readable_line_by_default(env, cwd):
     assert f"backup written: {name} ({size} bytes) in " in lines[0]
 
 
+@pytest.mark.slow  # the 200 MB database its terminal twin shows progress for
 def test_it_shows_no_progress_without_a_terminal(env, cwd, large_data_dir):
     result = backup("--data-dir", str(large_data_dir), env=env, cwd=cwd)
 
