@@ -195,6 +195,7 @@ def limit_file_size():
 
 
 @pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.slow  # real limits on real processes
 def test_it_says_disk_full_when_the_file_size_limit_is_hit(env, cwd, tmp_path, compress):
     big = tmp_path / "big"
     big.mkdir()
@@ -209,6 +210,7 @@ def test_it_says_disk_full_when_the_file_size_limit_is_hit(env, cwd, tmp_path, c
 
 
 @pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.slow  # real limits on real processes
 def test_it_says_disk_full_on_a_small_filesystem(env, tmp_path, mount_point, compress):
     folder = mount_point("size=4m")
     big = tmp_path / "big"
@@ -236,6 +238,7 @@ with time_machine.travel("2026-11-26 02:00:00Z", tick=False):
 """
 
 
+@pytest.mark.slow  # real limits on real processes
 def test_it_gives_processes_backing_up_in_the_same_second_distinct_names(env, cwd):
     source = os.path.join(env["STANZA_DATA_DIR"], "database.sqlite")
     procs = [
