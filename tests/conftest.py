@@ -236,7 +236,7 @@ def mount_point(tmp_path):
 
 @pytest.fixture(scope="session")
 def migrated_live_data(tmp_path_factory):
-    """A data folder as a real `manage.py migrate` leaves it; copy, never write (see `live_data`)."""
+    """A data folder as one real `manage.py migrate` leaves it; copy, never write (`live_data`)."""
     folder = tmp_path_factory.mktemp("migrated-live") / "live"
     folder.mkdir()
     manage("migrate", "--no-input", "-v0", env=live_env(folder), check=True)
@@ -398,11 +398,9 @@ def finished_run(job_name, started_at, status="success", error=""):
 
 
 @pytest.fixture(scope="session")
-def migrated_database(tmp_path_factory):
+def migrated_database(migrated_live_data):
     """A database migrated by this project's code (real `manage.py migrate`); copy, never write."""
-    data = tmp_path_factory.mktemp("migrated")
-    manage("migrate", "--no-input", "-v0", env={"STANZA_DATA_DIR": str(data)}, check=True)
-    return data / "database.sqlite"
+    return migrated_live_data / "database.sqlite"
 
 
 def copy_database(source, dest, *, page_size=None, wal=True):
