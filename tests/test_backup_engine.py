@@ -78,6 +78,27 @@ def test_it_lists_backups_newest_first_and_ignores_other_files(source_db, tmp_pa
     assert all(b.has_checksum for b in listed)
 
 
+def test_listing_keeps_no_descriptor_open_whatever_happens(source_db, tmp_path, monkeypatch):
+    """Pages list the folder on every view: a descriptor left open per view would run a
+    long-lived server out of them."""
+    create_backup(source_db, folder=tmp_path)
+    before = len(os.listdir("/proc/self/fd"))
+
+    for _ in range(50):
+        list_backups(tmp_path)
+    with pytest.raises(BackupError, match="does not exist"):
+        list_backups(tmp_path / "missing")
+
+    def bad_setting():
+        raise BackupError("Stanza Backups needs SQLite")
+
+    monkeypatch.setattr(backups, "live_database_path", bad_setting)
+    with pytest.raises(BackupError, match="needs SQLite"):
+        list_backups(tmp_path)
+
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 def test_it_refuses_a_missing_database(tmp_path):
     with pytest.raises(BackupError, match="no database"):
         create_backup(tmp_path / "nope.sqlite", folder=tmp_path)

@@ -388,3 +388,28 @@ def test_the_history_is_counted_on_its_smallest_index():
         plan = " ".join(row[-1] for row in cursor.execute("EXPLAIN QUERY PLAN " + count_sql))
 
     assert "USING COVERING INDEX cron_runs_ids" in plan
+
+
+@pytest.mark.django_db
+def test_history_pages_in_the_older_half_are_read_from_the_oldest_end():
+    """The same pages as Django's paginator gives, but the oldest page skips no rows at all."""
+    from django.core.paginator import Paginator
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from backups_app.views import HistoryPaginator
+
+    for minutes in range(7):
+        make_run(minutes_ago=minutes)
+    runs = CronRun.objects.order_by("-started_at", "-id")
+    ours, django_pages = HistoryPaginator(runs, 3), Paginator(runs, 3)
+
+    for number in (1, 2, 3):
+        assert list(ours.page(number)) == list(django_pages.page(number))
+    with CaptureQueriesContext(connection) as captured:
+        oldest = ours.page(3)
+    ids_query = next(q["sql"] for q in captured.captured_queries if "LIMIT" in q["sql"])
+
+    assert [run.started_at for run in oldest] == [NOW - timedelta(minutes=6)]
+    assert 'ORDER BY "cron_runs"."started_at" ASC' in ids_query
+    assert "OFFSET" not in ids_query
