@@ -3,6 +3,7 @@ import email
 import errno
 import os
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -17,6 +18,15 @@ import pytest
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 MANAGE = REPO_DIR / "manage.py"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fast_password_hashing():
+    """Hash test users' passwords with MD5: PBKDF2 costs 0.6 s a user, and no test is about it."""
+    from django.test import override_settings
+
+    with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+        yield
 
 
 @pytest.fixture(autouse=True)
@@ -224,16 +234,24 @@ def mount_point(tmp_path):
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-@pytest.fixture
-def live_data(tmp_path):
-    """A data folder with a migrated database, for commands run in subprocesses.
-
-    Returns the folder; `live_env(folder)` gives the environment that points a subprocess at it.
-    """
-    folder = tmp_path / "live"
+@pytest.fixture(scope="session")
+def migrated_live_data(tmp_path_factory):
+    """A data folder as one real `manage.py migrate` leaves it; copy, never write (`live_data`)."""
+    folder = tmp_path_factory.mktemp("migrated-live") / "live"
     folder.mkdir()
     manage("migrate", "--no-input", "-v0", env=live_env(folder), check=True)
     return folder
+
+
+@pytest.fixture
+def live_data(tmp_path, migrated_live_data):
+    """A data folder with a migrated database, for commands run in subprocesses.
+
+    A copy (modes included) of the folder one real migrate made for the session: a migrate
+    subprocess per test cost a second. Returns the folder; `live_env(folder)` gives the
+    environment that points a subprocess at it.
+    """
+    return Path(shutil.copytree(migrated_live_data, tmp_path / "live"))
 
 
 def live_env(folder, **extra):
@@ -380,11 +398,9 @@ def finished_run(job_name, started_at, status="success", error=""):
 
 
 @pytest.fixture(scope="session")
-def migrated_database(tmp_path_factory):
+def migrated_database(migrated_live_data):
     """A database migrated by this project's code (real `manage.py migrate`); copy, never write."""
-    data = tmp_path_factory.mktemp("migrated")
-    manage("migrate", "--no-input", "-v0", env={"STANZA_DATA_DIR": str(data)}, check=True)
-    return data / "database.sqlite"
+    return migrated_live_data / "database.sqlite"
 
 
 def copy_database(source, dest, *, page_size=None, wal=True):

@@ -195,6 +195,7 @@ def limit_file_size():
 
 
 @pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.slow  # real limits on real processes
 def test_it_says_disk_full_when_the_file_size_limit_is_hit(env, cwd, tmp_path, compress):
     big = tmp_path / "big"
     big.mkdir()
@@ -209,6 +210,7 @@ def test_it_says_disk_full_when_the_file_size_limit_is_hit(env, cwd, tmp_path, c
 
 
 @pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.slow  # real limits on real processes
 def test_it_says_disk_full_on_a_small_filesystem(env, tmp_path, mount_point, compress):
     folder = mount_point("size=4m")
     big = tmp_path / "big"
@@ -236,6 +238,7 @@ with time_machine.travel("2026-11-26 02:00:00Z", tick=False):
 """
 
 
+@pytest.mark.slow  # real limits on real processes
 def test_it_gives_processes_backing_up_in_the_same_second_distinct_names(env, cwd):
     source = os.path.join(env["STANZA_DATA_DIR"], "database.sqlite")
     procs = [
@@ -289,6 +292,7 @@ def test_it_logs_one_readable_line_by_default(env, cwd):
     assert f"backup written: {name} ({size} bytes) in " in lines[0]
 
 
+@pytest.mark.slow  # the 200 MB database its terminal twin shows progress for
 def test_it_shows_no_progress_without_a_terminal(env, cwd, large_data_dir):
     result = backup("--data-dir", str(large_data_dir), env=env, cwd=cwd)
 

@@ -84,6 +84,7 @@ def assert_whole(folder, name):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.slow  # a real signal to a real backup process
 def test_a_signal_right_after_the_name_reports_the_whole_backup(folders, signum):
     data, out = folders
 
@@ -99,6 +100,7 @@ def test_a_signal_right_after_the_name_reports_the_whole_backup(folders, signum)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.slow  # a real signal to a real backup process
 def test_a_signal_before_the_name_leaves_nothing(folders, signum):
     data, out = folders
 
@@ -110,6 +112,7 @@ def test_a_signal_before_the_name_leaves_nothing(folders, signum):
 
 
 @pytest.mark.parametrize("when", ["sidecar", "backup"])
+@pytest.mark.slow  # a real signal to a real backup process
 def test_a_kill_at_any_moment_never_leaves_a_backup_without_its_sidecars(folders, when):
     data, out = folders
 
@@ -122,6 +125,7 @@ def test_a_kill_at_any_moment_never_leaves_a_backup_without_its_sidecars(folders
         assert len(backups_in(out)) == 1
 
 
+@pytest.mark.slow  # a real signal to a real backup process
 def test_the_next_backup_removes_sidecars_left_by_a_killed_one(folders):
     data, out = folders
     run_child(data, out, signal.SIGKILL, "sidecar")

@@ -345,6 +345,7 @@ def test_runjob_fails_with_one_line_when_the_job_fails(data_dir, settings):
     assert CronRun.objects.get().status == FAILURE
 
 
+@pytest.mark.slow  # real runjob processes
 def test_runjob_backs_up_the_live_database_in_a_real_process(live_data):
     result = manage("runjob", "daily-backup", env=live_env(live_data))
 
@@ -370,6 +371,7 @@ def running(folder):
     return [r for r in read_runs(folder) if r["status"] == "running"]
 
 
+@pytest.mark.slow  # real runjob processes
 def test_a_killed_run_is_closed_as_interrupted_when_the_job_runs_again(live_data):
     fifo = hold_jobs(live_data / "backups")
     held = start_runjob(live_data, "purge-old-backups")
@@ -392,6 +394,7 @@ def test_a_killed_run_is_closed_as_interrupted_when_the_job_runs_again(live_data
     assert again["status"] == "success"
 
 
+@pytest.mark.slow  # real runjob processes
 def test_a_run_while_another_process_runs_the_job_is_skipped_as_a_failure(live_data):
     fifo = hold_jobs(live_data / "backups")
     held = start_runjob(live_data, "purge-old-backups")
@@ -414,6 +417,7 @@ def test_a_run_while_another_process_runs_the_job_is_skipped_as_a_failure(live_d
     assert not fifo.exists()
 
 
+@pytest.mark.slow  # real runjob processes
 def test_sigterm_stops_runjob_and_records_the_run_as_interrupted(live_data):
     hold_jobs(live_data / "backups")
     held = start_runjob(live_data, "purge-old-backups")

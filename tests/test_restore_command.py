@@ -10,31 +10,17 @@ import time
 import pytest
 
 from backups_app.backups import create_backup
-from tests.conftest import MANAGE, REPO_DIR, corrupt_middle, file_state, manage
+from tests.conftest import MANAGE, REPO_DIR, copy_database, corrupt_middle, file_state, manage
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def migrated_template(tmp_path_factory):
-    """One migrated project database, copied into each test's data folder."""
-    data = tmp_path_factory.mktemp("template")
-    result = manage("migrate", "--noinput", env={"STANZA_DATA_DIR": str(data)})
-    assert result.returncode == 0, result.stderr
-    return data / "database.sqlite"
-
-
 @pytest.fixture
-def project(tmp_path, migrated_template):
+def project(tmp_path, migrated_database):
     """A data folder holding a migrated database and one backup of it; returns (dir, backup)."""
     data = tmp_path / "project"
     (data / "backups").mkdir(parents=True)
-    source = sqlite3.connect(migrated_template)
-    dest = sqlite3.connect(data / "database.sqlite")
-    source.backup(dest)
-    dest.execute("PRAGMA journal_mode=WAL")
-    dest.close()
-    source.close()
+    copy_database(migrated_database, data / "database.sqlite")
     backup = create_backup(data / "database.sqlite", folder=data / "backups")
     add_group(data, "made after the backup")
     return data, backup

@@ -156,6 +156,7 @@ def one_run_per_due_time(runs):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.slow  # real scheduler processes
 def test_it_logs_each_jobs_next_run_and_stops_cleanly(live_data, schedulers, signum):
     scheduler = schedulers(live_data)
     scheduler.wait_for("scheduler started")
@@ -179,6 +180,7 @@ def test_it_logs_each_jobs_next_run_and_stops_cleanly(live_data, schedulers, sig
     }
 
 
+@pytest.mark.slow  # real scheduler processes
 def test_it_removes_stored_jobs_that_left_the_registry(live_data, schedulers):
     scheduler = schedulers(live_data)
     scheduler.wait_for("scheduler started")
@@ -201,6 +203,7 @@ def test_it_removes_stored_jobs_that_left_the_registry(live_data, schedulers):
     assert "old-job" not in stored_job_ids(live_data)
 
 
+@pytest.mark.slow  # real scheduler processes
 def test_it_runs_a_due_job_and_records_it(live_data, schedulers):
     scheduler, due = start_with_due_job(
         schedulers, live_data, "daily-backup", STANZA_BACKUP_SCHEDULE=EVERY_MINUTE
@@ -220,6 +223,7 @@ def test_it_runs_a_due_job_and_records_it(live_data, schedulers):
     assert "job daily-backup succeeded" in scheduler.output
 
 
+@pytest.mark.slow  # real scheduler processes
 def test_sigterm_lets_the_running_job_finish(live_data, schedulers):
     fifo = hold_jobs(live_data / "backups")
     scheduler, _ = start_with_due_job(
@@ -238,6 +242,7 @@ def test_sigterm_lets_the_running_job_finish(live_data, schedulers):
     assert "scheduler stopped" in scheduler.output
 
 
+@pytest.mark.slow  # real scheduler processes
 def test_a_second_signal_abandons_the_running_job_and_records_it(live_data, schedulers):
     hold_jobs(live_data / "backups")
     scheduler, _ = start_with_due_job(
@@ -256,6 +261,7 @@ def test_a_second_signal_abandons_the_running_job_and_records_it(live_data, sche
     assert run["error"] == "interrupted: the scheduler was stopped before the run finished"
 
 
+@pytest.mark.slow  # real scheduler processes
 def test_a_standby_takes_over_from_a_killed_scheduler_without_running_a_due_time_twice(
     live_data, schedulers
 ):
@@ -327,6 +333,7 @@ def test_two_schedulers_run_each_due_job_once(live_data, schedulers):
     assert "scheduler started" in second.output
 
 
+@pytest.mark.slow  # real scheduler processes
 def test_a_standby_stops_cleanly_while_it_waits(live_data, schedulers):
     first = schedulers(live_data)
     first.wait_for("scheduler started")
@@ -368,6 +375,7 @@ def test_it_resumes_from_a_stored_due_time_only_if_the_schedule_still_has_it(set
     assert command.stored_due_time(jobs.registry()["daily-backup"]) is None
 
 
+@pytest.mark.slow  # real scheduler processes
 def test_it_mails_the_admins_when_a_job_is_late(live_data, schedulers):
     """A job that never runs cannot report itself: the running scheduler notices and mails."""
     conn = sqlite3.connect(live_data / "database.sqlite")
