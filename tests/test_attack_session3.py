@@ -423,3 +423,51 @@ def test_a_backups_folder_that_is_a_symlink_loop_is_a_problem_not_a_500(
 
     assert response.status_code == 200
     assert 'role="alert"' in response.content.decode()
+
+
+# FINDING (this session, low-medium): Ctrl-C on scripts/run is now logged as Litestream dying.
+@pytest.mark.litestream
+@pytest.mark.slow
+def test_ctrl_c_on_scripts_run_stops_replication_without_a_litestream_error(live_data, tmp_path):
+    """scripts/run starts `replicate &`: bash starts it with SIGINT ignored, which
+    on_stop_signals now keeps. Ctrl-C signals the whole foreground group, so Litestream (a
+    child in that group) gets the SIGINT and exits; replicate, still running, takes that for
+    a death ("ERROR litestream exited with status 0; restarting it in 1 s", restarts 1, the
+    error kept in the status file) until the script's trap sends it SIGTERM. At c054c47,
+    replicate caught the SIGINT too and stopped cleanly."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO_DIR, live_env, wait_until
+    from tests.test_replication import litestream_pid, status_of
+
+    def like_bash_background():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+
+    env = {**os.environ, **live_env(live_data, STANZA_REPLICA_URL=f"file://{tmp_path / 'r'}")}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    log_path = tmp_path / "replicate.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "manage.py", "replicate"],
+            cwd=REPO_DIR,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=like_bash_background,
+            start_new_session=True,  # its own group: the "terminal" below signals only it
+        )
+    try:
+        wait_until(lambda: litestream_pid(live_data), interval=0.2)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole group
+        time.sleep(0.5)  # then scripts/run's trap: `kill -TERM` to each of its children
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = log_path.read_text()
+    assert "litestream exited" not in log, log
+    assert status_of(live_data)["error"] == ""
