@@ -221,6 +221,8 @@ def start_litestream(config):
         [litestream_binary(), "replicate", "-config", str(config)],
         env=child_env(),
         preexec_fn=_terminate_with_parent,
+        # Not in our process group: a Ctrl-C there is ours to act on (stop it), not its own.
+        process_group=0,
     )
 
 
