@@ -399,13 +399,13 @@ def test_a_folder_without_search_permission_is_a_backup_error(settings, data_dir
 
 
 def test_copying_the_migrated_database_leaves_the_template_as_migrate_left_it(
-    migrated_live_data, tmp_path
+    migrated_live_data, migrated_database, tmp_path
 ):
     """`live_data` copies the whole template folder: files a read-only opener leaves there
     (-wal, -shm) end up in every later test's copy, and tests then differ by their order."""
     from tests.conftest import copy_database
 
-    copy_database(migrated_live_data / "database.sqlite", tmp_path / "copy.sqlite")
+    copy_database(migrated_database, tmp_path / "copy.sqlite")
 
     # migrate leaves none (it closes the database); a read-only open of it makes both.
     assert not [p.name for p in migrated_live_data.iterdir() if p.name.endswith(("-wal", "-shm"))]
