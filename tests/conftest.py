@@ -398,9 +398,14 @@ def finished_run(job_name, started_at, status="success", error=""):
 
 
 @pytest.fixture(scope="session")
-def migrated_database(migrated_live_data):
-    """A database migrated by this project's code (real `manage.py migrate`); copy, never write."""
-    return migrated_live_data / "database.sqlite"
+def migrated_database(migrated_live_data, tmp_path_factory):
+    """A database migrated by this project's code (real `manage.py migrate`); copy, never write.
+
+    A file of its own: opening it, even read-only, adds -wal and -shm beside it, and those
+    must not join the folder every `live_data` copies.
+    """
+    folder = tmp_path_factory.mktemp("migrated")
+    return Path(shutil.copy2(migrated_live_data / "database.sqlite", folder / "database.sqlite"))
 
 
 def copy_database(source, dest, *, page_size=None, wal=True):
