@@ -104,7 +104,8 @@ def name_prefix():
 
 @functools.lru_cache(maxsize=8)
 def backup_name_re(prefix):
-    return re.compile(BACKUP_NAME_PATTERN.format(prefix=re.escape(prefix)))
+    # ASCII: `\d` is otherwise any Unicode digit, and such a "date" is no date.
+    return re.compile(BACKUP_NAME_PATTERN.format(prefix=re.escape(prefix)), re.ASCII)
 
 
 def parse_backup_name(name):
@@ -225,6 +226,8 @@ def scan_backups(folder=None):
                 continue
             name = entry.name
             found.append(Listed(st.st_mtime, name, st.st_size, name + CHECKSUM_SUFFIX in checksums))
+    except PermissionError:  # r-- without x: the names can be read, not their entries
+        raise BackupError(f"backups folder {folder} cannot be read (permission denied)") from None
     finally:
         os.close(fd)
     found.sort(reverse=True)  # by time, then name: newest first
