@@ -18,6 +18,8 @@ from backups_app import conf
 from backups_app.backups import BackupError
 
 LOCK_FILENAME = "operation.lock"
+# How long a refused caller waits for a new holder's note (written right after its lock).
+NOTE_GRACE = 1.0
 # What the holder is doing, in the words a refused user is told.
 WHAT = {
     "backup": "a backup",
@@ -69,9 +71,14 @@ def exclusive(operation, *, by="", database=None, wait=0):
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise OperationRunning(_read_holder(fd)) from None
-                time.sleep(0.2)
+                now = time.monotonic()
+                if now >= deadline:
+                    holder = _read_holder(fd)
+                    # An empty note: its holder is between taking the lock and writing it (or
+                    # between clearing it and letting go): a moment tells who, or frees the lock.
+                    if holder or now >= deadline + NOTE_GRACE:
+                        raise OperationRunning(holder) from None
+                time.sleep(0.2 if now < deadline else 0.02)
         holder = {
             "operation": operation,
             "by": by,

@@ -273,6 +273,32 @@ def test_back_up_now_during_a_restore_says_a_restore_is_running(
     assert backups.list_backups(backups_folder) == []
 
 
+def test_a_click_in_the_instant_another_takes_the_lock_still_names_who_holds_it(
+    staff_client, backups_folder, live_database
+):
+    """The holder writes its note just after its lock: the refused click waits that moment
+    instead of answering "another backup or restore" (seen with two clicks at once)."""
+    import fcntl
+    import json
+    import threading
+
+    fd = os.open(operations.lock_path(), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # locked, not yet noted
+        note = {"operation": "backup", "by": "admin", "since": "2026-11-27T23:30:00+00:00"}
+        writer = threading.Timer(0.3, lambda: os.pwrite(fd, json.dumps(note).encode(), 0))
+        writer.start()
+        api = staff_client.post(BACKUP_URL, **JSON)
+        writer.join()
+    finally:
+        os.close(fd)
+
+    assert api.status_code == 409
+    assert api.json()["error"] == (
+        "a backup is running (by admin, since 23:30:00 UTC); try again when it has finished"
+    )
+
+
 def test_it_does_not_back_up_on_get(staff_client, backups_folder, live_database):
     assert staff_client.get(BACKUP_URL).status_code == 405
     assert backups.list_backups(backups_folder) == []
