@@ -36,7 +36,8 @@ LABELS = ("manual", "pre-migrate", "pre-restore", "uploaded")
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 # After the live database's file name (see name_prefix): `database.sqlite.` here.
 BACKUP_NAME_PATTERN = (
-    r"\A{prefix}\.(?P<stamp>\d{{8}}T\d{{6}}Z)(?:-(?P<seq>[1-9][0-9]{{0,5}}))?"
+    r"\A{prefix}\.(?P<stamp>[0-9]{{4}}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])"
+    r"T(?:[01][0-9]|2[0-3])[0-5][0-9][0-5][0-9]Z)(?:-(?P<seq>[1-9][0-9]{{0,5}}))?"
     r"(?:\.(?P<label>manual|pre-migrate|pre-restore|uploaded))?\.bak(?P<gz>\.gz)?\Z"
 )
 CHECKSUM_SUFFIX = ".sha256"
@@ -111,11 +112,26 @@ def backup_name_re(prefix):
 def parse_backup_name(name):
     """Return the parts of a backup file name, or None when it is not one."""
     match = backup_name_re(name_prefix()).match(name)
-    return match.groupdict() if match else None
+    return match.groupdict() if match and is_real_date(match["stamp"]) else None
 
 
 def is_backup_name(name):
-    return backup_name_re(name_prefix()).match(name) is not None
+    return parse_backup_name(name) is not None
+
+
+def is_real_date(stamp):
+    """The name pattern admits day 31 of every month: only a date the calendar has (not
+    20260230) names a backup. Cheap for the days every month has."""
+    return stamp[6:8] <= "28" or _parses_as_date(stamp)
+
+
+@functools.lru_cache(maxsize=512)
+def _parses_as_date(stamp):
+    try:
+        datetime.strptime(stamp, STAMP_FORMAT)
+    except ValueError:
+        return False
+    return True
 
 
 SIZE_UNITS = ("KB", "MB", "GB", "TB", "PB")
@@ -214,7 +230,8 @@ def scan_backups(folder=None):
                         checksums.add(name)
                 elif (
                     name.endswith(BACKUP_ENDINGS)
-                    and matches(name)
+                    and (match := matches(name))
+                    and is_real_date(match["stamp"])
                     and entry.is_file(follow_symlinks=False)
                 ):
                     candidates.append(entry)

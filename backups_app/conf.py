@@ -112,7 +112,10 @@ def parse_dir(name, raw):
     Whether it exists is not checked here: start-up checks it (`check_all`), and a folder that
     vanishes or becomes a file later is a failure of whatever meets it (a backup, a page).
     """
-    return Path(str(raw)).expanduser().resolve()
+    try:
+        return Path(str(raw)).expanduser().resolve()
+    except (RuntimeError, OSError) as err:  # a symlink loop: RuntimeError before Python 3.13
+        raise ConfigError(f"{name} is {raw!s}, which cannot be followed: {err}") from None
 
 
 def parse_path(name, raw):

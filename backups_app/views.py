@@ -148,12 +148,12 @@ def posted(request):
 @staff_required
 @require_safe
 def backups_page(request):
-    folder = backups.backups_dir()
     problem = ""
     try:
+        folder = backups.backups_dir()
         found = backups.scan_backups(folder)  # thousands: Backup objects for the rows shown only
-    except backups.BackupError as err:
-        found, problem = [], str(err)
+    except backups.BackupError as err:  # the folder, or its setting (a symlink loop, say)
+        folder, found, problem = conf.raw_value("STANZA_BACKUPS_DIR") or "", [], str(err)
     try:
         free = shutil.disk_usage(folder).free
     except OSError:
