@@ -20,6 +20,20 @@ REPO_DIR = Path(__file__).resolve().parent.parent
 MANAGE = REPO_DIR / "manage.py"
 
 
+def pytest_collection_modifyitems(items):
+    """`page` is pytest-playwright's fixture: a test elsewhere that names an argument `page`
+    starts the browser's event loop, and every database test after it then fails with
+    SynchronousOnlyOperation (a CI run showed 353 errors). Refuse such a test at collection."""
+    misnamed = [
+        item.nodeid
+        for item in items
+        if "page" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("browser")
+    ]
+    if misnamed:
+        names = ", ".join(misnamed)
+        raise pytest.UsageError(f"only browser tests may use `page` (playwright's): {names}")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def fast_password_hashing():
     """Hash test users' passwords with MD5: PBKDF2 costs 0.6 s a user, and no test is about it."""

@@ -131,17 +131,17 @@ def test_cron_history_pages_through_every_run_once(staff_client, data_dir, extra
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(
-    "page", ["0", "-1", "abc", "1.5", "1e3", "99999999999999999999", "9" * 5000, "", "%00"]
+    "number", ["0", "-1", "abc", "1.5", "1e3", "99999999999999999999", "9" * 5000, "", "%00"]
 )
-def test_cron_page_with_any_page_number(staff_client, data_dir, page):
+def test_cron_page_with_any_page_number(staff_client, data_dir, number):
     for i in range(120):
         CronRun.objects.create(
             job_name="daily-backup",
             status="success",
             started_at=timezone.now() - timedelta(minutes=i),
         )
-    assert staff_client.get(CRON, {"page": page}).status_code == 200
-    assert staff_client.get(CRON, {"page": page, "status": "failure"}).status_code == 200
+    assert staff_client.get(CRON, {"page": number}).status_code == 200
+    assert staff_client.get(CRON, {"page": number, "status": "failure"}).status_code == 200
 
 
 @pytest.mark.django_db
@@ -159,9 +159,9 @@ def test_empty_history_with_filters(staff_client, data_dir):
 
 
 @pytest.mark.parametrize(
-    "page", ["0", "-1", "abc", "1.5", "99999999999999999999", "9" * 5000, "", "4"]
+    "number", ["0", "-1", "abc", "1.5", "99999999999999999999", "9" * 5000, "", "4"]
 )
-def test_backups_page_with_any_page_number(staff_client, backups_folder, page):
+def test_backups_page_with_any_page_number(staff_client, backups_folder, number):
     for i in range(120):
         write_backup_file(
             backups_folder,
@@ -169,7 +169,7 @@ def test_backups_page_with_any_page_number(staff_client, backups_folder, page):
             age=timedelta(minutes=i),
             checksum=False,
         )
-    response = staff_client.get(URL, {"page": page})
+    response = staff_client.get(URL, {"page": number})
     assert response.status_code == 200
     assert 1 <= len(names_in_order(response.content.decode())) <= 50
 
