@@ -200,16 +200,29 @@ def list_backups(folder=None):
     return [item.backup(folder) for item in scan_backups(folder)]
 
 
-def scan_backups(folder=None):
+# The last listing of each folder read with reuse=True: {(folder, prefix): (its state, listing)}.
+_listings = {}
+# A listing is kept only when its folder last changed this long before: a change within the
+# file system's time granularity of the read could otherwise leave the folder's times as they were.
+SETTLED_SECONDS = 3
+
+
+def scan_backups(folder=None, *, reuse=False):
     """Every backup in the folder as `Listed` tuples, newest first, from one read of the folder.
 
     For pages that count thousands of backups and show a few. The folder is read through its
     descriptor, so each stat is relative to it (no path walked per file), and only names that
     end like a backup are matched and stat'd: 5000 backups in 40 ms instead of 67 ms here.
+
+    `reuse` (the pages and the health verdict): the listing read at the folder's present state
+    (its inode, size, modification and change times) is returned again without a stat per
+    backup. Backups are never rewritten in place: one is linked in under its name and unlinked
+    when deleted, and both change the folder's times. A backup rewritten or touched in place by
+    hand shows its new time and size once the folder next changes. Retention, the drill and
+    the offsite copies always read the folder.
     """
     folder = Path(folder or backups_dir())
-    # The pattern once, not per file: it depends on the settings (the database's name).
-    matches = backup_name_re(name_prefix()).match
+    prefix = name_prefix()
     try:
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     except FileNotFoundError:
@@ -218,6 +231,23 @@ def scan_backups(folder=None):
         raise BackupError(f"backups folder {folder} is a file, not a folder") from None
     except PermissionError:
         raise BackupError(f"backups folder {folder} cannot be read (permission denied)") from None
+    try:
+        if reuse:
+            st = os.fstat(fd)
+            state = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            kept_state, kept = _listings.get((folder, prefix), (None, None))
+            if kept_state == state:
+                return list(kept)
+        found = _read_listing(fd, folder, backup_name_re(prefix).match)
+    finally:
+        os.close(fd)
+    if reuse and time.time() - st.st_ctime > SETTLED_SECONDS:
+        _listings[(folder, prefix)] = (state, tuple(found))
+    return found
+
+
+def _read_listing(fd, folder, matches):
+    """The backups in the folder open as `fd`, newest first (see scan_backups)."""
     # A symlink could point anywhere, a FIFO would block its reader: only regular files in
     # the folder are backups, or checksums.
     checksums, candidates = set(), []
@@ -245,8 +275,6 @@ def scan_backups(folder=None):
             found.append(Listed(st.st_mtime, name, st.st_size, name + CHECKSUM_SUFFIX in checksums))
     except PermissionError:  # r-- without x: the names can be read, not their entries
         raise BackupError(f"backups folder {folder} cannot be read (permission denied)") from None
-    finally:
-        os.close(fd)
     found.sort(reverse=True)  # by time, then name: newest first
     return found
 

@@ -66,7 +66,7 @@ class Check:
     def listed(self):
         """The backups as `backups.Listed` tuples, newest first (BackupError if unreadable)."""
         if self.scanned is None:
-            self.scanned = backups.scan_backups()
+            self.scanned = backups.scan_backups(reuse=True)
         return self.scanned
 
     @property

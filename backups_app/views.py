@@ -151,7 +151,7 @@ def backups_page(request):
     problem = ""
     try:
         folder = backups.backups_dir()
-        found = backups.scan_backups(folder)  # thousands: Backup objects for the rows shown only
+        found = backups.scan_backups(folder, reuse=True)  # Backup objects for the rows shown
     except backups.BackupError as err:  # the folder, or its setting (a symlink loop, say)
         folder, found, problem = conf.raw_value("STANZA_BACKUPS_DIR") or "", [], str(err)
     try:

@@ -45,7 +45,7 @@ def offsite_section(context):
     local = set()
     if state["on"]:  # names only: a Backup per file costs ~50 ms at 5000 backups
         with contextlib.suppress(backups.BackupError):
-            local = {item.name for item in backups.scan_backups()}
+            local = {item.name for item in backups.scan_backups(reuse=True)}
     only = [c for c in state["copies"].values() if c.complete and c.name not in local]
     only.sort(key=lambda c: c.name, reverse=True)
     return {
