@@ -148,12 +148,16 @@ def posted(request):
 @staff_required
 @require_safe
 def backups_page(request):
-    problem = ""
+    found, problem = [], ""
     try:
         folder = backups.backups_dir()
-        found = backups.scan_backups(folder, reuse=True)  # Backup objects for the rows shown
-    except backups.BackupError as err:  # the folder, or its setting (a symlink loop, say)
-        folder, found, problem = conf.raw_value("STANZA_BACKUPS_DIR") or "", [], str(err)
+    except backups.BackupError as err:  # its setting cannot be followed (a symlink loop, say)
+        folder, problem = conf.raw_value("STANZA_BACKUPS_DIR") or "", str(err)
+    else:
+        try:
+            found = backups.scan_backups(folder, reuse=True)  # Backup objects for the rows shown
+        except backups.BackupError as err:
+            problem = str(err)
     try:
         free = shutil.disk_usage(folder).free
     except OSError:

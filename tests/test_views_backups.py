@@ -137,6 +137,20 @@ def test_it_says_clearly_when_the_backups_folder_is_missing_or_a_file(
     assert "The backups folder cannot be read." in html
     expected = "does not exist" if state == "missing" else "is a file, not a folder"
     assert expected in html
+    assert f"Folder <code>{backups_folder}</code>" in html  # where to look
+
+
+def test_it_names_the_default_folder_when_it_cannot_be_read(staff_client, settings, data_dir):
+    """With no STANZA_BACKUPS_DIR the folder is the database's `backups/`: named all the same."""
+    del settings.STANZA_BACKUPS_DIR
+    default = backups.backups_dir()
+    default.rmdir()
+    default.write_text("not a folder")
+
+    html = staff_client.get(URL).content.decode()
+
+    assert "is a file, not a folder" in html
+    assert f"Folder <code>{default}</code>" in html
 
 
 def test_it_reads_the_folder_without_a_query_per_backup(
