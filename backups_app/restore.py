@@ -295,11 +295,6 @@ def _check_header(plain, name):
         raise RestoreError(f"{name} is truncated ({plain.stat().st_size} bytes of {size})")
 
 
-def open_readonly(path):
-    """A backup opened for reading only (sqlite.open_readonly; the name callers know)."""
-    return sqlite.open_readonly(path)
-
-
 def table_names(conn, schema="main"):
     """The tables of one schema of a connection (`main`, an attached `bak`, `temp`)."""
     if schema == "main":

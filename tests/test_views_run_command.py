@@ -18,18 +18,20 @@ def children_of(pgid):
     return [int(pid) for pid in out.stdout.split()]
 
 
-def test_it_serves_the_dashboard_with_the_scheduler_and_stops_both_on_ctrl_c(tmp_path):
-    port = free_port()
+def start_run(tmp_path, **settings):
+    """`scripts/run` on a data folder of the test's, its output in `run.log`: (process, env, log).
+
+    In a process group of its own, like a terminal's foreground job: Ctrl-C signals the group.
+    """
     env = {
         **os.environ,
         "STANZA_DATA_DIR": str(tmp_path / "data"),
-        "STANZA_PORT": str(port),
         "STANZA_ADMIN_PASSWORD": "",
+        **settings,
     }
     env.pop("DJANGO_SETTINGS_MODULE", None)
     log = tmp_path / "run.log"
     with open(log, "w") as out:
-        # Its own process group, like a terminal's foreground job: Ctrl-C signals the group.
         run = subprocess.Popen(
             [REPO_DIR / "scripts" / "run"],
             cwd=REPO_DIR,
@@ -38,6 +40,12 @@ def test_it_serves_the_dashboard_with_the_scheduler_and_stops_both_on_ctrl_c(tmp
             stderr=out,
             start_new_session=True,
         )
+    return run, env, log
+
+
+def test_it_serves_the_dashboard_with_the_scheduler_and_stops_both_on_ctrl_c(tmp_path):
+    port = free_port()
+    run, env, log = start_run(tmp_path, STANZA_PORT=str(port))
     try:
 
         def listening():
@@ -70,24 +78,11 @@ def test_it_serves_the_dashboard_with_the_scheduler_and_stops_both_on_ctrl_c(tmp
 
 @pytest.mark.litestream
 def test_it_runs_replication_beside_them_when_a_replica_is_set_and_stops_it(tmp_path):
-    env = {
-        **os.environ,
-        "STANZA_DATA_DIR": str(tmp_path / "data"),
-        "STANZA_PORT": str(free_port()),
-        "STANZA_ADMIN_PASSWORD": "",
-        "STANZA_REPLICA_URL": f"file://{tmp_path / 'replica'}",
-    }
-    env.pop("DJANGO_SETTINGS_MODULE", None)
-    log = tmp_path / "run.log"
-    with open(log, "w") as out:
-        run = subprocess.Popen(
-            [REPO_DIR / "scripts" / "run"],
-            cwd=REPO_DIR,
-            env=env,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-        )
+    run, _, log = start_run(
+        tmp_path,
+        STANZA_PORT=str(free_port()),
+        STANZA_REPLICA_URL=f"file://{tmp_path / 'replica'}",
+    )
 
     def commands():
         ps = ["ps", "-o", "args=", "-g", str(run.pid)]
