@@ -250,6 +250,15 @@ def newest_copy(copies):
     return max(complete, key=lambda c: (c.copied, c.name), default=None)
 
 
+def own_copies(copies):
+    """The copies of backups this site made itself: any label but `uploaded`."""
+    return {
+        name: copy
+        for name, copy in copies.items()
+        if (backups.parse_backup_name(name) or {}).get("label") != "uploaded"
+    }
+
+
 def is_offsite(name, store=None):
     """Whether `name` has a complete offsite copy (one request: its .sha256 is there)."""
     store = store or storage()
@@ -605,8 +614,10 @@ def health_problems(now=None):
 def purge_old_copies(now=None, retention_days=None):
     """Delete offsite copies older than STANZA_OFFSITE_RETENTION_DAYS; return their names.
 
-    A copy's age is that of its newest object. The newest complete copy is always kept, and
-    only objects named like a backup or its sidecars are ever deleted.
+    A copy's age is that of its newest object. The newest complete copy is always kept, and so
+    is the newest one of the site's own backups (as local retention does: an upload after a
+    run of failed copies must not leave the store without one), and only objects named like a
+    backup or its sidecars are ever deleted.
     """
     now = now or timezone.now()
     if retention_days is None:
@@ -614,11 +625,11 @@ def purge_old_copies(now=None, retention_days=None):
     store = storage()
     objects = list_objects(store)
     copies = list_copies(store, objects)
-    keep = newest_copy(copies)
+    keep = {c.name for c in (newest_copy(copies), newest_copy(own_copies(copies))) if c}
     cutoff = now - timedelta(days=retention_days)
     removed = []
     for copy in sorted(copies.values(), key=lambda c: c.modified):
-        if (keep and copy.name == keep.name) or (retention_days and copy.modified >= cutoff):
+        if copy.name in keep or (retention_days and copy.modified >= cutoff):
             continue
         members = [o for o in objects if (backup_name_of(o) or ("",))[0] == copy.name]
         # The .sha256 first: once it is gone the copy no longer counts, whatever happens next.
@@ -814,8 +825,7 @@ def drill_newest_copy():
     store = storage()
     # The drill proves a backup the site made itself, like the local drill.
     copies = list_copies(store)
-    own = {n: c for n, c in copies.items() if backups.parse_backup_name(n)["label"] != "uploaded"}
-    copy = newest_copy(own)
+    copy = newest_copy(own_copies(copies))
     if copy is None:
         raise drill.DrillError("no offsite copy to verify")
     error = None

@@ -492,6 +492,22 @@ def test_retention_purges_old_copies_never_the_newest_nor_foreign_objects(
 
 
 @pytest.mark.django_db
+def test_retention_keeps_the_newest_copy_of_the_sites_own_backups_after_an_upload(
+    offsite_on, s3, live, backups_folder
+):
+    """As local retention: a later upload is the newest copy, and the site's own newest stays
+    too, or the store would hold nothing of the site's own for the offsite drill."""
+    own = make_backup(live, backups_folder, age=timedelta(hours=2))
+    jobs.run_job("copy-offsite")
+    time.sleep(1.1)  # S3 times are whole seconds: the upload's copy must be newer
+    uploaded = make_backup(live, backups_folder, label="uploaded")
+    jobs.run_job("copy-offsite")
+
+    assert offsite.purge_old_copies(timezone.now() + timedelta(days=400), 0) == []
+    assert set(offsite.list_copies()) == {own.name, uploaded.name}
+
+
+@pytest.mark.django_db
 def test_purge_old_backups_also_purges_offsite_and_says_so(
     offsite_on, s3, live, backups_folder, settings
 ):
