@@ -591,10 +591,10 @@ def health_problems(now=None):
         return []
     now = now or timezone.now()
     try:
-        listed = backups.list_backups()
+        listed = backups.scan_backups(reuse=True)  # the listing the verdict has just made
     except BackupError:
         return []  # the health check names the folder's own problem
-    if not listed or now - listed[0].modified < BEHIND_AFTER:
+    if not listed or now.timestamp() - listed[0].mtime < BEHIND_AFTER.total_seconds():
         return []
     try:
         if is_offsite(listed[0].name):
