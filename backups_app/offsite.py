@@ -789,7 +789,6 @@ def fetch_into_backups(name, store=None):
     published with its sidecars only then (the engine's never-overwrite naming); its file
     time is the backup's own time, so it does not pass for a fresh backup.
     """
-    import json
 
     from backups_app import restore
 
@@ -802,10 +801,7 @@ def fetch_into_backups(name, store=None):
         digest = download_to(temp, copy, store)
         moment = backups.Backup(path=folder / name, size=0, modified=timezone.now()).created
         os.utime(temp, (moment.timestamp(), moment.timestamp()))
-        try:
-            manifest = json.loads(read_small(store, name + MANIFEST_SUFFIX) or b"{}")
-        except ValueError:
-            manifest = {}
+        manifest = stored_manifest(store, name)
         manifest = {k: v for k, v in manifest.items() if k != "backup"} or None
         with contextlib.suppress(BackupError):  # another request fetched it meanwhile: fine
             backups.publish(temp, digest, manifest, folder=folder, target=folder / name)
@@ -850,9 +846,7 @@ def drill_newest_copy():
 
 def _record_drill(store, copy, problem):
     """Record a drill that could not even fetch the copy, in its NAME.json in the store."""
-    import json
-
-    data = json.loads(read_small(store, copy.name + MANIFEST_SUFFIX) or b"{}")
+    data = stored_manifest(store, copy.name)
     data["drill"] = {"at": timezone.now().isoformat(), "ok": False, "problems": [problem]}
     _put_small(store, copy.name + MANIFEST_SUFFIX, _json(data))
 
@@ -865,14 +859,20 @@ def _json(data):
 
 def drill_of(copy, store):
     """The last drill recorded in the copy's NAME.json in the store, or None."""
+    result = stored_manifest(store, copy.name).get("drill")
+    return result if isinstance(result, dict) else None
+
+
+def stored_manifest(store, name):
+    """The NAME.json of a copy in the store as a dict: {} when missing or not a JSON object
+    (a hand-edited or foreign file must not stop a fetch or hide a drill's own error)."""
     import json
 
     try:
-        data = json.loads(read_small(store, copy.name + MANIFEST_SUFFIX) or b"{}")
+        data = json.loads(read_small(store, name + MANIFEST_SUFFIX) or b"{}")
     except ValueError:
-        return None
-    result = data.get("drill") if isinstance(data, dict) else None
-    return result if isinstance(result, dict) else None
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 # --- streaming a copy to a browser ---------------------------------------------------------

@@ -366,6 +366,25 @@ def test_a_tampered_copy_is_refused_when_fetched(offsite_on, s3, live, backups_f
         pass
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("manifest", [b"[1, 2]", b"not json", b'"a string"'])
+def test_a_copy_whose_json_is_not_an_object_is_still_fetched_back(
+    offsite_on, s3, live, backups_folder, manifest
+):
+    """NAME.json in the store is only a record: a foreign or hand-edited one is ignored."""
+    backup = make_backup(live, backups_folder)
+    jobs.run_job("copy-offsite")
+    s3.put_object(Bucket=offsite_on, Key=f"site-a/{backup.name}.json", Body=manifest)
+    for path in (backup.path, *backups.sidecars(backup.path)):
+        path.unlink()
+
+    fetched = offsite.fetch_into_backups(backup.name)
+
+    assert fetched.name == backup.name
+    assert backups.read_checksum(fetched.path) == backups.sha256_of(fetched.path)
+    assert offsite.drill_of(offsite.find_copy(backup.name), offsite.storage()) is None
+
+
 # --- settings -----------------------------------------------------------------------------
 
 
