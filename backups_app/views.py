@@ -260,14 +260,38 @@ def download_backup(request, filename):
 @confirm_view
 def delete_backup(request, backup):
     """GET: what deleting this backup means (nothing changes). POST: delete it and its sidecars."""
-    listed = backups.scan_backups()
-    others = [item for item in listed if item.name != backup.name]
-    form = DeleteForm(posted(request), is_last=not others)
-    if request.method == "POST":
-        if form.is_valid():
-            return delete_now(request, backup)
+    if request.method != "POST":
+        return delete_page(request, backup, *delete_form(request, backup))
+    try:
+        with operations.exclusive("delete", by=request.user.get_username()):
+            # The folder is read under the lock: two deletes at once cannot both find another
+            # backup left and leave none without the second confirmation.
+            form, listed = delete_form(request, backup)
+            if form.is_valid():
+                backups.delete_backup(backup.name)
+    except operations.OperationRunning as err:
+        return failed(request, str(err), 409)
+    except backups.BackupError as err:
+        logger.error("delete of %s failed: %s", backup.name, err)
+        return failed(request, f"could not delete {backup.name}: {err}", 500)
+    if form.errors:
         if wants_json(request):
             return JsonResponse({"error": form.non_field_errors()[0]}, status=400)
+        return delete_page(request, backup, form, listed)
+    size = backups.human_size(backup.size)
+    logger.info("backup %s deleted by %s", backup.name, request.user.get_username())
+    audit(request.user, f"Deleted backup {backup.name} ({size})", flag=DELETION)
+    return done(request, {"deleted": backup.name}, f"Deleted {backup.name} ({size}).")
+
+
+def delete_form(request, backup):
+    """(the delete form, bound on a POST, and the folder's listing it was judged against)."""
+    listed = backups.scan_backups()
+    others = [item for item in listed if item.name != backup.name]
+    return DeleteForm(posted(request), is_last=not others), listed
+
+
+def delete_page(request, backup, form, listed):
     return render(
         request,
         "backups/delete.html",
@@ -276,26 +300,11 @@ def delete_backup(request, backup):
             "Delete a backup",
             backup=backup,
             form=form,
-            is_last=not others,
+            is_last=form.is_last,
             is_newest=bool(listed) and listed[0].name == backup.name,
         ),
         status=400 if form.errors else 200,
     )
-
-
-def delete_now(request, backup):
-    try:
-        with operations.exclusive("delete", by=request.user.get_username()):
-            backups.delete_backup(backup.name)
-    except operations.OperationRunning as err:
-        return failed(request, str(err), 409)
-    except backups.BackupError as err:
-        logger.error("delete of %s failed: %s", backup.name, err)
-        return failed(request, f"could not delete {backup.name}: {err}", 500)
-    size = backups.human_size(backup.size)
-    logger.info("backup %s deleted by %s", backup.name, request.user.get_username())
-    audit(request.user, f"Deleted backup {backup.name} ({size})", flag=DELETION)
-    return done(request, {"deleted": backup.name}, f"Deleted {backup.name} ({size}).")
 
 
 # --- Restore and upload --------------------------------------------------------------------

@@ -99,6 +99,32 @@ def test_the_last_backup_needs_a_second_explicit_confirmation(staff_client, back
     assert list(backups_folder.iterdir()) == []
 
 
+def test_two_deletes_at_once_never_leave_no_backup_unconfirmed(
+    staff_client, two_backups, monkeypatch
+):
+    """The other delete finishes just before this one gets the lock: under the lock this one
+    finds itself the last backup, and asks for the second confirmation instead of deleting."""
+    import contextlib
+
+    from backups_app import operations
+
+    old, new = two_backups
+    real_exclusive = operations.exclusive
+
+    @contextlib.contextmanager
+    def after_the_other_delete(*args, **kwargs):
+        backups.delete_backup(NEW)  # the other request, which held the lock a moment ago
+        with real_exclusive(*args, **kwargs) as holder:
+            yield holder
+
+    monkeypatch.setattr(operations, "exclusive", after_the_other_delete)
+    response = staff_client.post(delete_url(OLD), **JSON)
+
+    assert response.status_code == 400
+    assert "only backup" in response.json()["error"]
+    assert old.exists()
+
+
 @pytest.mark.parametrize(
     "raw",
     [
