@@ -131,10 +131,9 @@ def backup_problems(check):
                 "STANZA_BACKUPS_DIR points at it.",
             )
         ]
-    # An uploaded file proves nothing about this machine's own backups.
-    newest_own = next((b for b in listed if label_of(b.name) != "uploaded"), None)
+    own = newest_own(listed)
     found = []
-    if newest_own is None:
+    if own is None:
         found.append(
             Problem(
                 "no backup",
@@ -142,7 +141,7 @@ def backup_problems(check):
                 "one every night).",
             )
         )
-    elif check.now.timestamp() - newest_own.mtime > MAX_BACKUP_AGE.total_seconds():
+    elif too_old(own, check.now):
         found.append(
             Problem(
                 "newest backup older than 26 hours",
@@ -161,6 +160,17 @@ def backup_problems(check):
             )
         )
     return found
+
+
+def newest_own(listed):
+    """The newest backup this site made itself (`listed` newest first): an uploaded file
+    proves nothing about this machine's own backups."""
+    return next((item for item in listed if label_of(item.name) != "uploaded"), None)
+
+
+def too_old(item, now):
+    """Whether a listed backup is older than the 26 hours a healthy site allows."""
+    return now.timestamp() - item.mtime > MAX_BACKUP_AGE.total_seconds()
 
 
 def label_of(name):

@@ -40,8 +40,6 @@ from backups_app.models import CronRun
 
 logger = logging.getLogger(__name__)
 
-# The Backups page shows the last backup in red when it is older than this.
-STALE_AFTER = health.MAX_BACKUP_AGE
 HISTORY_PAGE_SIZE = 50
 # A row of backups costs ~0.3 ms to render (a checksum and a manifest read, two times): 50
 # rows keep the page under 100 ms at 5000 backups (bench/dashboard.py) and short on a phone.
@@ -162,7 +160,9 @@ def backups_page(request):
         free = shutil.disk_usage(folder).free
     except OSError:
         free = None
-    newest = found[0].backup(folder) if found else None
+    # The card shows what the verdict judges: the newest backup the site made itself.
+    own = health.newest_own(found)
+    newest = own.backup(folder) if own else None
     page = Paginator(found, BACKUPS_PAGE_SIZE).get_page(request.GET.get("page"))
     shown = [item.backup(folder) for item in page]
     links = {view: backup_link(view) for view in ("download", "restore", "delete")}
@@ -189,8 +189,8 @@ def backups_page(request):
             total_size=sum(b.size for b in found),
             free_space=free,
             newest=newest,
-            stale=newest is None or timezone.now() - newest.modified > STALE_AFTER,
-            stale_after_hours=int(STALE_AFTER.total_seconds() // 3600),
+            stale=own is None or health.too_old(own, timezone.now()),
+            stale_after_hours=int(health.MAX_BACKUP_AGE.total_seconds() // 3600),
             alert_emails=list(conf.get("STANZA_ALERT_EMAILS")),
             verdict=health.verdict(scanned=None if problem else found),
             upload_form=UploadForm(),

@@ -122,6 +122,19 @@ def test_it_says_when_there_is_no_backup_yet(staff_client, backups_folder):
     assert 'class="stanza-card stanza-card-bad" id="last-backup"' in html
 
 
+def test_the_last_backup_card_judges_what_the_verdict_judges(staff_client, backups_folder):
+    """An upload from today does not make the card green while the site's own backups stopped
+    two days ago: card and verdict both look at the newest backup the site made itself."""
+    write_backup_file(backups_folder, "database.sqlite.20260101T020000Z.bak", age=timedelta(days=2))
+    write_backup_file(backups_folder, "database.sqlite.20260103T020000Z.uploaded.bak")
+
+    html = staff_client.get(URL).content.decode()
+
+    assert 'class="stanza-card stanza-card-bad" id="last-backup"' in html
+    assert "older than 26 hours" in re.search(r'id="last-backup".*?</div>', html, re.S).group(0)
+    assert "newest backup older than 26 hours" in html  # the verdict above it
+
+
 @pytest.mark.parametrize("state", ["missing", "file"])
 def test_it_says_clearly_when_the_backups_folder_is_missing_or_a_file(
     staff_client, backups_folder, state
