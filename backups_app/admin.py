@@ -7,7 +7,7 @@ from django.urls import reverse_lazy
 from django.utils.html import format_html
 from django_apscheduler.models import DjangoJob, DjangoJobExecution
 
-from backups_app import jobs
+from backups_app.jobs import jobs
 from backups_app.models import CronRun
 from backups_app.templatetags.backups_tags import duration, explain, trigger_words, when
 

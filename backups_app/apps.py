@@ -22,13 +22,13 @@ def alert_on_run_finished(sender, run, **kwargs):
     alerts is imported here, on the first run, not at start-up: it pulls in the scheduler's
     libraries, which a command such as `backup` never needs.
     """
-    from backups_app import alerts
+    from backups_app.health import alerts
 
     alerts.notify_run_finished(run)
 
 
 def note_restore(sender, result, database, **kwargs):
     """Tell replication that a new history began (see signals.restored); imported lazily too."""
-    from backups_app import replication
+    from backups_app.replication import replication
 
     replication.note_restore(result, database)

@@ -5,7 +5,7 @@ from django.db import models, transaction
 from django.db.models import Q, Subquery
 from django.utils import timezone
 
-from backups_app.processes import process_identity, process_is_alive, this_host
+from backups_app.core.processes import process_identity, process_is_alive, this_host
 
 
 def last_line(text):

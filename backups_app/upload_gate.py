@@ -24,8 +24,9 @@ from django.core.files.uploadhandler import (
 from django.http import HttpResponse, JsonResponse
 from django.urls import reverse
 
-from backups_app import conf, uploads
-from backups_app.uploads import UploadTooLarge
+from backups_app import conf
+from backups_app.restore import uploads
+from backups_app.restore.uploads import UploadTooLarge
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from backups_app import health_views, offsite_views, replication_views, views
+from backups_app.web import health_views, offsite_views, replication_views, views
 
 app_name = "backups"
 

@@ -434,7 +434,7 @@ def tune(db, workdir):
     import django
 
     django.setup()
-    from backups_app import backups
+    from backups_app.engine import backups
 
     plain = workdir / "tune.bak"
     plain.unlink(missing_ok=True)

@@ -35,7 +35,7 @@ from django.db import connection  # noqa: E402
 from django.test import Client  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 
-from backups_app import backups  # noqa: E402
+from backups_app.engine import backups  # noqa: E402
 
 
 def build():

@@ -352,7 +352,7 @@ def file_state(folder):
 @pytest.fixture
 def live_database(monkeypatch, source_db):
     """The database the site backs up: a real file, since the test database lives in memory."""
-    from backups_app import backups
+    from backups_app.engine import backups
 
     monkeypatch.setattr(backups, "live_database_path", lambda: source_db)
     return source_db

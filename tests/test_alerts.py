@@ -4,7 +4,9 @@ import pytest
 from django.core.management import call_command
 from django.db.migrations.recorder import MigrationRecorder
 
-from backups_app import alerts, jobs, signals
+from backups_app import signals
+from backups_app.health import alerts
+from backups_app.jobs import jobs
 from backups_app.models import AlertState, CronRun
 from tests.conftest import finished_run, free_port, smtp_inbox
 

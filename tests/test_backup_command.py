@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from backups_app.backups import is_backup_name
+from backups_app.engine.backups import is_backup_name
 from tests.conftest import (
     REPO_DIR,
     count_rows,
@@ -232,7 +232,7 @@ os.environ["DJANGO_SETTINGS_MODULE"] = "stanza_site.settings"
 import django
 django.setup()
 import time_machine
-from backups_app.backups import create_backup
+from backups_app.engine.backups import create_backup
 with time_machine.travel("2026-11-26 02:00:00Z", tick=False):
     print(create_backup(sys.argv[1], folder=sys.argv[2]).name)
 """

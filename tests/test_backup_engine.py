@@ -10,8 +10,9 @@ import time
 
 import pytest
 
-from backups_app import backups, sqlite
-from backups_app.backups import BackupError, create_backup, list_backups
+from backups_app.db import sqlite
+from backups_app.engine import backups
+from backups_app.engine.backups import BackupError, create_backup, list_backups
 from tests.conftest import count_rows, make_database, make_large_database, write_backup_file
 
 

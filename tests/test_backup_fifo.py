@@ -10,7 +10,8 @@ import signal
 import pytest
 from django.urls import reverse
 
-from backups_app import backups, drill
+from backups_app.engine import backups
+from backups_app.restore import drill
 from tests.conftest import write_backup_file
 
 NAME = "database.sqlite.20261127T020000Z.bak"

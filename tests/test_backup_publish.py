@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from backups_app import backups
-from backups_app.backups import BackupError, create_backup
+from backups_app.engine import backups
+from backups_app.engine.backups import BackupError, create_backup
 from tests.conftest import REPO_DIR, corrupt_middle, live_env, make_database
 
 # A child that runs `manage.py backup` and sends itself a real signal right after the
@@ -20,7 +20,7 @@ CHILD = """
 import os, sys
 sys.path.insert(0, {repo!r})
 os.environ["DJANGO_SETTINGS_MODULE"] = "stanza_site.settings"
-from backups_app import backups
+from backups_app.engine import backups
 from django.core.management import execute_from_command_line
 
 signum, when = int(sys.argv[1]), sys.argv[2]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from backups_app.backups import is_backup_name, verify_database
+from backups_app.engine.backups import is_backup_name, verify_database
 from tests.conftest import REPO_DIR, gunicorn, manage
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -42,7 +42,7 @@ GUNICORN_ARGS = [
 SEED = """
 from datetime import timedelta
 from django.utils import timezone
-from backups_app import backups
+from backups_app.engine import backups
 from backups_app.models import CronRun
 
 now = timezone.now()
@@ -53,7 +53,7 @@ bad = CronRun.start("daily-backup", trigger="scheduler")
 bad.finish(
     CronRun.Status.FAILURE,
     error="Traceback (most recent call last):\\n  File \\"backups_app/jobs.py\\", line 60\\n"
-    "backups_app.backups.BackupError: disk full while writing to /srv/backups; "
+    "backups_app.engine.backups.BackupError: disk full while writing to /srv/backups; "
     "the partial backup was removed\\n",
 )
 CronRun.objects.filter(pk=bad.pk).update(started_at=now - timedelta(hours=2))

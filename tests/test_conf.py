@@ -9,7 +9,9 @@ import sys
 import pytest
 from pyrage import x25519
 
-from backups_app import backups, checks, conf, scheduler_lock
+from backups_app import checks, conf
+from backups_app.engine import backups
+from backups_app.jobs import scheduler_lock
 from tests.conftest import REPO_DIR, make_database
 
 REAL_LIVE_DATABASE_PATH = conf.live_database_path  # before the autouse fixture patches it

@@ -4,9 +4,10 @@ import sqlite3
 
 import pytest
 
-from backups_app import backups, drill
-from backups_app.backups import create_backup
-from backups_app.drill import DrillError, drill_result, verify_latest_backup
+from backups_app.engine import backups
+from backups_app.engine.backups import create_backup
+from backups_app.restore import drill
+from backups_app.restore.drill import DrillError, drill_result, verify_latest_backup
 from tests.conftest import corrupt_middle, make_database
 
 
@@ -134,7 +135,7 @@ def test_a_later_drill_replaces_the_result_but_keeps_the_counts(live, backups_fo
 
 
 def test_it_drills_the_newest_backup_the_site_made_not_a_newer_upload(live, backups_folder):
-    from backups_app.uploads import accept_upload
+    from backups_app.restore.uploads import accept_upload
 
     own = backup_with_manifest(live, backups_folder)
     other = make_database(backups_folder.parent / "elsewhere.sqlite", rows=7, wal=False)
@@ -150,7 +151,7 @@ def test_it_drills_the_newest_backup_the_site_made_not_a_newer_upload(live, back
 
 
 def test_it_says_when_there_are_only_uploads_to_verify(live, backups_folder):
-    from backups_app.uploads import accept_upload
+    from backups_app.restore.uploads import accept_upload
 
     with open(live, "rb") as f:
         accept_upload(f, backups_folder)

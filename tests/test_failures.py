@@ -2,7 +2,7 @@
 
 import pytest
 
-from backups_app.failures import explain, message_of
+from backups_app.health.failures import explain, message_of
 
 TRACEBACK = 'Traceback (most recent call last):\n  File "backups_app/jobs.py", line 60, in x\n'
 
@@ -11,11 +11,12 @@ TRACEBACK = 'Traceback (most recent call last):\n  File "backups_app/jobs.py", l
     ("error", "sentence"),
     [
         (
-            TRACEBACK + "backups_app.drill.DrillError: no backup to verify\n",
+            TRACEBACK + "backups_app.restore.drill.DrillError: no backup to verify\n",
             "No backup to verify yet: make one with Back up now.",
         ),
         (
-            TRACEBACK + "backups_app.backups.BackupError: disk full while writing to /srv/b\n",
+            TRACEBACK
+            + "backups_app.engine.backups.BackupError: disk full while writing to /srv/b\n",
             "Disk full while writing to /srv/b. Free some space in the backups folder, "
             "then run it again.",
         ),
@@ -44,6 +45,6 @@ def test_it_explains_an_error_in_a_sentence(error, sentence):
 
 
 def test_it_keeps_the_message_of_our_own_errors_without_their_module():
-    error = TRACEBACK + "backups_app.restore.RestoreError: x.bak is truncated"
+    error = TRACEBACK + "backups_app.restore.restore.RestoreError: x.bak is truncated"
 
     assert message_of(error) == "x.bak is truncated"

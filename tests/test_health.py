@@ -5,9 +5,11 @@ import pytest
 from django.core.management import call_command
 from django.db.migrations.recorder import MigrationRecorder
 
-from backups_app import drill, health, jobs
-from backups_app.backups import create_backup
+from backups_app.engine.backups import create_backup
+from backups_app.health import health
+from backups_app.jobs import jobs
 from backups_app.models import CronRun
+from backups_app.restore import drill
 from tests.conftest import finished_run, make_database
 
 pytestmark = pytest.mark.django_db

@@ -13,7 +13,7 @@ import pytest
 from django.core.paginator import Paginator
 from django.utils import timezone
 
-from backups_app import backups
+from backups_app.engine import backups
 from backups_app.models import CronRun
 from tests.conftest import write_backup_file
 
@@ -48,7 +48,7 @@ def names_in_order(html):
 @pytest.mark.django_db
 @pytest.mark.parametrize("orphans", [0, 1, 2])
 def test_history_pages_are_djangos_pages_for_every_count_and_number(orphans):
-    from backups_app.views import HistoryPaginator
+    from backups_app.web.views import HistoryPaginator
 
     now = timezone.now()
     for count in range(0, 12):

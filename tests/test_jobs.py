@@ -13,9 +13,9 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django_apscheduler.models import DjangoJob, DjangoJobExecution
 
-from backups_app import jobs
+from backups_app.core.processes import process_identity
+from backups_app.jobs import jobs
 from backups_app.models import CronRun
-from backups_app.processes import process_identity
 from stanza_site.logformat import JsonFormatter
 from tests.conftest import MANAGE, hold_jobs, live_env, manage, read_runs, release, wait_until
 
@@ -177,7 +177,7 @@ def test_it_records_an_interrupted_run_and_lets_the_interrupt_through(data_dir, 
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("backups_app.retention.purge_old_backups", interrupted)
+    monkeypatch.setattr("backups_app.jobs.retention.purge_old_backups", interrupted)
 
     with pytest.raises(KeyboardInterrupt):
         jobs.run_job("purge-old-backups")
@@ -188,10 +188,10 @@ def test_it_records_an_interrupted_run_and_lets_the_interrupt_through(data_dir, 
 
 
 def test_it_writes_one_structured_log_line_per_run(data_dir, caplog):
-    with caplog.at_level(logging.INFO, logger="backups_app.jobs"):
+    with caplog.at_level(logging.INFO, logger="backups_app.jobs.jobs"):
         run = jobs.run_job("purge-old-backups")
 
-    (record,) = [r for r in caplog.records if r.name == "backups_app.jobs"]
+    (record,) = [r for r in caplog.records if r.name == "backups_app.jobs.jobs"]
     entry = json.loads(JsonFormatter().format(record))
     assert entry["event"] == "job_run"
     assert entry["job"] == "purge-old-backups"
@@ -204,10 +204,10 @@ def test_it_writes_one_structured_log_line_per_run(data_dir, caplog):
 def test_it_logs_a_failure_with_its_error(data_dir, settings, caplog):
     settings.STANZA_BACKUPS_DIR = data_dir / "vanished"
 
-    with caplog.at_level(logging.INFO, logger="backups_app.jobs"):
+    with caplog.at_level(logging.INFO, logger="backups_app.jobs.jobs"):
         jobs.run_job("purge-old-backups")
 
-    (record,) = [r for r in caplog.records if r.name == "backups_app.jobs"]
+    (record,) = [r for r in caplog.records if r.name == "backups_app.jobs.jobs"]
     assert record.levelname == "ERROR"
     assert record.status == "failure"
     assert "does not exist" in record.getMessage()

@@ -15,8 +15,11 @@ import boto3
 import pytest
 from django.utils import timezone
 
-from backups_app import alerts, backups, health, jobs, offsite
+from backups_app.engine import backups
+from backups_app.health import alerts, health
+from backups_app.jobs import jobs
 from backups_app.models import CronRun
+from backups_app.offsite import offsite
 from tests.conftest import (
     count_rows,
     make_database,

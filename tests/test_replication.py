@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from backups_app import conf, replication
+from backups_app import conf
+from backups_app.replication import replication
 from tests.conftest import live_env, manage, read_runs, wait_until
 
 # --- settings and config (no Litestream needed) ----------------------------------------------
@@ -170,7 +171,7 @@ def test_a_dead_replicate_process_or_an_old_heartbeat_is_stopped(replica_on):
 
 
 def test_health_checkbackups_and_healthz_report_replication(replica_on, db, client):
-    from backups_app import health
+    from backups_app.health import health
 
     write_status(replica_on, lag=900)
     assert "replication 900 s behind (limit 300 s)" in health.problems()
@@ -180,7 +181,7 @@ def test_health_checkbackups_and_healthz_report_replication(replica_on, db, clie
 
 
 def test_an_alert_email_when_replication_stops(replica_on, db, settings, mailoutbox):
-    from backups_app import alerts
+    from backups_app.health import alerts
 
     settings.STANZA_ALERT_EMAILS = "ops@example.com"
     alerts.check_lateness()
@@ -194,7 +195,7 @@ def test_an_alert_email_when_replication_stops(replica_on, db, settings, mailout
 
 
 def test_verify_replica_is_a_job_only_when_replication_is_on(settings):
-    from backups_app import jobs
+    from backups_app.jobs import jobs
 
     settings.STANZA_REPLICA_URL = ""
     assert "verify-replica" not in jobs.registry()

@@ -5,9 +5,10 @@ import sys
 
 import pytest
 
-from backups_app import backups, drill
-from backups_app.backups import create_backup
-from backups_app.restore import RestoreError, check_backup_file, restore_backup
+from backups_app.engine import backups
+from backups_app.engine.backups import create_backup
+from backups_app.restore import drill
+from backups_app.restore.restore import RestoreError, check_backup_file, restore_backup
 from tests.conftest import corrupt_middle, count_rows, file_state, make_database, wait_until
 
 

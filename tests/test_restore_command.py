@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from backups_app.backups import create_backup
+from backups_app.engine.backups import create_backup
 from tests.conftest import MANAGE, REPO_DIR, copy_database, corrupt_middle, file_state, manage
 
 pytestmark = pytest.mark.slow

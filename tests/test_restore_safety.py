@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from backups_app import backups
-from backups_app.backups import create_backup
-from backups_app.restore import RestoreError, changes, check_backup_file, restore_backup
+from backups_app.engine import backups
+from backups_app.engine.backups import create_backup
+from backups_app.restore.restore import RestoreError, changes, check_backup_file, restore_backup
 from tests.conftest import copy_database, count_rows, file_state, make_database, wait_until
 
 
@@ -317,7 +317,8 @@ def test_the_database_can_be_backed_up_after_restoring_one_without_autoincrement
 def test_the_restore_command_and_the_jobs_take_the_same_operation_lock(
     data_dir, settings, monkeypatch
 ):
-    from backups_app import jobs, operations
+    from backups_app.core import operations
+    from backups_app.jobs import jobs
 
     monkeypatch.setattr(jobs, "OPERATION_WAIT", 0)
     with operations.exclusive("restore", by="the restore command"):

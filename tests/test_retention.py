@@ -5,8 +5,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from backups_app import backups
-from backups_app.retention import purge_old_backups, remove_abandoned_uploads
+from backups_app.engine import backups
+from backups_app.jobs.retention import purge_old_backups, remove_abandoned_uploads
 
 NOW = datetime(2026, 11, 26, 2, 30, tzinfo=UTC)
 
@@ -133,7 +133,7 @@ def test_it_logs_how_many_it_removed(tmp_path, caplog):
     put(tmp_path, "database.sqlite.20261126T020000Z.bak", timedelta(hours=1))
     put(tmp_path, "database.sqlite.20261001T020000Z.bak", timedelta(days=56))
 
-    with caplog.at_level(logging.INFO, logger="backups_app.retention"):
+    with caplog.at_level(logging.INFO, logger="backups_app.jobs.retention"):
         purge_old_backups(tmp_path, 7, NOW)
 
     (record,) = caplog.records
@@ -157,7 +157,7 @@ def test_it_removes_uploads_a_killed_worker_left_but_not_one_in_progress(tmp_pat
 
 @pytest.mark.django_db
 def test_the_purge_job_clears_abandoned_uploads(settings, backups_folder, time_machine):
-    from backups_app import jobs
+    from backups_app.jobs import jobs
 
     time_machine.move_to(NOW, tick=False)
     uploads = backups_folder.parent / ".stanza-uploads"  # the app's own, beside the database

@@ -18,7 +18,7 @@ import zipfile
 
 import pytest
 
-from backups_app.backups import is_locked
+from backups_app.engine.backups import is_locked
 from tests.conftest import REPO_DIR, wait_until
 
 pytestmark = pytest.mark.slow

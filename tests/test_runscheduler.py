@@ -20,7 +20,7 @@ import pytest
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from django_apscheduler.models import DjangoJob
 
-from backups_app import jobs
+from backups_app.jobs import jobs
 from backups_app.management.commands import runscheduler
 from backups_app.models import CronRun
 from tests.conftest import (

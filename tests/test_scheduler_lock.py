@@ -1,6 +1,6 @@
 import os
 
-from backups_app import scheduler_lock
+from backups_app.jobs import scheduler_lock
 
 
 def test_it_lets_one_holder_at_a_time_and_reports_it(data_dir):

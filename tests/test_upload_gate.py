@@ -5,7 +5,9 @@ from django.core.files import uploadhandler
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
-from backups_app import backups, upload_gate, uploads
+from backups_app import upload_gate
+from backups_app.engine import backups
+from backups_app.restore import uploads
 from tests.conftest import make_database
 
 UPLOAD_URL = "/admin/backups/upload"

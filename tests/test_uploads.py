@@ -7,10 +7,11 @@ import tracemalloc
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from backups_app import backups, drill, restore
-from backups_app.backups import create_backup
-from backups_app.restore import RestoreError
-from backups_app.uploads import DuplicateUpload, UploadTooLarge, accept_upload, upload_limit
+from backups_app.engine import backups
+from backups_app.engine.backups import create_backup
+from backups_app.restore import drill, restore
+from backups_app.restore.restore import RestoreError
+from backups_app.restore.uploads import DuplicateUpload, UploadTooLarge, accept_upload, upload_limit
 from tests.conftest import count_rows, file_state, make_database, make_large_database
 
 
@@ -137,7 +138,7 @@ def test_it_stops_inflating_at_the_upload_limit_when_the_header_declares_no_size
 
 
 def test_a_restore_of_a_gzip_bomb_leaves_nothing_behind(live, backups_folder, tmp_path):
-    from backups_app.restore import restore_backup
+    from backups_app.restore.restore import restore_backup
 
     bomb = gzip_bomb(backups_folder / "database.sqlite.20261126T020000Z.bak.gz")
     before = file_state(live.parent)

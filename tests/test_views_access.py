@@ -3,7 +3,7 @@
 import pytest
 from django.test import Client
 
-from backups_app import backups
+from backups_app.engine import backups
 from tests.conftest import manage
 
 PAGES = [

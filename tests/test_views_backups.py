@@ -10,7 +10,10 @@ from django.contrib.admin.models import LogEntry
 from django.test import Client
 from django.urls import reverse
 
-from backups_app import backups, drill, health, operations
+from backups_app.core import operations
+from backups_app.engine import backups
+from backups_app.health import health
+from backups_app.restore import drill
 from tests.conftest import count_rows, write_backup_file
 
 URL = "/admin/backups/"

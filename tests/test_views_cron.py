@@ -9,7 +9,7 @@ import time_machine
 from django.contrib.admin.models import LogEntry
 from django_apscheduler.models import DjangoJob
 
-from backups_app import jobs, scheduler_lock
+from backups_app.jobs import jobs, scheduler_lock
 from backups_app.models import CronRun
 
 URL = "/admin/cron/"
@@ -397,7 +397,7 @@ def test_history_pages_in_the_older_half_are_read_from_the_oldest_end():
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from backups_app.views import HistoryPaginator
+    from backups_app.web.views import HistoryPaginator
 
     for minutes in range(7):
         make_run(minutes_ago=minutes)

@@ -5,7 +5,7 @@ import re
 import pytest
 from django.contrib.admin.models import DELETION, LogEntry
 
-from backups_app import backups
+from backups_app.engine import backups
 from tests.conftest import write_backup_file
 
 OLD = "database.sqlite.20260101T020000Z.bak"
@@ -106,7 +106,7 @@ def test_two_deletes_at_once_never_leave_no_backup_unconfirmed(
     finds itself the last backup, and asks for the second confirmation instead of deleting."""
     import contextlib
 
-    from backups_app import operations
+    from backups_app.core import operations
 
     old, new = two_backups
     real_exclusive = operations.exclusive
@@ -215,7 +215,7 @@ def test_a_bad_download_name_gets_a_page_in_the_admin_layout(staff_client, backu
 
 
 def test_it_refuses_to_delete_while_a_backup_or_restore_runs(staff_client, two_backups):
-    from backups_app import operations
+    from backups_app.core import operations
 
     with operations.exclusive("restore", by="someone"):
         response = staff_client.post(delete_url(OLD), **JSON)

@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from backups_app import backups, replication
+from backups_app.engine import backups
+from backups_app.replication import replication
 from tests.conftest import count_rows, wait_until
 
 

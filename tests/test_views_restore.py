@@ -12,8 +12,11 @@ from django.contrib.sessions.models import Session
 from django.core.files.uploadedfile import SimpleUploadedFile, TemporaryUploadedFile
 from django.test import Client, RequestFactory
 
-from backups_app import backups, drill, operations, restore, uploads, views
+from backups_app.core import operations
+from backups_app.engine import backups
 from backups_app.models import CronRun
+from backups_app.restore import drill, restore, uploads
+from backups_app.web import views
 from tests.conftest import corrupt_middle, count_rows, file_state, make_database
 
 URL = "/admin/backups/"

@@ -9,7 +9,8 @@ from django.contrib.humanize.templatetags.humanize import naturaltime
 from django.utils import timezone
 from django.utils.html import format_html
 
-from backups_app import backups, failures
+from backups_app.engine import backups
+from backups_app.health import failures
 
 register = template.Library()
 
@@ -124,7 +125,7 @@ def count(number, word):
 @register.simple_tag
 def health_verdict():
     """The one health verdict, for the admin index's summary (the pages pass theirs)."""
-    from backups_app import health
+    from backups_app.health import health
 
     return health.verdict()
 
@@ -132,6 +133,6 @@ def health_verdict():
 @register.filter
 def dashboard_entry(entry):
     """Whether an admin LogEntry is one the dashboard wrote (its message names the action)."""
-    from backups_app import audit
+    from backups_app.core import audit
 
     return audit.is_dashboard_entry(entry)

@@ -4,7 +4,8 @@ import contextlib
 
 from django import template
 
-from backups_app import backups, offsite
+from backups_app.engine import backups
+from backups_app.offsite import offsite
 
 register = template.Library()
 

@@ -1,6 +1,6 @@
 from django import template
 
-from backups_app import replication
+from backups_app.replication import replication
 
 register = template.Library()
 

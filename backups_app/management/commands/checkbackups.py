@@ -2,7 +2,7 @@ import sys
 
 from django.core.management.base import BaseCommand
 
-from backups_app import alerts, health
+from backups_app.health import alerts, health
 
 
 class Command(BaseCommand):

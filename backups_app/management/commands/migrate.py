@@ -7,7 +7,7 @@ from django.core.management.commands import migrate
 from django.db import connections
 from django.db.models.signals import pre_migrate
 
-from backups_app import backups
+from backups_app.engine import backups
 
 
 class Command(migrate.Command):

@@ -2,8 +2,9 @@ import threading
 
 from django.core.management.base import BaseCommand, CommandError
 
-from backups_app import conf, replication
-from backups_app.interrupts import on_stop_signals
+from backups_app import conf
+from backups_app.core.interrupts import on_stop_signals
+from backups_app.replication import replication
 
 
 class Command(BaseCommand):

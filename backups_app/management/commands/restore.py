@@ -4,9 +4,13 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from backups_app import backups, conf, offsite, replication, restore
-from backups_app.backups import DATABASE_FILENAME, BackupError
-from backups_app.interrupts import on_stop_signals
+from backups_app import conf
+from backups_app.core.interrupts import on_stop_signals
+from backups_app.engine import backups
+from backups_app.engine.backups import DATABASE_FILENAME, BackupError
+from backups_app.offsite import offsite
+from backups_app.replication import replication
+from backups_app.restore import restore
 
 
 class Command(BaseCommand):

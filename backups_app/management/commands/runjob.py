@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from backups_app import jobs
-from backups_app.interrupts import on_stop_signals
+from backups_app.core.interrupts import on_stop_signals
+from backups_app.jobs import jobs
 
 
 class Command(BaseCommand):

@@ -27,10 +27,11 @@ from django_apscheduler import util
 from django_apscheduler.jobstores import DjangoJobStore
 from django_apscheduler.models import DjangoJob
 
-from backups_app import alerts, jobs, scheduler_lock
-from backups_app.interrupts import on_stop_signals
+from backups_app.core.interrupts import on_stop_signals
+from backups_app.core.processes import this_host
+from backups_app.health import alerts
+from backups_app.jobs import jobs, scheduler_lock
 from backups_app.models import CronRun
-from backups_app.processes import this_host
 
 logger = logging.getLogger(__name__)
 

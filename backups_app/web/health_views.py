@@ -4,7 +4,7 @@ from django.http import JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from backups_app import health
+from backups_app.health import health
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,10 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_http_methods
 
-from backups_app import backups, conf, replication, views
+from backups_app import conf
+from backups_app.engine import backups
+from backups_app.replication import replication
+from backups_app.web import views
 
 logger = logging.getLogger(__name__)
 

@@ -28,9 +28,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from backups_app import backups, conf, sqlite
-from backups_app.backups import BackupError
-from backups_app.problems import Problem
+from backups_app import conf
+from backups_app.db import sqlite
+from backups_app.engine import backups
+from backups_app.engine.backups import BackupError
+from backups_app.health.problems import Problem
 
 logger = logging.getLogger(__name__)
 
@@ -708,7 +710,7 @@ def window(database=None, now=None):
 def restored_copy(when=None, database=None):
     """Yield the path of a scratch file holding the replica's database at `when` (UTC), or
     its latest state when `when` is None. The file is deleted afterwards."""
-    from backups_app import restore
+    from backups_app.restore import restore
 
     database = Path(database or backups.live_database_path())
     config = write_config(database=database)
@@ -736,7 +738,7 @@ def restore_at(when, *, trigger, by="", confirm=None, database=None):
     at that time is restored into a scratch file, then goes through the same checks, safety
     backup, copy and record as every restore (`restore.restore_and_record`).
     """
-    from backups_app import restore
+    from backups_app.restore import restore
 
     database = Path(database or backups.live_database_path())
     if not enabled():
@@ -772,8 +774,8 @@ def _renamed(result, label):
 def verify_replica(timeout=120):
     """Write a canary row, wait until the replica has it, restore the replica's latest state
     into a scratch file, check it fully, and find the canary there."""
-    from backups_app import restore
     from backups_app.models import ReplicaCanary
+    from backups_app.restore import restore
 
     if not enabled():
         raise ReplicationError("replication is off")

@@ -11,9 +11,10 @@ from django.http import Http404, HttpResponseBadRequest, StreamingHttpResponse
 from django.shortcuts import redirect
 from django.views.decorators.http import require_POST, require_safe
 
-from backups_app import backups, offsite
-from backups_app.audit import CHANGE, audit
-from backups_app.views import staff_required
+from backups_app.core.audit import CHANGE, audit
+from backups_app.engine import backups
+from backups_app.offsite import offsite
+from backups_app.web.views import staff_required
 
 logger = logging.getLogger(__name__)
 

@@ -19,10 +19,12 @@ from django.db.migrations.recorder import MigrationRecorder
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from backups_app import backups, drill, jobs
-from backups_app.backups import BackupError
+from backups_app.engine import backups
+from backups_app.engine.backups import BackupError
+from backups_app.health.problems import Problem
+from backups_app.jobs import jobs
 from backups_app.models import AlertState, CronRun
-from backups_app.problems import Problem
+from backups_app.restore import drill
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +37,10 @@ OK, FAILING, LATE = State.OK.value, State.FAILING.value, State.LATE.value
 # Shown for a job that has not run yet and is not late: not "ok", which it has not proved.
 NEVER_RUN = "never run"
 
-# More kinds of problems, e.g. "backups_app.offsite.health_problems": f(now) -> [Problem | str].
+# More kinds of problems: f(now) -> [Problem | str].
 PROBLEM_SOURCES = [
-    "backups_app.offsite.health_problems",
-    "backups_app.replication.health_problems",
+    "backups_app.offsite.offsite.health_problems",
+    "backups_app.replication.replication.health_problems",
 ]
 
 
@@ -179,7 +181,7 @@ def label_of(name):
 
 def job_problem(job):
     if job.state == FAILING:
-        from backups_app.failures import explain  # failures reads the registry too
+        from backups_app.health.failures import explain  # failures reads the registry too
 
         why = explain(job.last_run.error) if job.last_run else ""
         return Problem(

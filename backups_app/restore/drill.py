@@ -11,8 +11,10 @@ from pathlib import Path
 
 from django.utils import timezone
 
-from backups_app import backups, restore, sqlite
-from backups_app.backups import BackupError, read_manifest, write_manifest
+from backups_app.db import sqlite
+from backups_app.engine import backups
+from backups_app.engine.backups import BackupError, read_manifest, write_manifest
+from backups_app.restore import restore
 
 logger = logging.getLogger(__name__)
 

@@ -26,8 +26,9 @@ from typing import NamedTuple
 
 from django.utils import timezone
 
-from backups_app import conf, sqlite
-from backups_app.sqlite import TEMP_PREFIX, create_locked
+from backups_app import conf
+from backups_app.db import sqlite
+from backups_app.db.sqlite import TEMP_PREFIX, create_locked
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ import logging
 from datetime import timedelta
 from pathlib import Path
 
-from backups_app import backups
+from backups_app.engine import backups
 
 logger = logging.getLogger(__name__)
 

@@ -11,9 +11,11 @@ import os
 import shutil
 from pathlib import Path
 
-from backups_app import backups, conf, restore
-from backups_app.backups import BackupError
-from backups_app.restore import RestoreError
+from backups_app import conf
+from backups_app.engine import backups
+from backups_app.engine.backups import BackupError
+from backups_app.restore import restore
+from backups_app.restore.restore import RestoreError
 
 logger = logging.getLogger(__name__)
 

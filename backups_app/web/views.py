@@ -21,22 +21,15 @@ from django.utils.http import RFC3986_SUBDELIMS
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from backups_app import (
-    backups,
-    conf,
-    drill,
-    failures,
-    health,
-    jobs,
-    operations,
-    restore,
-    scheduler_lock,
-    upload_gate,
-    uploads,
-)
-from backups_app.audit import CHANGE, DELETION, audit, recent_entries
-from backups_app.forms import DeleteForm, HistoryFilterForm, RestoreForm, UploadForm
+from backups_app import conf, upload_gate
+from backups_app.core import operations
+from backups_app.core.audit import CHANGE, DELETION, audit, recent_entries
+from backups_app.engine import backups
+from backups_app.health import failures, health
+from backups_app.jobs import jobs, scheduler_lock
 from backups_app.models import CronRun
+from backups_app.restore import drill, restore, uploads
+from backups_app.web.forms import DeleteForm, HistoryFilterForm, RestoreForm, UploadForm
 
 logger = logging.getLogger(__name__)
 

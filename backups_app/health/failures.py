@@ -58,7 +58,7 @@ def message_of(text):
 
 
 def explain(text):
-    """'backups_app.drill.DrillError: no backup to verify' -> 'No backup to verify yet: ...'."""
+    """'...drill.DrillError: no backup to verify' -> 'No backup to verify yet: ...'."""
     message = message_of(text)
     if not message:
         return "It failed without an error message: see the run's details."

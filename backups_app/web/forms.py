@@ -2,7 +2,7 @@
 
 from django import forms
 
-from backups_app import jobs
+from backups_app.jobs import jobs
 from backups_app.models import CronRun
 
 

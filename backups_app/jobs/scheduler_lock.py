@@ -9,7 +9,7 @@ import fcntl
 import os
 
 from backups_app import conf
-from backups_app.backups import is_locked
+from backups_app.engine.backups import is_locked
 
 LOCK_FILENAME = "scheduler.lock"
 

@@ -17,9 +17,12 @@ from django.utils import timezone
 from django_apscheduler import util
 from django_apscheduler.models import DjangoJobExecution
 
-from backups_app import backups, conf, offsite, retention, signals
+from backups_app import conf, signals
 from backups_app.cron import crontab_trigger
+from backups_app.engine import backups
+from backups_app.jobs import retention
 from backups_app.models import CronRun
+from backups_app.offsite import offsite
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ OPERATION_WAIT = 30 * 60
 
 
 def daily_backup():
-    from backups_app import operations
+    from backups_app.core import operations
 
     # The same lock as "Back up now", uploads and restores (web or command line).
     with operations.exclusive("backup", by="the daily-backup job", wait=OPERATION_WAIT):
@@ -88,7 +91,7 @@ def purge_old_cron_runs():
 
 
 def verify_latest_backup():
-    from backups_app import drill  # drill builds on restore, which the jobs need not load
+    from backups_app.restore import drill  # drill builds on restore, which the jobs need not load
 
     checks = [drill.verify_latest_backup]
     if offsite.enabled():
@@ -105,7 +108,7 @@ def verify_latest_backup():
 
 
 def verify_replica():
-    from backups_app import replication
+    from backups_app.replication import replication
 
     return replication.verify_replica()
 
@@ -315,7 +318,8 @@ def history_names():
 
 def run_job_by_hand(name, user):
     """Run a registered job now for a staff user, recorded in the history and the audit trail."""
-    from backups_app import audit, failures
+    from backups_app.core import audit
+    from backups_app.health import failures
 
     run = run_job(name, trigger=f"admin:{user.get_username()}")
     ok = run.status == CronRun.Status.SUCCESS
@@ -327,7 +331,7 @@ def run_job_by_hand(name, user):
 
 def next_run_times(registry):
     """{job name: (next run time or None, note)}: from the scheduler's job store when one is up."""
-    from backups_app import scheduler_lock
+    from backups_app.jobs import scheduler_lock
 
     if scheduler_lock.is_scheduler_running():
         from django_apscheduler.models import DjangoJob

@@ -28,9 +28,10 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.utils import timezone
 
-from backups_app import backups, conf
-from backups_app.backups import CHECKSUM_SUFFIX, MANIFEST_SUFFIX, BackupError
-from backups_app.problems import Problem
+from backups_app import conf
+from backups_app.engine import backups
+from backups_app.engine.backups import CHECKSUM_SUFFIX, MANIFEST_SUFFIX, BackupError
+from backups_app.health.problems import Problem
 
 logger = logging.getLogger(__name__)
 
@@ -660,7 +661,7 @@ def scratch_dir():
 
 @contextlib.contextmanager
 def _scratch_file():
-    from backups_app import restore
+    from backups_app.restore import restore
 
     with restore.scratch_file(scratch_dir()) as path:
         yield path
@@ -790,7 +791,7 @@ def fetch_into_backups(name, store=None):
     time is the backup's own time, so it does not pass for a fresh backup.
     """
 
-    from backups_app import restore
+    from backups_app.restore import restore
 
     folder = Path(backups.backups_dir())
     with contextlib.suppress(BackupError):
@@ -816,7 +817,7 @@ def drill_newest_copy():
 
     The verdict is written into the copy's `NAME.json` in the store, as the local drill does.
     """
-    from backups_app import drill
+    from backups_app.restore import drill
 
     store = storage()
     # The drill proves a backup the site made itself, like the local drill.

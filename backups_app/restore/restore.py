@@ -24,8 +24,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
-from backups_app import backups, signals, sqlite
-from backups_app.backups import BackupError
+from backups_app import signals
+from backups_app.db import sqlite
+from backups_app.engine import backups
+from backups_app.engine.backups import BackupError
 
 logger = logging.getLogger(__name__)
 
@@ -458,7 +460,7 @@ def restore_and_record(path, *, trigger, by="", database=None, backups_folder=No
     into when that is the live database; a cancelled restore is not recorded. Raises
     operations.OperationRunning when a backup, restore or upload is already running.
     """
-    from backups_app import operations
+    from backups_app.core import operations
 
     database = Path(database or backups.live_database_path())
     is_live = database.resolve() == Path(backups.live_database_path()).resolve()

@@ -12,7 +12,9 @@ from django.core.mail import get_connection, send_mail
 from django.db import transaction
 from django.utils import timezone
 
-from backups_app import conf, health, jobs
+from backups_app import conf
+from backups_app.health import health
+from backups_app.jobs import jobs
 from backups_app.models import AlertState, CronRun
 
 logger = logging.getLogger(__name__)

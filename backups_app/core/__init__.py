@@ -1,0 +1,1 @@
+"""Plumbing every capability shares: processes, signals, the operation lock, the audit trail."""

@@ -1,0 +1,1 @@
+"""The database seam: one module per engine (SQLite today) with the same few functions."""

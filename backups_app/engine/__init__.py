@@ -1,0 +1,1 @@
+"""Making backups: consistent copies of the live database, verified, named atomically."""

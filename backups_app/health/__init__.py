@@ -1,0 +1,1 @@
+"""One health verdict, its problems in words, failures explained, and alert emails."""

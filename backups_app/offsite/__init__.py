@@ -1,0 +1,1 @@
+"""Offsite copies in S3-compatible storage: copy, verify, fetch, purge."""

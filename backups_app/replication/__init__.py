@@ -1,0 +1,1 @@
+"""Continuous replication with Litestream, and restores to a point in time."""
