@@ -27,6 +27,7 @@ from django.utils import timezone
 from backups_app import conf, db
 from backups_app.core import files
 from backups_app.core.files import TEMP_PREFIX, create_locked, is_locked, open_regular
+from backups_app.media import record as media_record
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ CHECKSUM_SUFFIX = ".sha256"
 SHA256_RE = re.compile(r"\A[0-9a-f]{64}\Z")
 MANIFEST_SUFFIX = ".json"
 CHECK_KINDS = ("quick", "full")
+MEDIA_SUFFIX = ".media"  # the site files' list (backups_app.media)
 try:  # zlib-ng deflates 2-3x faster than zlib for the same ratio (bench/backup.py --tune)
     from zlib_ng import zlib_ng as deflate
 
@@ -330,7 +332,7 @@ def _backup(path, st, has_checksum):
 def sidecars(path):
     """The files the product writes beside a backup."""
     path = Path(path)
-    return [path.with_name(path.name + s) for s in (CHECKSUM_SUFFIX, MANIFEST_SUFFIX)]
+    return [path.with_name(path.name + s) for s in (CHECKSUM_SUFFIX, MANIFEST_SUFFIX, MEDIA_SUFFIX)]
 
 
 def delete_backup(name, folder=None):
@@ -391,6 +393,7 @@ def create_backup(
     leftovers = [partial, Path(f"{partial}-journal"), gz, *sidecars(partial)]
     timings = {}
     lock_fd = final = None
+    recordings = contextlib.ExitStack()  # the site files' recording, until the backup's name
     try:
         try:
             lock_fd = create_locked(partial)
@@ -402,12 +405,20 @@ def create_backup(
                     progress=progress and (lambda done, total: progress("copy", done, total)),
                     flush=not compress,
                 )
+            with _timed(timings, "files"):
+                into_backups = target is None and _is_live_into_backups(source, folder)
+                recording = media_record.for_backup(
+                    into_backups, folder, partial, is_backup_name, progress
+                )
+                media = recordings.enter_context(recording)
             with _timed(timings, "verify_compress" if compress else "verify"):
                 if compress:
                     digest, counts = _verify_and_gzip(partial, gz, tables, progress, check)
                 else:
                     digest, counts = _verify_and_hash(partial, tables, progress, check)
             manifest = new_manifest(counts, check, by="backup")
+            if media is not None:
+                manifest["media"] = media.as_manifest()
             final = publish(
                 gz if compress else partial,
                 digest,
@@ -416,6 +427,7 @@ def create_backup(
                 target=target,
                 label=label,
                 compress=compress,
+                media_list=None if media is None else media_record.staged_list(partial),
             )
         except engine.Error as err:
             _raise_if_interrupted(err)
@@ -423,6 +435,7 @@ def create_backup(
         except OSError as err:
             raise BackupError(_explain_os_error(err, folder)) from err
         finally:
+            recordings.close()
             for path in leftovers:
                 path.unlink(missing_ok=True)
             if lock_fd is not None:
@@ -436,6 +449,18 @@ def create_backup(
             raise
         raise BackupInterrupted(final) from err
     return backup
+
+
+def _is_live_into_backups(source, folder):
+    """Whether a backup is the live database's, into the backups folder: those record files."""
+    try:
+        live = live_database()
+        is_live = source == live or (
+            source is not None and live is not None and source.resolve() == live.resolve()
+        )
+        return is_live and folder.resolve() == backups_dir().resolve()
+    except OSError:
+        return False
 
 
 class BackupInterrupted(KeyboardInterrupt):
@@ -539,7 +564,7 @@ def _remove_orphan_sidecars(folder):
     with contextlib.suppress(OSError), os.scandir(folder) as entries:
         for entry in entries:
             base, dot, suffix = entry.name.rpartition(".")
-            if not (dot and f".{suffix}" in (CHECKSUM_SUFFIX, MANIFEST_SUFFIX)):
+            if not (dot and f".{suffix}" in (CHECKSUM_SUFFIX, MANIFEST_SUFFIX, MEDIA_SUFFIX)):
                 continue
             if not is_backup_name(base) or os.path.lexists(os.path.join(folder, base)):
                 continue
@@ -732,7 +757,9 @@ def _gzip(source, dest, progress=None, cancel=None):
     return digest.hexdigest()
 
 
-def publish(temp, digest, manifest, *, folder, target=None, label="", compress=False):
+def publish(
+    temp, digest, manifest, *, folder, target=None, label="", compress=False, media_list=None
+):
     """Give a finished backup its name, its sidecars first; return the backup's path.
 
     `temp` is a `.partial` file this process holds locked (its sidecars are written beside it
@@ -740,7 +767,8 @@ def publish(temp, digest, manifest, *, folder, target=None, label="", compress=F
     `NAME` itself. `os.link` fails when a name exists, so two processes backing up in the same
     second each get their own name (`...Z-2.bak`) without a lock between them, and a signal or
     a crash at any moment leaves either no backup or a backup with both sidecars (at worst
-    sidecars without a backup, which the next backup's clean-up removes).
+    sidecars without a backup, which the next backup's clean-up removes). `media_list`, the
+    site files' list (a staged file), is linked as `NAME.media` with them.
     """
     if target:
         candidates = [Path(target)]
@@ -750,7 +778,7 @@ def publish(temp, digest, manifest, *, folder, target=None, label="", compress=F
             folder / backup_name(now, label=label, compress=compress, seq=seq)
             for seq in range(1, 1000)
         )
-    staged = {}
+    staged = {MEDIA_SUFFIX: Path(media_list)} if media_list else {}
     try:
         for final in candidates:
             if digest:
