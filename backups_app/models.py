@@ -238,10 +238,14 @@ class AlertState(models.Model):
 
 
 class DrillRunQuerySet(models.QuerySet):
-    def newest(self, *, ok=None):
-        """The most recent drill (the most recent that passed, with `ok=True`), or None."""
-        runs = self if ok is None else self.filter(ok=ok)
-        return runs.order_by("-finished_at", "-id").first()
+    def recent(self):
+        """(the most recent drill, the most recent that passed), each None if none, in one
+        query: each `id = (SELECT ...)` is one step down its index."""
+        newest = self.order_by("-finished_at", "-id").values("id")[:1]
+        passed = self.filter(ok=True).order_by("-finished_at", "-id").values("id")[:1]
+        condition = Q(id=Subquery(newest)) | Q(id=Subquery(passed))
+        rows = list(self.filter(condition).order_by("-finished_at", "-id"))
+        return (rows[0] if rows else None), next((row for row in rows if row.ok), None)
 
 
 class DrillRun(models.Model):

@@ -73,7 +73,7 @@ def test_it_reads_every_contract_metric_after_a_backup_a_drill_a_failure_and_a_r
     assert value(after_drill, "stanza_backup_last_success_timestamp_seconds") == pytest.approx(
         newest.modified.timestamp(), abs=1e-3
     )
-    passed = drill.last_passed_drill()
+    passed = drill.recent_drills().passed
     assert value(after_drill, "stanza_restore_drill_duration_seconds") == passed.restore_seconds
     assert 0 < passed.restore_seconds < 60
     assert value(after_drill, "stanza_restore_drill_last_success_timestamp_seconds") >= before

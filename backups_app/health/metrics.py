@@ -45,10 +45,13 @@ class StanzaCollector:
         listed = listed or []
         registry = jobs.registry()
         succeeded = CronRun.objects.latest_per_job(registry, status=CronRun.Status.SUCCESS)
-        state = recovery.state(now, listed=listed, copied=succeeded.get(offsite.JOB_NAME))
+        drills = verdict.drills or drill.recent_drills()
+        state = recovery.state(
+            now, listed=listed, copied=succeeded.get(offsite.JOB_NAME), drills=drills
+        )
         yield from backup_metrics(listed)
         yield from job_metrics(verdict.jobs, succeeded)
-        yield from drill_metrics()
+        yield from drill_metrics(drills)
         yield from recovery_metrics(state)
         yield gauge(
             "stanza_healthy",
@@ -132,8 +135,8 @@ def job_metrics(states, succeeded):
     yield from families.values()
 
 
-def drill_metrics():
-    last, passed = drill.last_drill(), drill.last_passed_drill()
+def drill_metrics(drills):
+    last, passed = drills
     yield gauge(
         "stanza_restore_drill_last_success_timestamp_seconds",
         "When the newest restore drill that passed finished (0: none passed).",

@@ -103,11 +103,12 @@ class Recovery:
         )
 
 
-def state(now=None, *, listed=None, copied=None):
+def state(now=None, *, listed=None, copied=None, drills=None):
     """The recovery point and time as recorded now.
 
-    `listed`: the backups folder's `scan_backups()` when the caller has it (else it is read,
-    reusing the listing). `copied`: the newest successful copy-offsite run, when known.
+    What the caller has already read is not read again: `listed` (the backups folder's
+    `scan_backups()`), `copied` (the newest successful copy-offsite run), `drills` (the
+    verdict's `drill.recent_drills()`).
     """
     now = now or timezone.now()
     if listed is None:
@@ -125,7 +126,7 @@ def state(now=None, *, listed=None, copied=None):
         offsite_at=offsite_point(listed, copied) if offsite_on else None,
         replica_on=replica is not None,
         replica_at=replica.last_sync if replica is not None else None,
-        drill=drill.last_passed_drill(),
+        drill=(drills or drill.recent_drills()).passed,
     )
 
 

@@ -156,7 +156,8 @@ def backups_page(request):
     # The card shows what the verdict judges: the newest backup the site made itself.
     own = health.newest_own(found)
     newest = own.backup(folder) if own else None
-    rpo_rto = recovery.state(listed=found)  # the recovery point and time
+    verdict = health.verdict(scanned=None if problem else found)
+    rpo_rto = recovery.state(listed=found, drills=verdict.drills)  # recovery point and time
     page = Paginator(found, BACKUPS_PAGE_SIZE).get_page(request.GET.get("page"))
     shown = [item.backup(folder) for item in page]
     links = {view: backup_link(view) for view in ("download", "restore", "delete")}
@@ -186,7 +187,7 @@ def backups_page(request):
             stale=own is None or health.too_old(own, timezone.now()),
             stale_after_hours=int(health.MAX_BACKUP_AGE.total_seconds() // 3600),
             alert_emails=list(conf.get("STANZA_ALERT_EMAILS")),
-            verdict=health.verdict(scanned=None if problem else found),
+            verdict=verdict,
             recovery=rpo_rto,
             recovery_stale=(rpo_rto.point_seconds or 0) > health.MAX_BACKUP_AGE.total_seconds(),
             upload_form=UploadForm(),
