@@ -20,6 +20,7 @@ from django_apscheduler.models import DjangoJobExecution
 from backups_app import conf, signals
 from backups_app.cron import crontab_trigger
 from backups_app.engine import backups
+from backups_app.media import store as media_store
 from backups_app.models import CronRun
 from backups_app.offsite import offsite
 from backups_app.retention import purge
@@ -67,6 +68,9 @@ def daily_backup():
 def purge_old_backups():
     now = timezone.now()
     result = purge.purge_job(now)
+    result += media_store.clean_up_words(
+        backups.backups_dir(), backups.is_backup_name, backups.human_size
+    )
     if offsite.enabled():  # after the local purge, which a store that is down must not stop
         offsite_days = conf.get("STANZA_OFFSITE_RETENTION_DAYS")
         purged = offsite.purge_old_copies(now, offsite_days)
@@ -231,6 +235,7 @@ def run_job(name, trigger="manual", *, due_at=None):
         )
         return None
     if run.status == CronRun.Status.RUNNING:
+        signals.send(signals.run_started, run=run)  # pings; never fails the run
         _execute(job, run)
     _log_run(job, run)
     _alert(run)
