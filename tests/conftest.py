@@ -545,8 +545,10 @@ class PgSite:
         return Server.from_settings(self.cluster.settings(self.name))
 
     def query(self, statement, params=()):
+        """Run one statement; its rows (None for a statement that returns none)."""
         with self.connect(autocommit=True) as conn:
-            return conn.execute(statement, params).fetchall()
+            cursor = conn.execute(statement, params)
+            return cursor.fetchall() if cursor.description else None
 
 
 @pytest.fixture
