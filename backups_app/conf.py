@@ -318,7 +318,7 @@ POSTGRESQL = "django.db.backends.postgresql"
 
 
 def database_engine():
-    """"sqlite" or "postgresql": the engine of DATABASES["default"]; ConfigError otherwise."""
+    """The engine of DATABASES["default"]: "sqlite" or "postgresql"; ConfigError otherwise."""
     from django.conf import settings
 
     engine = settings.DATABASES["default"].get("ENGINE")
