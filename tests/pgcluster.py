@@ -48,8 +48,10 @@ def as_postgres(*args, **kwargs):
 class Cluster:
     """One PostgreSQL server in a temporary folder; `stop()` kills it and removes the folder."""
 
-    def __init__(self, port):
+    def __init__(self, port, *, durable=False):
         self.port = port
+        # Tests run with fsync off (nothing to keep); the bench keeps PostgreSQL's defaults.
+        self.durable = durable
         self.folder = Path(tempfile.mkdtemp(prefix="stanza-pg-"))
         shutil.chown(self.folder, "postgres", "postgres")
         self.data = self.folder / "data"
@@ -76,10 +78,10 @@ class Cluster:
         self.pg_ctl("start", "-w", "-o", self._options())
 
     def _options(self):
-        return (
-            f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off"
-        )
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        return options
 
     def pg_ctl(self, action, *args):
         return as_postgres(
@@ -203,8 +205,8 @@ def wait_for_connections(cluster, name, count, timeout=10):
     raise AssertionError(f"{count} connections to {name} never came")
 
 
-def start_cluster(port):
-    cluster = Cluster(port)
+def start_cluster(port, *, durable=False):
+    cluster = Cluster(port, durable=durable)
     try:
         cluster.start()
         cluster.create_role(SITE_ROLE, createdb=True)
