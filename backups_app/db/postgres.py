@@ -12,8 +12,6 @@ is, pg_dump and pg_restore, passfiles) is postgres_client.
 import errno
 from pathlib import Path
 
-import psycopg
-
 from backups_app.db import postgres_carry, postgres_scratch
 from backups_app.db.facts import BadFile, FileFacts
 from backups_app.db.postgres_client import (
@@ -23,16 +21,22 @@ from backups_app.db.postgres_client import (
     dump,
     list_contents,
     live_server,
+    psycopg,
     row_counts,
     tables,
 )
 from backups_app.db.postgres_scratch import SCRATCH_RE, scratch_restore, swap_in
 
+NAME = "PostgreSQL"
 SUFFIX = ".dump"
+A_BACKUP = "a PostgreSQL dump"
 # The database is on a server, maybe another machine: lock files and uploads go in the
 # backups folder (which a PostgreSQL site must set).
 IS_FILE = False
-Error = (PostgresError, psycopg.Error)
+Error = (PostgresError, psycopg.Error) if psycopg else PostgresError
+# The full check restores into a scratch database: a restore checks the database it restored
+# (`restore_live(checked=...)`) rather than restoring twice.
+CHECKS_WHILE_RESTORING = True
 HEADER = b"PGDMP"
 # The row counts of dumps this process made, read in the dump's own snapshot: {path: counts}.
 _counted = {}
@@ -50,6 +54,15 @@ def base_name(database=None):
     name = database or live_server().name
     match = SCRATCH_RE.search(name)
     return name[: match.start()] if match else name
+
+
+def database_size(database=None):
+    """The database's size on the server, in bytes (0 when it cannot be read)."""
+    try:
+        with live_server().connect(database, autocommit=True) as conn:
+            return conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+    except Error:
+        return 0
 
 
 def is_backup_header(header):

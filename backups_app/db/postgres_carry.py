@@ -6,9 +6,7 @@ in. Rows stream with COPY between the two connections; identity sequences are ra
 the live database handed out is never handed out again.
 """
 
-from psycopg import sql
-
-from backups_app.db.postgres_client import tables
+from backups_app.db.postgres_client import sql, tables
 
 AUDIT_COLUMNS = ("action_time", "object_id", "object_repr", "action_flag", "change_message")
 

@@ -2,7 +2,7 @@
 
 Credentials reach the client programs through a 0600 passfile and their environment, never
 their command line (`ps` shows it) nor a message. Errors are PostgresError, in words. Imports
-nothing of the app but core.files.
+nothing of the app but core.files. psycopg is imported when there: an SQLite site needs none.
 """
 
 import contextlib
@@ -14,10 +14,13 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
-from psycopg import sql
+from backups_app.core.files import create_locked, temp_path
 
-from backups_app.db.sqlite import create_locked, temp_path
+try:
+    import psycopg
+    from psycopg import errors, sql
+except ImportError:  # pragma: no cover -- no `postgres` extra: an SQLite site never calls here
+    psycopg = errors = sql = None
 
 # pg_dump's own default (gzip level 6): the size of django-dbbackup's dumps, which use it too.
 COMPRESSION = 6
@@ -64,6 +67,11 @@ class Server:
 
     def connect(self, dbname=None, **kwargs):
         """A psycopg connection (in this process: the password never leaves it)."""
+        if psycopg is None:
+            raise PostgresError(
+                "PostgreSQL needs psycopg 3: install the app with its postgres extra "
+                "(pip install 'stanza-backups[postgres]')"
+            )
         params = {
             "dbname": dbname or self.name,
             "user": self.user or None,

@@ -14,17 +14,17 @@ import re
 import secrets
 import time
 
-import psycopg
-from psycopg import errors, sql
-
 from backups_app.core.processes import process_is_alive
 from backups_app.db.postgres_client import (
     NeedsCreatedb,
     PostgresError,
     client,
     client_env,
+    errors,
     finish,
     first_line,
+    psycopg,
+    sql,
     start,
 )
 
