@@ -12,8 +12,8 @@ is, pg_dump and pg_restore, passfiles) is postgres_client.
 import errno
 from pathlib import Path
 
-from backups_app.db import postgres_carry, postgres_scratch
 from backups_app.db.facts import BadFile, FileFacts
+from backups_app.db.postgres_carry import carry, columns, kept_rows
 from backups_app.db.postgres_client import (
     NeedsCreatedb,
     PostgresError,
@@ -25,7 +25,7 @@ from backups_app.db.postgres_client import (
     row_counts,
     tables,
 )
-from backups_app.db.postgres_scratch import SCRATCH_RE, scratch_restore, swap_in
+from backups_app.db.postgres_scratch import SCRATCH_RE, drop_database, scratch_restore, swap_in
 
 NAME = "PostgreSQL"
 SUFFIX = ".dump"
@@ -170,10 +170,10 @@ def read_file(path):
 
 def _facts(conn):
     found = tables(conn)
-    columns = {key: tuple(postgres_carry.columns(conn, t)) for key, (_s, t) in found.items()}
+    shape = {key: tuple(columns(conn, t)) for key, (_s, t) in found.items()}
     migrations = applied_migrations(conn)
     return FileFacts(
-        columns=columns,
+        columns=shape,
         counts=row_counts(conn),
         migrations=None if migrations is None else frozenset(migrations),
     )
@@ -211,7 +211,7 @@ def restore_live(plain, *, keep, database=None, before=None, checked=None):
                 if checked is not None:
                     checked(_facts(dst))
                 with server.connect(database) as src:
-                    kept, notes = postgres_carry.carry(src, dst, keep)
+                    kept, notes = carry(src, dst, keep)
                 dst.commit()
             old = swap_in(server, admin, new)
             kept_names.add(new)
@@ -223,7 +223,7 @@ def restore_live(plain, *, keep, database=None, before=None, checked=None):
                     f"the backup was restored, but the safety backup of the previous data "
                     f"failed ({err}); the previous data is kept in database {old}"
                 ) from err
-        postgres_scratch.drop_database(admin, old)
+        drop_database(admin, old)
     return kept, notes
 
 
@@ -231,6 +231,6 @@ def kept_now(keep, database=None):
     """(tables, {what: rows}) of the live database: what a restore would carry forward."""
     try:
         with live_server().connect(database, autocommit=True) as conn:
-            return postgres_carry.kept_rows(conn, keep)
+            return kept_rows(conn, keep)
     except Error:
         return None
