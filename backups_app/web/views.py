@@ -26,9 +26,10 @@ from backups_app import conf, upload_gate
 from backups_app.core import operations
 from backups_app.core.audit import CHANGE, DELETION, audit, recent_entries
 from backups_app.engine import backups
-from backups_app.health import failures, health
+from backups_app.health import failures, health, recovery
 from backups_app.jobs import jobs, scheduler_lock
 from backups_app.models import CronRun
+from backups_app.replication import replication
 from backups_app.restore import drill, restore, uploads
 from backups_app.retention import purge
 from backups_app.web.forms import DeleteForm, HistoryFilterForm, RestoreForm, UploadForm
@@ -158,6 +159,8 @@ def backups_page(request):
     # The card shows what the verdict judges: the newest backup the site made itself.
     own = health.newest_own(found)
     newest = own.backup(folder) if own else None
+    verdict = health.verdict(scanned=None if problem else found)
+    rpo_rto = recovery.state(listed=found, drills=verdict.drills)  # recovery point and time
     page = Paginator(found, BACKUPS_PAGE_SIZE).get_page(request.GET.get("page"))
     shown = [item.backup(folder) for item in page]
     now = timezone.now()
@@ -191,7 +194,10 @@ def backups_page(request):
             **retention_context(now),
             stale_after_hours=int(health.MAX_BACKUP_AGE.total_seconds() // 3600),
             alert_emails=list(conf.get("STANZA_ALERT_EMAILS")),
-            verdict=health.verdict(scanned=None if problem else found),
+            verdict=verdict,
+            replica=replication.status(),  # read once, for the replication card
+            recovery=rpo_rto,
+            recovery_stale=(rpo_rto.point_seconds or 0) > health.MAX_BACKUP_AGE.total_seconds(),
             upload_form=UploadForm(),
             audit_entries=recent_entries(),
         ),
