@@ -28,6 +28,7 @@ from backups_app.engine import backups
 from backups_app.health import failures, health
 from backups_app.jobs import jobs, scheduler_lock
 from backups_app.models import CronRun
+from backups_app.offsite import state as offsite_state
 from backups_app.restore import drill, restore, uploads
 from backups_app.web.forms import DeleteForm, HistoryFilterForm, RestoreForm, UploadForm
 
@@ -186,6 +187,7 @@ def backups_page(request):
             stale_after_hours=int(health.MAX_BACKUP_AGE.total_seconds() // 3600),
             alert_emails=list(conf.get("STANZA_ALERT_EMAILS")),
             verdict=health.verdict(scanned=None if problem else found),
+            offsite=offsite_state.page_state(found),  # what the jobs recorded: no network
             upload_form=UploadForm(),
             audit_entries=recent_entries(),
         ),
