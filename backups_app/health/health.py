@@ -39,7 +39,6 @@ OK, FAILING, LATE = State.OK.value, State.FAILING.value, State.LATE.value
 NEVER_RUN = "never run"
 
 
-
 @dataclass(frozen=True)
 class JobHealth:
     name: str

@@ -144,7 +144,6 @@ def stored_manifest(store, name):
     return data if isinstance(data, dict) else {}
 
 
-
 # --- streaming a copy to a browser ---------------------------------------------------------
 
 
