@@ -233,6 +233,54 @@ class AlertState(models.Model):
         return self.state != self.notified_state
 
 
+class DrillRunQuerySet(models.QuerySet):
+    def newest(self, *, ok=None):
+        """The most recent drill (the most recent that passed, with `ok=True`), or None."""
+        runs = self if ok is None else self.filter(ok=ok)
+        return runs.order_by("-finished_at", "-id").first()
+
+
+class DrillRun(models.Model):
+    """One restore drill of a local backup: its verdict, and how long the restore took.
+
+    The health verdict, the pages and /metrics read the last drill here (one indexed row),
+    whatever the backups folder holds; the drilled backup's NAME.json keeps the verdict too,
+    for its row on the Backups page.
+    """
+
+    backup_name = models.CharField(max_length=255)
+    backup_size = models.BigIntegerField(help_text="bytes of the backup file drilled")
+    finished_at = models.DateTimeField(default=timezone.now)
+    ok = models.BooleanField()
+    # One problem a line. Not a JSONField: its system check connects to the database, and
+    # `migrate` must not create the file of a new database before it decides on a backup.
+    problems = models.TextField(blank=True)
+    restore_seconds = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="reading, restoring and checking the backup; empty when it could not restore",
+    )
+
+    objects = DrillRunQuerySet.as_manager()
+
+    class Meta:
+        db_table = "drill_runs"
+        ordering = ("-finished_at", "-id")
+        indexes = (
+            # DrillRunQuerySet.newest(): the last drill, and the last one that passed.
+            models.Index(fields=("ok", "finished_at"), name="drill_runs_ok_finished"),
+            models.Index(fields=("finished_at",), name="drill_runs_finished"),
+        )
+
+    @property
+    def problem_list(self):
+        return self.problems.splitlines()
+
+    def __str__(self):
+        verdict = "passed" if self.ok else "failed"
+        return f"drill of {self.backup_name} at {self.finished_at:%Y-%m-%d %H:%M:%S} ({verdict})"
+
+
 class ReplicaCanary(models.Model):
     """A row the verify-replica job writes, then looks for in a restore from the replica."""
 

@@ -5,6 +5,7 @@ value is one line naming it.
 """
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -23,7 +24,31 @@ def env_dir(name, default):
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"{name}={str(path)!r} cannot be created: {err.strerror}") from None
+    owner_only(path)
     return path
+
+
+def owner_only(folder):
+    """Take back what an older install (before umask 077) left readable by others.
+
+    Only the folder's mode is read on every start; the walk runs once, when it is open to others.
+    Symlinks are neither followed nor changed.
+    """
+    try:
+        if not stat.S_IMODE(folder.lstat().st_mode) & 0o077:
+            return
+        for top, dirs, files in os.walk(folder):
+            for name in [*dirs, *files]:
+                tighten(Path(top) / name)
+        tighten(folder)
+    except OSError:
+        pass  # a folder we cannot change is the user's to fix; whatever meets it says so
+
+
+def tighten(path):
+    mode = path.lstat().st_mode
+    if not stat.S_ISLNK(mode) and stat.S_IMODE(mode) & 0o077:
+        os.chmod(path, stat.S_IMODE(mode) & 0o700)
 
 
 def local_secret_key(data_dir):

@@ -6,9 +6,13 @@ import pytest
 
 from backups_app.engine import backups
 from backups_app.engine.backups import create_backup
+from backups_app.models import DrillRun
 from backups_app.restore import drill
 from backups_app.restore.drill import DrillError, drill_result, verify_latest_backup
 from tests.conftest import corrupt_middle, make_database
+
+# A drill of the backups folder records its verdict as a DrillRun.
+pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
@@ -169,3 +173,60 @@ def test_the_drill_copies_the_way_a_restore_does_whatever_the_page_size(backups_
     backup = create_backup(big_pages, folder=backups_folder)
 
     assert verify_latest_backup().startswith(f"{backup.name}: restored, integrity ok, 2 tables")
+
+
+# --- the drill's record: what health, the pages and /metrics read --------------------------
+
+
+def test_it_records_the_verdict_size_and_restore_time(live, backups_folder, time_machine):
+    time_machine.move_to("2026-11-26 03:00:00Z", tick=False)
+    backup = backup_with_manifest(live, backups_folder)
+
+    verify_latest_backup()
+
+    run = drill.last_drill()
+    assert (run.backup_name, run.backup_size, run.ok, run.problems) == (
+        backup.name,
+        backup.path.stat().st_size,
+        True,
+        "",
+    )
+    assert run.finished_at.isoformat() == "2026-11-26T03:00:00+00:00"
+    assert run.restore_seconds >= 0
+    assert drill.last_passed_drill() == run
+
+
+def test_it_keeps_the_last_passed_drill_apart_from_a_newer_failed_one(live, backups_folder):
+    good = backup_with_manifest(live, backups_folder)
+    verify_latest_backup()
+    bad = backup_with_manifest(live, backups_folder, label="manual")
+    make_newest(bad)
+    corrupt_middle(bad.path)
+
+    with pytest.raises(DrillError):
+        verify_latest_backup()
+
+    last = drill.last_drill()
+    assert (last.backup_name, last.ok, last.restore_seconds) == (bad.name, False, None)
+    assert "checksum" in last.problem_list[0]
+    assert drill.last_passed_drill().backup_name == good.name
+
+
+def test_it_records_no_drill_run_for_another_folder(live, backups_folder, tmp_path):
+    elsewhere = tmp_path / "fetched"
+    elsewhere.mkdir()
+    create_backup(live, folder=elsewhere)
+
+    verify_latest_backup(elsewhere)
+
+    assert DrillRun.objects.count() == 0
+
+
+def test_it_deletes_drill_records_older_than_the_drill_history(live, backups_folder, time_machine):
+    backup_with_manifest(live, backups_folder)
+    time_machine.move_to("2026-08-01 03:00:00Z", tick=False)
+    verify_latest_backup()
+    time_machine.move_to("2026-11-26 03:00:00Z", tick=False)
+    verify_latest_backup()
+
+    assert [run.finished_at.month for run in DrillRun.objects.all()] == [11]

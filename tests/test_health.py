@@ -8,9 +8,9 @@ from django.db.migrations.recorder import MigrationRecorder
 from backups_app.engine.backups import create_backup
 from backups_app.health import health
 from backups_app.jobs import jobs
-from backups_app.models import CronRun
+from backups_app.models import CronRun, DrillRun
 from backups_app.restore import drill
-from tests.conftest import finished_run, make_database
+from tests.conftest import finished_run, make_database, write_backup_file
 
 pytestmark = pytest.mark.django_db
 
@@ -72,18 +72,45 @@ def test_an_uploaded_file_does_not_count_as_a_backup(data_dir, backups_folder, j
     assert health.problems(NOW) == ["no backup"]
 
 
+def drilled(backup, ok, at):
+    return DrillRun.objects.create(
+        backup_name=backup.name, backup_size=backup.size, finished_at=at, ok=ok, restore_seconds=1
+    )
+
+
 def test_it_reports_a_failed_drill(fresh_backup, jobs_on_time):
-    drill.write_manifest(fresh_backup.path, drill={"at": NOW.isoformat(), "ok": False})
+    drilled(fresh_backup, False, NOW)
 
     assert health.problems(NOW) == ["restore drill failed"]
 
 
 def test_only_the_newest_drill_counts(data_dir, backups_folder, fresh_backup, jobs_on_time):
     older = make_backup(data_dir, backups_folder, age=timedelta(hours=30))
-    drill.write_manifest(older.path, drill={"at": "2026-11-25T03:00:00+00:00", "ok": False})
-    drill.write_manifest(fresh_backup.path, drill={"at": "2026-11-26T03:00:00+00:00", "ok": True})
+    drilled(older, False, datetime(2026, 11, 25, 3, tzinfo=UTC))
+    drilled(fresh_backup, True, datetime(2026, 11, 26, 3, tzinfo=UTC))
 
     assert health.problems(NOW) == []
+
+
+def test_it_keeps_a_failed_drill_among_many_newer_backups(data_dir, backups_folder, jobs_on_time):
+    """A site making a backup every half hour: the drill's verdict is what the drill recorded,
+    not found among the newest backups' manifests (it was lost past the newest 20)."""
+    failed = make_backup(data_dir, backups_folder, age=timedelta(hours=20))
+    with pytest.raises(drill.DrillError):
+        corrupt_and_drill(failed)
+    for half_hour in range(30):
+        made = NOW - timedelta(minutes=30 * half_hour + 5)
+        write_backup_file(backups_folder, f"database.sqlite.{made:%Y%m%dT%H%M%SZ}.bak", age=None)
+        os.utime(
+            backups_folder / f"database.sqlite.{made:%Y%m%dT%H%M%SZ}.bak", (made.timestamp(),) * 2
+        )
+
+    assert health.problems(NOW) == ["restore drill failed"]
+
+
+def corrupt_and_drill(backup):
+    backup.path.write_bytes(b"not a database any more")
+    drill.verify_latest_backup()
 
 
 def test_it_reports_a_failing_job(fresh_backup, jobs_on_time):

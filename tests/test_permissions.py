@@ -56,3 +56,25 @@ def test_the_data_folder_and_all_it_holds_are_for_the_owner_only(tmp_path):
     assert any(n.endswith(".pre-migrate.bak.sha256") for n in names)
     assert any(n.endswith(".bak.gz.json") for n in names)
     assert open_to_others(data) == {}
+
+
+@pytest.mark.slow
+def test_it_takes_back_what_an_older_install_left_open_to_others(tmp_path):
+    data = tmp_path / "data"
+    env = live_env(data)
+    assert manage("migrate", "--no-input", env=env).returncode == 0
+    assert manage("runjob", "daily-backup", env=env).returncode == 0
+    # An older install, before the product set umask 077: all of it readable by everyone.
+    for path in [data, *data.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    outside = tmp_path / "elsewhere"
+    outside.write_text("not ours")
+    outside.chmod(0o644)
+    (data / "link-to-elsewhere").symlink_to(outside)
+    assert "data/database.sqlite" in open_to_others(data)
+
+    result = manage("migrate", "--no-input", env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert set(open_to_others(data)) == {"data/link-to-elsewhere"}  # a symlink's own mode
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o644  # never followed

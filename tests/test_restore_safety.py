@@ -218,6 +218,11 @@ def test_a_restore_keeps_the_run_history_alerts_job_store_and_audit(live, backup
         "VALUES ('daily-backup', '2026-11-28 02:00:00', x'00')",
     )
     add_run(live, "purge-old-backups", "success", "2026-11-27 02:30:00")
+    execute(
+        live,
+        "INSERT INTO drill_runs (backup_name, backup_size, finished_at, ok, problems) "
+        f"VALUES ('{backup.name}', 1, '2026-11-27 03:00:00', 1, '')",
+    )
     audit_entry(live, "after the backup")
     preview = changes(check_backup_file(backup.path), live)
 
@@ -230,6 +235,7 @@ def test_a_restore_keeps_the_run_history_alerts_job_store_and_audit(live, backup
     ]
     assert rows(live, "SELECT job_name, state FROM alert_states") == [("daily-backup", "failing")]
     assert rows(live, "SELECT id FROM django_apscheduler_djangojob") == [("daily-backup",)]
+    assert rows(live, "SELECT backup_name, ok FROM drill_runs") == [(backup.name, 1)]
     assert rows(
         live,
         "SELECT change_message, u.username FROM django_admin_log l "
@@ -238,6 +244,7 @@ def test_a_restore_keeps_the_run_history_alerts_job_store_and_audit(live, backup
     assert result.kept == {
         "run history": 2,
         "alert state": 1,
+        "restore drill history": 1,
         "scheduler job store": 1,
         "scheduler executions": 0,
         "audit of dashboard actions": 2,

@@ -2,11 +2,16 @@
 
 Beside each backup a manifest `NAME.json` records the row count of every table at backup
 time. The drill (`verify-latest-backup`) restores the newest backup into a scratch file,
-checks it, counts its rows again, compares, and writes its verdict into the manifest.
+checks it, counts its rows again, compares, and writes its verdict into the manifest. A drill
+of the backups folder also records its verdict, the backup's size and how long the restore
+took as a `DrillRun`: what health, the pages and /metrics read as "the last drill" (the
+recovery time), whatever number of backups the folder holds.
 """
 
 import logging
 import sqlite3
+import time
+from datetime import timedelta
 from pathlib import Path
 
 from django.utils import timezone
@@ -14,9 +19,13 @@ from django.utils import timezone
 from backups_app.db import sqlite
 from backups_app.engine import backups
 from backups_app.engine.backups import BackupError, read_manifest, write_manifest
+from backups_app.models import DrillRun
 from backups_app.restore import restore
 
 logger = logging.getLogger(__name__)
+
+# Drill records older than this are deleted when a drill is recorded (one a night).
+DRILL_HISTORY = timedelta(days=90)
 
 
 class DrillError(BackupError):
@@ -44,10 +53,14 @@ def drill_result(backup):
     return drill if isinstance(drill, dict) else None
 
 
-def latest_drill(listed):
-    """The most recent drill result among the backups `listed`, or None."""
-    results = [r for b in listed if (r := drill_result(b)) and r.get("at")]
-    return max(results, key=lambda r: r["at"], default=None)
+def last_drill():
+    """The most recent drill of the backups folder (a DrillRun), or None."""
+    return DrillRun.objects.newest()
+
+
+def last_passed_drill():
+    """The most recent drill of the backups folder that passed (a DrillRun), or None."""
+    return DrillRun.objects.newest(ok=True)
 
 
 # --- the drill ----------------------------------------------------------------------------
@@ -61,14 +74,22 @@ def backup_to_drill(listed):
 
 
 def verify_latest_backup(folder=None):
-    """Drill the newest backup the site made; return a one-line result, DrillError if it fails."""
+    """Drill the newest backup the site made; return a one-line result, DrillError if it fails.
+
+    Without `folder` (the backups folder), the verdict is also recorded as a DrillRun; a drill
+    of another folder (the offsite drill's fetched copy) writes its manifest only.
+    """
     listed = backups.list_backups(folder)
     backup = backup_to_drill(listed)
     if backup is None:
         raise DrillError("no backup to verify" + (" (only uploaded ones)" if listed else ""))
+    started = time.monotonic()
     problems, notes, counts = _drill(backup)
+    seconds = time.monotonic() - started
     result = {"at": timezone.now().isoformat(), "ok": not problems, "problems": problems}
     write_manifest(backup.path, drill=result)
+    if folder is None:
+        record_drill(backup, problems, seconds if counts else None)
     if not problems:
         backups.record_check(backup.path, "full", by="drill")
     if problems:
@@ -87,6 +108,20 @@ def verify_latest_backup(folder=None):
     summary = f"{backup.name}: restored, integrity ok, {len(counts)} tables, "
     summary += f"{sum(counts.values())} rows"
     return summary + "".join(f"; {note}" for note in notes)
+
+
+def record_drill(backup, problems, seconds):
+    """Record a drill of the backups folder: the last drill is then one row away."""
+    now = timezone.now()
+    DrillRun.objects.filter(finished_at__lt=now - DRILL_HISTORY).delete()
+    return DrillRun.objects.create(
+        backup_name=backup.name,
+        backup_size=backup.size,
+        finished_at=now,
+        ok=not problems,
+        problems="\n".join(" ".join(str(p).split()) for p in problems),
+        restore_seconds=seconds,
+    )
 
 
 def _drill(backup):

@@ -411,11 +411,12 @@ def product_tables():
     """{table: what it holds} for the product's own tables, carried forward by a restore."""
     from django_apscheduler.models import DjangoJob, DjangoJobExecution
 
-    from backups_app.models import AlertState, CronRun
+    from backups_app.models import AlertState, CronRun, DrillRun
 
     return {
         CronRun._meta.db_table: "run history",
         AlertState._meta.db_table: "alert state",
+        DrillRun._meta.db_table: "restore drill history",
         DjangoJob._meta.db_table: "scheduler job store",
         DjangoJobExecution._meta.db_table: "scheduler executions",
     }
