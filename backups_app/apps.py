@@ -10,7 +10,11 @@ class BackupsAppConfig(AppConfig):
     def ready(self):
         from backups_app import signals
         from backups_app.checks import check_settings
+        from backups_app.jobs import pings
 
+        # Pings first: they are only queued, while an alert email may wait on its server.
+        signals.run_started.connect(pings.on_run_started, dispatch_uid="backups_app.pings")
+        signals.run_finished.connect(pings.on_run_finished, dispatch_uid="backups_app.pings")
         signals.run_finished.connect(alert_on_run_finished, dispatch_uid="backups_app.alerts")
         signals.restored.connect(note_restore, dispatch_uid="backups_app.replication")
         checks.register(check_settings, "backups_app")

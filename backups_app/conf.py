@@ -231,6 +231,17 @@ def parse_replica_url(name, text, parts):
     raise ConfigError(usage)
 
 
+@off_when_empty
+def parse_ping_url(name, text, parts):
+    """An http(s) URL with `{job}` in it (each job pings its own check), or "" (off)."""
+    if parts.scheme not in ("http", "https") or not parts.netloc or "{job}" not in text:
+        raise ConfigError(
+            f"{name}={text!r} is not a ping URL: use http(s)://HOST/PATH with {{job}} in it, "
+            "e.g. https://hc-ping.com/KEY/{job}"
+        )
+    return text
+
+
 # --- the settings --------------------------------------------------------------------------
 
 # name -> (default, parser). A default that is a callable is computed when read. Every
@@ -250,6 +261,8 @@ SETTINGS = {
     "STANZA_OFFSITE_AGE_IDENTITY": (None, parse_age_identity),
     "STANZA_REPLICA_URL": ("", parse_replica_url),
     "STANZA_REPLICA_MAX_LAG": (300, int_parser(1)),
+    "STANZA_METRICS_TOKEN": ("", parse_str),
+    "STANZA_PING_URL": ("", parse_ping_url),
 }
 
 _MISSING = object()

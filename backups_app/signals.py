@@ -6,6 +6,10 @@ from django.dispatch import Signal
 
 logger = logging.getLogger(__name__)
 
+# Sent by jobs.run_job when a recorded run starts its work, with `run` (the CronRun, running).
+# pings connects to it (ready()), as to run_finished.
+run_started = Signal()
+
 # Sent by jobs.run_job after every recorded run of a job, with `run` (the finished CronRun).
 # alerts connects to it (BackupsAppConfig.ready), so jobs need not import alerts, which reads
 # the job states, which read the job registry.

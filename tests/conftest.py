@@ -489,3 +489,74 @@ def moto_s3(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# --- HTTP servers on loopback (pings) --------------------------------------------------------
+
+
+@pytest.fixture
+def http_recorder():
+    """A real HTTP server on loopback that records each request as (method, path, {query},
+    body), in the order received, and answers 200 (or the statuses a test puts in `.answers`,
+    first to last); yields the server (`.url`, `.received`, `.answers`)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import parse_qsl, urlsplit
+
+    class Recorder(BaseHTTPRequestHandler):
+        def handle_one(self):
+            parts = urlsplit(self.path)
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            with self.server.lock:
+                self.server.received.append(
+                    (self.command, parts.path, dict(parse_qsl(parts.query)), body)
+                )
+                status = self.server.answers.pop(0) if self.server.answers else 200
+            self.send_response(status)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        do_GET = do_POST = do_HEAD = handle_one
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    server.received, server.answers, server.lock = [], [], threading.Lock()
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def hanging_server():
+    """A TCP listener on loopback that accepts connections and never answers (a broken network
+    or an overloaded server); yields its base URL. Closed, with its connections, afterwards."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held = []
+
+    def accept():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            held.append(conn)
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() above
+        listener.close()
+        for conn in held:
+            conn.close()

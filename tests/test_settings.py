@@ -34,6 +34,8 @@ def env(tmp_path):
         ("STANZA_OFFSITE_AGE_RECIPIENTS", "ssh-ed25519 AAAA"),
         ("STANZA_REPLICA_URL", "s3://"),
         ("STANZA_REPLICA_MAX_LAG", "soon"),
+        ("STANZA_PING_URL", "https://hc-ping.com/KEY"),
+        ("STANZA_PING_URL", "hc-ping.com/KEY/{job}"),
     ],
 )
 def test_it_stops_start_up_with_one_line_naming_the_variable(env, name, value):

@@ -234,6 +234,7 @@ def run_job(name, trigger="manual", *, due_at=None):
         )
         return None
     if run.status == CronRun.Status.RUNNING:
+        signals.send(signals.run_started, run=run)  # pings; never fails the run
         _execute(job, run)
     _log_run(job, run)
     _alert(run)
