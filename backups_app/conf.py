@@ -261,6 +261,8 @@ SETTINGS = {
     "STANZA_OFFSITE_AGE_IDENTITY": (None, parse_age_identity),
     "STANZA_REPLICA_URL": ("", parse_replica_url),
     "STANZA_REPLICA_MAX_LAG": (300, int_parser(1)),
+    # Read through media_dir(): set but empty turns it off, which get() cannot tell from unset.
+    "STANZA_MEDIA_DIR": (lambda: default_media_dir(), parse_dir),
     "STANZA_METRICS_TOKEN": ("", parse_str),
     "STANZA_PING_URL": ("", parse_ping_url),
 }
@@ -355,6 +357,33 @@ def backups_dir():
     with contextlib.suppress(OSError):  # a file there, or no permission: the user of it says so
         folder.mkdir(mode=0o700, exist_ok=True)
     return folder
+
+
+def default_media_dir():
+    """The default storage's folder when it is Django's FileSystemStorage with a location (its
+    `location`, i.e. MEDIA_ROOT), else None (off): the site's uploaded files."""
+    from django.core.files.storage import FileSystemStorage, storages
+
+    try:
+        storage = storages["default"]
+    except Exception:  # a backend that cannot be built here is not one we can read files of
+        return None
+    if not isinstance(storage, FileSystemStorage) or not str(storage.base_location or ""):
+        return None  # no MEDIA_ROOT: Django would use the current folder, which is no media
+    return storage.location
+
+
+def media_dir():
+    """STANZA_MEDIA_DIR: the site's uploaded files, or None when off (set but empty, or no
+    FileSystemStorage to default to)."""
+    from django.conf import settings
+
+    raw = getattr(settings, "STANZA_MEDIA_DIR", None)
+    if raw is None:
+        raw = os.environ.get("STANZA_MEDIA_DIR")
+    if raw is not None and not str(raw).strip():
+        return None
+    return get("STANZA_MEDIA_DIR")
 
 
 def lock_path(name):

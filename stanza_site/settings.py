@@ -42,6 +42,8 @@ conf.check_environment(TIME_ZONE)
 # This project creates its backups folder at start-up, as it always did (the app on its own
 # creates its default one, the same $STANZA_DATA_DIR/backups here, when first needed).
 env_dir("STANZA_BACKUPS_DIR", default=STANZA_DATA_DIR / "backups")
+# The site's uploaded files: backed up with every backup (STANZA_MEDIA_DIR defaults to it).
+MEDIA_ROOT = STANZA_DATA_DIR / "media"
 STANZA_LOG_FORMAT = from_env("STANZA_LOG_FORMAT", "text", choice_parser("text", "json"))
 STANZA_ADMIN_PASSWORD = from_env("STANZA_ADMIN_PASSWORD", "", parse_str)
 # Django's own error emails go where the app's alerts go.

@@ -58,6 +58,14 @@ def site_database_file(monkeypatch, tmp_path):
     return path
 
 
+@pytest.fixture(autouse=True)
+def site_media_root(settings, tmp_path):
+    """The site's uploaded files (STANZA_MEDIA_DIR's default): `data/media` in the test's folder,
+    missing until a test puts files there, so no test backs up the repository's own."""
+    settings.MEDIA_ROOT = str(tmp_path / "data" / "media")
+    return tmp_path / "data" / "media"
+
+
 @pytest.fixture
 def data_dir(tmp_path, settings):
     """A data folder with its backups folder, used by the code under test through settings."""

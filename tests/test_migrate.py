@@ -75,7 +75,7 @@ def test_it_backs_up_before_migrating_backwards_and_forwards(live_data):
     assert applied(database) == latest
     names = [p.rsplit("/", 1)[1] for p in (before_backwards, before_forwards)]
     assert backup_files(live_data) == sorted(
-        [*names, *(n + suffix for n in names for suffix in (".json", ".sha256"))]
+        [*names, *(n + suffix for n in names for suffix in (".json", ".media", ".sha256"))]
     )
 
 

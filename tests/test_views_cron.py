@@ -318,7 +318,8 @@ def test_it_runs_the_real_daily_backup(staff_client, backups_folder, live_databa
     assert run.status == "success", run.error
     assert run.result.startswith("database.sqlite.")
     assert f"Job daily-backup succeeded: {run.result}." in response.content.decode()
-    assert len(os.listdir(backups_folder)) == 3  # the backup, its .sha256 and its .json
+    # the backup, its .sha256, its .json and its .media (the site has no files yet)
+    assert len(os.listdir(backups_folder)) == 4
 
 
 # --- health --------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from django.utils import timezone
 from backups_app import conf
 from backups_app.db import sqlite
 from backups_app.db.sqlite import TEMP_PREFIX, create_locked
+from backups_app.media import record as media_record
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ CHECKSUM_SUFFIX = ".sha256"
 BACKUP_ENDINGS = (".bak", ".bak.gz")
 SHA256_RE = re.compile(r"\A[0-9a-f]{64}\Z")
 MANIFEST_SUFFIX = ".json"
+MEDIA_SUFFIX = ".media"  # the site files' list (backups_app.media)
 SQLITE_HEADER = sqlite.HEADER
 try:  # zlib-ng deflates 2-3x faster than zlib for the same ratio (bench/backup.py --tune)
     from zlib_ng import zlib_ng as deflate
@@ -315,7 +317,7 @@ def _is_regular(path):
 def sidecars(path):
     """The files the product writes beside a backup."""
     path = Path(path)
-    return [path.with_name(path.name + s) for s in (CHECKSUM_SUFFIX, MANIFEST_SUFFIX)]
+    return [path.with_name(path.name + s) for s in (CHECKSUM_SUFFIX, MANIFEST_SUFFIX, MEDIA_SUFFIX)]
 
 
 def delete_backup(name, folder=None):
@@ -375,18 +377,27 @@ def create_backup(
     leftovers = [partial, Path(f"{partial}-journal"), gz, *sidecars(partial)]
     timings = {}
     lock_fd = final = None
+    files = contextlib.ExitStack()  # the site files' recording, until the backup has its name
     try:
         try:
             lock_fd = create_locked(partial)
             with _timed(timings, "copy"):
                 # A copy that is compressed next is deleted after: no point flushing it.
                 tables = _vacuum_into(source, partial, progress, flush=not compress)
+            with _timed(timings, "files"):
+                into_backups = target is None and _is_live_into_backups(source, folder)
+                recording = media_record.for_backup(
+                    into_backups, folder, partial, is_backup_name, progress
+                )
+                media = files.enter_context(recording)
             with _timed(timings, "verify_compress" if compress else "verify"):
                 if compress:
                     digest, counts = _verify_and_gzip(partial, gz, tables, progress, check)
                 else:
                     digest, counts = _verify_and_hash(partial, tables, progress, check)
             manifest = new_manifest(counts, check, by="backup")
+            if media is not None:
+                manifest["media"] = media.as_manifest()
             final = publish(
                 gz if compress else partial,
                 digest,
@@ -395,6 +406,7 @@ def create_backup(
                 target=target,
                 label=label,
                 compress=compress,
+                media_list=None if media is None else media_record.staged_list(partial),
             )
         except sqlite3.Error as err:
             _raise_if_interrupted(err)
@@ -402,6 +414,7 @@ def create_backup(
         except OSError as err:
             raise BackupError(_explain_os_error(err, folder)) from err
         finally:
+            files.close()
             for path in leftovers:
                 path.unlink(missing_ok=True)
             if lock_fd is not None:
@@ -415,6 +428,16 @@ def create_backup(
             raise
         raise BackupInterrupted(final) from err
     return backup
+
+
+def _is_live_into_backups(source, folder):
+    """Whether a backup is the live database's, into the backups folder: those record files."""
+    try:
+        return source.resolve() == live_database_path().resolve() and (
+            folder.resolve() == backups_dir().resolve()
+        )
+    except OSError:
+        return False
 
 
 class BackupInterrupted(KeyboardInterrupt):
@@ -529,7 +552,7 @@ def _remove_orphan_sidecars(folder):
     with contextlib.suppress(OSError), os.scandir(folder) as entries:
         for entry in entries:
             base, dot, suffix = entry.name.rpartition(".")
-            if not (dot and f".{suffix}" in (CHECKSUM_SUFFIX, MANIFEST_SUFFIX)):
+            if not (dot and f".{suffix}" in (CHECKSUM_SUFFIX, MANIFEST_SUFFIX, MEDIA_SUFFIX)):
                 continue
             if not is_backup_name(base) or os.path.lexists(os.path.join(folder, base)):
                 continue
@@ -802,7 +825,9 @@ def _fsync_dir(folder):
         os.close(fd)
 
 
-def publish(temp, digest, manifest, *, folder, target=None, label="", compress=False):
+def publish(
+    temp, digest, manifest, *, folder, target=None, label="", compress=False, media_list=None
+):
     """Give a finished backup its name, its sidecars first; return the backup's path.
 
     `temp` is a `.partial` file this process holds locked (its sidecars are written beside it
@@ -810,7 +835,8 @@ def publish(temp, digest, manifest, *, folder, target=None, label="", compress=F
     `NAME` itself. `os.link` fails when a name exists, so two processes backing up in the same
     second each get their own name (`...Z-2.bak`) without a lock between them, and a signal or
     a crash at any moment leaves either no backup or a backup with both sidecars (at worst
-    sidecars without a backup, which the next backup's clean-up removes).
+    sidecars without a backup, which the next backup's clean-up removes). `media_list`, the
+    site files' list (a staged file), is linked as `NAME.media` with them.
     """
     if target:
         candidates = [Path(target)]
@@ -820,7 +846,7 @@ def publish(temp, digest, manifest, *, folder, target=None, label="", compress=F
             folder / backup_name(now, label=label, compress=compress, seq=seq)
             for seq in range(1, 1000)
         )
-    staged = {}
+    staged = {MEDIA_SUFFIX: Path(media_list)} if media_list else {}
     try:
         for final in candidates:
             if digest:

@@ -21,6 +21,7 @@ from backups_app import conf, signals
 from backups_app.cron import crontab_trigger
 from backups_app.engine import backups
 from backups_app.jobs import retention
+from backups_app.media import store as media_store
 from backups_app.models import CronRun
 from backups_app.offsite import purge as offsite_purge
 from backups_app.offsite import store as offsite_store
@@ -71,6 +72,9 @@ def purge_old_backups():
     removed = retention.purge_old_backups(backups.backups_dir(), days, now)
     retention.remove_abandoned_uploads(conf.upload_dir(), now)
     result = f"removed {plural(len(removed), 'backup')} older than {plural(days, 'day')}"
+    result += media_store.clean_up_words(
+        backups.backups_dir(), backups.is_backup_name, backups.human_size
+    )
     if offsite_store.enabled():  # after the local purge, which a store down must not stop
         offsite_days = conf.get("STANZA_OFFSITE_RETENTION_DAYS")
         purged = offsite_purge.purge_old_copies(now, offsite_days)

@@ -1,0 +1,137 @@
+"""`NAME.media`: a backup's list of site files, gzip'd JSON lines, one per regular file.
+
+`{"path": "relative/posix/path", "size": N, "mtime": SECONDS, "mode": "0644", "sha256": HEX}`,
+plus what makes the next backup's stat cache exact (`mtime_ns`, `ino`; no `ino` when the file
+was too fresh to trust a later stat) and, for a name that is not UTF-8, `path_b64` (its bytes,
+base64) beside a readable `path`. Paths are kept as bytes inside the code, byte for byte.
+"""
+
+import base64
+import gzip
+import io
+import json
+import os
+import stat
+import zlib
+from pathlib import Path
+from typing import NamedTuple
+
+SUFFIX = ".media"
+# One line per file; a line longer than this is no line of ours (a damaged or hostile list).
+MAX_LINE = 64 * 1024
+
+
+class ListError(Exception):
+    """A NAME.media that cannot be read, or names a path outside the folder."""
+
+
+class Entry(NamedTuple):
+    path: bytes  # relative, b"/"-separated, as the file system names it
+    size: int
+    mtime_ns: int
+    mode: int  # permission bits
+    sha256: str
+    ino: int = 0  # 0: do not trust a stat cache for this file
+
+    @property
+    def name(self):
+        """The path in words (for messages and pages)."""
+        return self.path.decode("utf-8", "backslashreplace")
+
+
+def list_path(backup_path):
+    backup_path = Path(backup_path)
+    return backup_path.with_name(backup_path.name + SUFFIX)
+
+
+def encode(entry):
+    line = {
+        "path": entry.name,
+        "size": entry.size,
+        "mtime": entry.mtime_ns / 1e9,
+        "mode": f"{entry.mode:04o}",
+        "sha256": entry.sha256,
+        "mtime_ns": entry.mtime_ns,
+    }
+    try:
+        entry.path.decode("utf-8")
+    except UnicodeDecodeError:
+        line["path_b64"] = base64.b64encode(entry.path).decode("ascii")
+    if entry.ino:
+        line["ino"] = entry.ino
+    return (json.dumps(line, separators=(",", ":")) + "\n").encode()
+
+
+def decode(raw):
+    try:
+        line = json.loads(raw)
+        path = (
+            base64.b64decode(line["path_b64"], validate=True)
+            if "path_b64" in line
+            else line["path"].encode("utf-8")
+        )
+        size, sha = int(line["size"]), str(line["sha256"])
+        mtime_ns = int(line["mtime_ns"]) if "mtime_ns" in line else int(line["mtime"] * 1e9)
+        mode = int(str(line.get("mode", "0644")), 8) & 0o7777
+        ino = int(line.get("ino", 0))
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeEncodeError) as err:
+        raise ListError(f"a line of the list cannot be read ({err})") from None
+    check_path(path)
+    if size < 0 or len(sha) != 64 or not all(c in "0123456789abcdef" for c in sha):
+        raise ListError(f"the list's line for {path!r} is damaged")
+    return Entry(path, size, mtime_ns, mode, sha, ino)
+
+
+def check_path(path):
+    """Refuse a path that could reach outside the folder or is no file name."""
+    parts = path.split(b"/")
+    if not path or b"\0" in path or any(p in (b"", b".", b"..") for p in parts):
+        raise ListError(f"the list names {path!r}, which is not a path inside the folder")
+
+
+class Writer:
+    """Write a list as its entries arrive (memory flat), gzip'd, into an open binary file."""
+
+    def __init__(self, fileobj):
+        self.gz = gzip.GzipFile(fileobj=fileobj, mode="wb", compresslevel=6, mtime=0)
+        self.buffer = io.BytesIO()
+
+    def add(self, entry):
+        self.buffer.write(encode(entry))
+        if self.buffer.tell() > 256 * 1024:
+            self._flush()
+
+    def _flush(self):
+        self.gz.write(self.buffer.getvalue())
+        self.buffer = io.BytesIO()
+
+    def close(self):
+        self._flush()
+        self.gz.close()
+
+
+def read(path):
+    """Yield the entries of the list at `path` (streamed); ListError when it is damaged."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as err:
+        raise ListError(f"{Path(path).name} cannot be read: {err.strerror}") from None
+    with open(fd, "rb") as raw, gzip.GzipFile(fileobj=raw) as gz:
+        try:
+            for line in iter(lambda: gz.readline(MAX_LINE), b""):
+                if not line.endswith(b"\n"):
+                    raise ListError(f"{Path(path).name} is damaged (a line is cut short)")
+                yield decode(line)
+        except (OSError, EOFError, zlib.error) as err:
+            raise ListError(f"{Path(path).name} is damaged: not a whole gzip file") from err
+
+
+def read_all(path):
+    return list(read(path))
+
+
+def exists(backup_path):
+    try:
+        return stat.S_ISREG(os.stat(list_path(backup_path), follow_symlinks=False).st_mode)
+    except OSError:
+        return False
