@@ -19,7 +19,7 @@ from pathlib import Path
 
 from django.utils import timezone
 
-from backups_app.db.sqlite import scratch_file
+from backups_app.core.files import scratch_file
 from backups_app.engine import backups
 from backups_app.engine.backups import CHECKSUM_SUFFIX, MANIFEST_SUFFIX, BackupError
 from backups_app.offsite import store as offsite_store

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from django.conf import settings
 
 from backups_app import conf
-from backups_app.db.sqlite import scratch_file
+from backups_app.core.files import scratch_file
 from backups_app.engine.backups import BackupError
 
 logger = logging.getLogger(__name__)
