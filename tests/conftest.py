@@ -610,7 +610,8 @@ def pg_manage(*args, env, timeout=300, **kwargs):
 def http_recorder():
     """A real HTTP server on loopback that records each request as (method, path, {query},
     body), in the order received, and answers 200 (or the statuses a test puts in `.answers`,
-    first to last); yields the server (`.url`, `.received`, `.answers`)."""
+    first to last) after `.delay` seconds; yields the server (`.url`, `.received`, `.answers`,
+    `.delay`)."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     from urllib.parse import parse_qsl, urlsplit
 
@@ -624,6 +625,7 @@ def http_recorder():
                     (self.command, parts.path, dict(parse_qsl(parts.query)), body)
                 )
                 status = self.server.answers.pop(0) if self.server.answers else 200
+            time.sleep(self.server.delay)
             self.send_response(status)
             self.send_header("Content-Length", "2")
             self.end_headers()
@@ -636,6 +638,7 @@ def http_recorder():
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
     server.received, server.answers, server.lock = [], [], threading.Lock()
+    server.delay = 0  # seconds each answer waits: a slow monitor
     server.url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
