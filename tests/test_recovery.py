@@ -174,6 +174,7 @@ def test_it_warns_when_the_backups_share_the_databases_disk(staff_client, backup
     html = staff_client.get(URL).content.decode()
 
     assert recovery.state().same_disk is True  # the test's data folder holds both
+    assert "stanza-card-warn" in card(html, "recovery-point")  # nothing off this disk
     assert "losing that disk loses the backups too" in card(html, "recovery-point")
     assert "losing that disk loses the backups too" in recovery.state().point_sentence()
 
@@ -188,5 +189,6 @@ def test_it_does_not_warn_when_the_backups_are_on_another_disk(
     html = staff_client.get(URL).content.decode()
 
     assert recovery.state().same_disk is False
+    assert "stanza-card-warn" not in card(html, "recovery-point")
     assert "the newest backup is 8 hours old" in card(html, "recovery-point")
     assert "losing that disk" not in card(html, "recovery-point")

@@ -85,6 +85,13 @@ class Recovery:
         return sentence
 
     @property
+    def only_on_this_disk(self):
+        """Whether every copy to restore from is on the database's disk (no offsite, no replica)."""
+        return bool(self.same_disk) and not any(
+            at for what, at in self.sources if what != "the newest backup"
+        )
+
+    @property
     def same_disk_words(self):
         return (
             "The backups folder is on the database's disk: losing that disk loses the backups "
