@@ -160,7 +160,7 @@ def test_it_copies_every_backup_with_its_sidecars_and_is_idempotent(
     run = jobs.run_job("copy-offsite")
 
     assert run.status == CronRun.Status.SUCCESS, run.error
-    assert run.result.startswith("copied 2 backup(s)")
+    assert run.result.startswith("copied 2 backups (")
     names = [older.name, newer.name]
     assert keys(s3, offsite_on) == sorted(
         f"site-a/{n}{s}" for n in names for s in ("", ".json", ".sha256")
@@ -175,7 +175,7 @@ def test_it_copies_every_backup_with_its_sidecars_and_is_idempotent(
     again = jobs.run_job("copy-offsite")
 
     assert again.status == CronRun.Status.SUCCESS
-    assert again.result.startswith("copied 0 backup(s)") and "2 already there" in again.result
+    assert again.result.startswith("copied 0 backups (") and "2 already there" in again.result
 
 
 @pytest.mark.django_db
