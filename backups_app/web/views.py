@@ -27,6 +27,7 @@ from backups_app.core.audit import CHANGE, DELETION, audit, recent_entries
 from backups_app.engine import backups
 from backups_app.health import failures, health
 from backups_app.jobs import jobs, scheduler_lock
+from backups_app.media import put_back as media_put_back
 from backups_app.models import CronRun
 from backups_app.restore import drill, restore, uploads
 from backups_app.web.forms import DeleteForm, HistoryFilterForm, RestoreForm, UploadForm
@@ -324,6 +325,7 @@ def restore_backup(request, backup):
             info=info,
             summary=restore.describe(info) if info else "",
             changes=restore.changes(info) if info else None,
+            files=media_put_back.confirm_facts(backup.path) if info else None,
             problem=problem,
             database=backups.live_database_path(),
             folder=backups.backups_dir(),
@@ -376,6 +378,8 @@ def restored(request, result):
     if safety:
         text += f" The database as it was before is in the safety backup {safety}."
     messages.success(request, text)
+    for note in result.notes:  # the site files' part among them
+        messages.info(request, failures.capital(note) + ".")
     pending = len(result.backup.pending_migrations)
     if pending:
         messages.warning(
