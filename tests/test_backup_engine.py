@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from backups_app.db import sqlite
+from backups_app.core import files
 from backups_app.engine import backups
 from backups_app.engine.backups import BackupError, create_backup, list_backups
 from tests.conftest import count_rows, make_database, make_large_database, write_backup_file
@@ -219,7 +219,7 @@ def test_it_removes_temp_files_of_dead_backups_but_not_of_live_ones(source_db, t
     (out / ".stanza-tmp-1-dead.partial-journal").write_bytes(b"journal")
     (out / ".stanza-tmp-2-orphan.partial.gz").write_bytes(b"gz")
     live = out / ".stanza-tmp-3-live.partial"
-    fd = sqlite.create_locked(live)
+    fd = files.create_locked(live)
     try:
         backup = create_backup(source_db, folder=out)
         names = sorted(p.name for p in out.iterdir())

@@ -1,129 +1,286 @@
-"""SQLite helpers shared by the backup engine, the restore and the drill.
+"""The database seam for SQLite (see backups_app.db for the functions every engine offers).
 
 One way to open a database, list its tables, count its rows, check it and copy it, so that a
 fix to any of these (a signal that must stop a long statement, a page size that must be kept)
-reaches every caller. Errors are sqlite3's own: each caller words them for its user.
+reaches every caller. Restoring into a database is in sqlite_restore. Imports nothing of the
+app but core.files and the seam's own shapes.
 """
 
 import contextlib
-import fcntl
 import os
-import secrets
 import sqlite3
+import threading
 from pathlib import Path
-from urllib.parse import quote
 
-HEADER = b"SQLite format 3\x00"
-# Temporary files of the product start with this; see remove_abandoned_temp_files in backups.py.
-TEMP_PREFIX = ".stanza-tmp-"
-CHECK_PRAGMAS = {"quick": "quick_check", "full": "integrity_check"}
-# How many SQLite VM steps between two calls of the progress handler (see connect()).
-PROGRESS_STEPS = 20_000
+from backups_app.core.files import scratch_file
+from backups_app.db.facts import BadFile, FileFacts
+from backups_app.db.sqlite_base import (
+    CHECK_PRAGMAS,
+    HEADER,
+    check,
+    connect,
+    copy_into,
+    database_path,
+    interrupted,
+    open_readonly,
+    pragma,
+    q,
+    read_header,
+    row_count,
+    row_counts,
+    table_names,
+)
+from backups_app.db.sqlite_restore import kept_now, load_into, restore_live
+
+# What other modules use of this one besides the seam's functions (replication reads
+# Litestream's copies with them; the engine and the tests too).
+__all__ = (
+    "CHECK_PRAGMAS",
+    "HEADER",
+    "check",
+    "connect",
+    "copy_into",
+    "interrupted",
+    "kept_now",
+    "open_readonly",
+    "pragma",
+    "read_header",
+    "restore_live",
+    "row_count",
+    "row_counts",
+    "table_names",
+)
+
+NAME = "SQLite"
+SUFFIX = ".bak"
+# The database is a file on this machine: lock files and uploads sit beside it.
+IS_FILE = True
+Error = sqlite3.Error
+# A bigger page cache makes the check of a 1 GB copy faster and stays within the memory
+# budget whatever the size.
+CHECK_CACHE_KIB = 32 * 1024
+# While VACUUM INTO writes, the copy is flushed every this many bytes (see _watch_size).
+FLUSH_EVERY = 32 * 1024 * 1024
 
 
-def connect(path, *, readonly=False, immutable=False, cancel=None, timeout=30):
-    """Open an SQLite connection that a signal (or `cancel`) can stop inside a long statement.
+# --- the seam: names --------------------------------------------------------------------------
 
-    The progress handler gives Python's signal handlers a chance to run while SQLite works
-    (on the main thread only); when one raises, SQLite stops with "interrupted".
-    `immutable` (read-only files nobody writes, such as a backup) keeps SQLite from creating
-    `-wal`/`-shm` files beside the file, but it also makes SQLite ignore `PRAGMA page_size`:
-    open without it to copy into another page size.
+
+def base_name(database=None):
+    """Backup names start with the database file's name (`db.sqlite3.` in a new site)."""
+    return database_path(database).name
+
+
+def is_backup_header(header):
+    return header[:16] == HEADER
+
+
+def declared_size(header):
+    """The database size an SQLite header declares (page size x page count), or None.
+
+    The page count is valid only when the two change counters agree (SQLite's own rule).
     """
-    mode = "ro" if readonly or immutable else "rw"
-    uri = f"file:{quote(str(path))}?mode={mode}" + ("&immutable=1" if immutable else "")
-    conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
-    handler = (lambda: 0) if cancel is None else cancel.is_set
-    conn.set_progress_handler(handler, PROGRESS_STEPS)
-    return conn
+    if len(header) < 100 or header[:16] != HEADER:
+        return None
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    if header[24:28] != header[92:96] or not pages:
+        return None
+    return page_size * pages
 
 
-def open_readonly(path, *, immutable=True, cancel=None):
-    """Open a database file (a backup, a scratch copy) for reading only."""
-    return connect(path, readonly=True, immutable=immutable, cancel=cancel)
+def source_problem(database=None):
+    """Why `database` cannot be backed up, in words; None when it can.
 
-
-def interrupted(err):
-    """Whether SQLite stopped because a signal handler raised in our progress handler."""
-    return isinstance(err, sqlite3.OperationalError) and str(err) == "interrupted"
-
-
-def table_names(conn):
-    rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-    return {name for (name,) in rows}
-
-
-def row_count(conn, table):
-    quoted = '"' + table.replace('"', '""') + '"'
-    return conn.execute(f"SELECT count(*) FROM {quoted}").fetchone()[0]
-
-
-def row_counts(conn):
-    """{table: rows} for every table, sorted by name."""
-    return {table: row_count(conn, table) for table in sorted(table_names(conn))}
-
-
-def pragma(conn, name):
-    return conn.execute(f"PRAGMA {name}").fetchone()[0]
-
-
-def check(conn, kind="quick"):
-    """Run `PRAGMA quick_check` ("quick") or `integrity_check` ("full"); return its problems.
-
-    An empty list means the check passed. `quick_check` finds what damages the file itself;
-    the full check also compares every index with its table (VACUUM INTO rebuilds indexes
-    from the rows, so a fresh backup needs it less than a file of unknown origin).
+    The header is read through an SQLite connection, never by opening the file ourselves:
+    closing any descriptor of a file drops every POSIX lock this process holds on it, and a
+    restore in this process holds the live database's write lock while it backs it up.
     """
-    rows = conn.execute(f"PRAGMA {CHECK_PRAGMAS[kind]}").fetchall()
-    return [] if rows == [("ok",)] else [str(row[0]) for row in rows]
-
-
-def copy_into(conn, dest, *, page_size=None):
-    """`VACUUM INTO dest` from an open connection: a compact, consistent copy.
-
-    `page_size` sets the copy's page size; SQLite ignores it on an `immutable` connection.
-    """
-    if page_size:
-        conn.execute(f"PRAGMA page_size = {int(page_size)}")
-    conn.execute("VACUUM INTO ?", (str(dest),))
-
-
-def read_header(path):
-    """The first 100 bytes of a file (the SQLite header), b"" when it is empty."""
-    with open(path, "rb") as f:
-        return f.read(100)
-
-
-# --- temporary files ------------------------------------------------------------------------
-
-
-def temp_path(folder):
-    """A new name for a temporary file in `folder` that the engine's clean-up recognises."""
-    return Path(folder) / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}.partial"
-
-
-def create_locked(path):
-    """Create `path` (0600, never an existing file) and hold an flock on it; return the fd.
-
-    The lock tells `backups.remove_abandoned_temp_files` that a live process owns the file
-    and every temporary file named after it; the kernel drops it when the process dies.
-    """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd
-
-
-@contextlib.contextmanager
-def scratch_file(folder):
-    """Yield the path of a new empty locked temporary file; delete it (and SQLite's) after.
-
-    OSError when the file cannot be created.
-    """
-    path = temp_path(folder)
-    fd = create_locked(path)
+    source = database_path(database)
+    if not source.exists():
+        return f"no database at {source}"
+    if not source.is_file():
+        return f"{source} is not a file"
+    if not os.access(source, os.R_OK):
+        return f"{source} cannot be read (permission denied)"
+    if source.stat().st_size == 0:
+        return f"{source} is not an SQLite database"
     try:
-        yield path
+        conn = connect(source, timeout=0)
+        try:
+            conn.execute("PRAGMA schema_version").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as err:
+        if "not a database" in str(err):
+            return f"{source} is not an SQLite database"
+        if "locked" in str(err) or "busy" in str(err):
+            return None  # a database, busy this moment: the copy waits its turn
+        return f"{source} cannot be read: {err}"
+    return None
+
+
+# --- the seam: copying ------------------------------------------------------------------------
+
+
+def copy_live(dest, *, database=None, progress=None, flush=True):
+    """VACUUM INTO `dest`; return the source's table names, for the check that follows."""
+    conn = connect(database_path(database))
+    try:
+        # The output inherits this connection's `synchronous`; OFF keeps SQLite from flushing
+        # every page (which stalls the site's writers); the whole file is fsync'd once after.
+        conn.execute("PRAGMA synchronous=OFF")
+        tables = table_names(conn)
+        pages = pragma(conn, "page_count") - pragma(conn, "freelist_count")
+        expected = pages * pragma(conn, "page_size")
+        with _watch_size(dest, expected, progress, flush=flush):
+            copy_into(conn, dest)
     finally:
-        for leftover in (path, *(Path(f"{path}{s}") for s in ("-journal", "-wal", "-shm"))):
-            leftover.unlink(missing_ok=True)
-        os.close(fd)
+        conn.close()
+    return frozenset(tables)
+
+
+class _watch_size:
+    """While a step writes `path`: report its growth to `progress`, and flush it to disk as
+    it grows, so the fsync before the rename does not push a gigabyte of dirty pages at once
+    (which stalls the site's own commits for a quarter of a second)."""
+
+    def __init__(self, path, total, progress, *, flush=True):
+        self.path, self.total, self.progress = path, total, progress
+        self.flush = flush
+        self.done = threading.Event()
+
+    def __enter__(self):
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self):
+        flushed = 0
+        with contextlib.suppress(OSError):
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                while not self.done.wait(0.1):
+                    size = os.fstat(fd).st_size
+                    if self.flush and size - flushed >= FLUSH_EVERY:
+                        os.fdatasync(fd)
+                        flushed = size
+                    if self.progress:
+                        self.progress(size, self.total)
+            finally:
+                os.close(fd)
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+        return False
+
+
+def error_kind(err):
+    """What a failed copy_live met: "disk-full", "write", "cannot-open", "not-a-database",
+    "locked", or None (anything else)."""
+    message = str(err)
+    if "disk is full" in message:
+        return "disk-full"
+    if "disk I/O error" in message:  # SQLite reports every failed write but ENOSPC so
+        return "write"
+    if "unable to open database" in message:
+        return "cannot-open"
+    if "not a database" in message:
+        return "not-a-database"
+    if "locked" in message or "busy" in message:
+        return "locked"
+    return None
+
+
+# --- the seam: checking a backup file ---------------------------------------------------------
+
+
+def check_file(path, kind="quick", *, cancel=None):
+    """(problems, {table: rows}) of the backup file at `path` (see backups_app.db)."""
+    conn = open_readonly(path, immutable=False, cancel=cancel)
+    try:
+        conn.execute(f"PRAGMA cache_size = -{CHECK_CACHE_KIB}")
+        return check(conn, kind), row_counts(conn)
+    finally:
+        conn.close()
+
+
+def read_file(path):
+    """The full check, tables and columns, rows and applied migrations of a backup file.
+
+    BadFile, in words that follow the file's name, when it is not a sound SQLite database.
+    """
+    _check_header(Path(path))
+    try:
+        conn = open_readonly(path)
+    except sqlite3.Error as err:
+        raise BadFile(f"cannot be opened as an SQLite database: {err}") from err
+    try:
+        problems = check(conn, "full")
+        if problems:
+            raise BadFile(f"failed the integrity check: {'; '.join(problems[:3])}")
+        tables = table_names(conn)
+        migrations = _applied_migrations(conn) if "django_migrations" in tables else None
+        columns = {
+            table: tuple(row[1] for row in conn.execute(f"PRAGMA table_info({q(table)})"))
+            for table in sorted(tables)
+        }
+        counts = row_counts(conn)
+        page_size = pragma(conn, "page_size")
+    except sqlite3.DatabaseError as err:
+        if interrupted(err):
+            raise
+        raise BadFile(f"is not a sound SQLite database: {err}") from err
+    finally:
+        conn.close()
+    return FileFacts(
+        columns=columns,
+        counts=counts,
+        migrations=migrations,
+        details={"page_size": page_size},
+    )
+
+
+def _check_header(path):
+    """Refuse a file that is not SQLite, or shorter than its own header says (truncated)."""
+    header = read_header(path)
+    if header[:16] != HEADER:
+        raise BadFile("is not an SQLite database")
+    if len(header) < 100:
+        raise BadFile("is truncated")
+    size = declared_size(header)
+    if size and path.stat().st_size < size:
+        raise BadFile(f"is truncated ({path.stat().st_size} bytes of {size})")
+
+
+def _applied_migrations(conn):
+    try:
+        rows = conn.execute("SELECT app, name FROM django_migrations").fetchall()
+    except sqlite3.OperationalError as err:
+        raise BadFile("has a django_migrations table this code cannot read") from err
+    return frozenset((str(app), str(migration)) for app, migration in rows)
+
+
+# --- the seam: the drill's scratch restore ----------------------------------------------------
+
+
+def restore_scratch(plain, folder):
+    """Restore `plain` into a scratch file in `folder` as a restore would; (problems, counts)."""
+    with scratch_file(folder) as scratch:
+        try:
+            load_into(plain, scratch)
+        except sqlite3.Error as err:
+            if interrupted(err):
+                raise
+            return [f"the backup could not be restored into a scratch file: {err}"], {}
+        try:
+            problems, counts = check_file(scratch, "full")
+        except sqlite3.DatabaseError as err:
+            if interrupted(err):
+                raise
+            return [f"the restored copy is not a sound database: {err}"], {}
+    if problems:
+        return [f"the restored copy failed the integrity check: {problems[0]}"], counts
+    return [], counts

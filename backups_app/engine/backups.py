@@ -5,7 +5,6 @@ Plain functions over paths. Views, commands and jobs call these and hold no logi
 
 import contextlib
 import errno
-import fcntl
 import functools
 import hashlib
 import json
@@ -13,7 +12,6 @@ import logging
 import os
 import re
 import resource
-import sqlite3
 import stat
 import threading
 import time
@@ -26,9 +24,9 @@ from typing import NamedTuple
 
 from django.utils import timezone
 
-from backups_app import conf
-from backups_app.db import sqlite
-from backups_app.db.sqlite import TEMP_PREFIX, create_locked
+from backups_app import conf, db
+from backups_app.core import files
+from backups_app.core.files import TEMP_PREFIX, create_locked, is_locked, open_regular
 from backups_app.media import record as media_record
 
 logger = logging.getLogger(__name__)
@@ -36,19 +34,18 @@ logger = logging.getLogger(__name__)
 DATABASE_FILENAME = "database.sqlite"
 LABELS = ("manual", "pre-migrate", "pre-restore", "uploaded")
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
-# After the live database's file name (see name_prefix): `database.sqlite.` here.
+# After the live database's name (see name_prefix: `database.sqlite.` here), and before the
+# engine's suffix (`.bak` for SQLite).
 BACKUP_NAME_PATTERN = (
     r"\A{prefix}\.(?P<stamp>[0-9]{{4}}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])"
     r"T(?:[01][0-9]|2[0-3])[0-5][0-9][0-5][0-9]Z)(?:-(?P<seq>[1-9][0-9]{{0,5}}))?"
-    r"(?:\.(?P<label>manual|pre-migrate|pre-restore|uploaded))?\.bak(?P<gz>\.gz)?\Z"
+    r"(?:\.(?P<label>manual|pre-migrate|pre-restore|uploaded))?{suffix}(?P<gz>\.gz)?\Z"
 )
 CHECKSUM_SUFFIX = ".sha256"
-# What a backup ends with: the cheap test before the name pattern.
-BACKUP_ENDINGS = (".bak", ".bak.gz")
 SHA256_RE = re.compile(r"\A[0-9a-f]{64}\Z")
 MANIFEST_SUFFIX = ".json"
+CHECK_KINDS = ("quick", "full")
 MEDIA_SUFFIX = ".media"  # the site files' list (backups_app.media)
-SQLITE_HEADER = sqlite.HEADER
 try:  # zlib-ng deflates 2-3x faster than zlib for the same ratio (bench/backup.py --tune)
     from zlib_ng import zlib_ng as deflate
 
@@ -62,7 +59,6 @@ except ImportError:  # pragma: no cover
 GZIP_BLOCK = 1024 * 1024
 READ_CHUNK = 1024 * 1024
 FLUSH_EVERY = 32 * 1024 * 1024
-VERIFY_CACHE_KIB = 32 * 1024
 MANIFEST_MAX_BYTES = 1024 * 1024
 # Sidecars without their backup older than this are debris of a killed backup (seconds).
 ORPHAN_AGE = 600
@@ -102,19 +98,31 @@ class Backup:
 
 
 def name_prefix():
-    """Backup names start with the live database's file name (`db.sqlite3.` in a new site)."""
-    return live_database_path().name
+    """Backup names start with the live database's name (`db.sqlite3.` in a new site)."""
+    return database_engine().base_name(live_database())
+
+
+def backup_suffix():
+    """What a backup's name ends with before any `.gz`: the database engine's (`.bak`)."""
+    return database_engine().SUFFIX
+
+
+def backup_endings():
+    """What a backup ends with: the cheap test before the name pattern."""
+    suffix = backup_suffix()
+    return (suffix, suffix + ".gz")
 
 
 @functools.lru_cache(maxsize=8)
-def backup_name_re(prefix):
+def backup_name_re(prefix, suffix=".bak"):
     # ASCII: `\d` is otherwise any Unicode digit, and such a "date" is no date.
-    return re.compile(BACKUP_NAME_PATTERN.format(prefix=re.escape(prefix)), re.ASCII)
+    pattern = BACKUP_NAME_PATTERN.format(prefix=re.escape(prefix), suffix=re.escape(suffix))
+    return re.compile(pattern, re.ASCII)
 
 
 def parse_backup_name(name):
     """Return the parts of a backup file name, or None when it is not one."""
-    match = backup_name_re(name_prefix()).match(name)
+    match = backup_name_re(name_prefix(), backup_suffix()).match(name)
     return match.groupdict() if match and is_real_date(match["stamp"]) else None
 
 
@@ -157,7 +165,8 @@ def backup_name(when, *, label="", compress=False, seq=1):
     stamp = when.astimezone(UTC).strftime(STAMP_FORMAT)
     suffix = f"-{seq}" if seq > 1 else ""
     label_part = f".{label}" if label else ""
-    return f"{name_prefix()}.{stamp}{suffix}{label_part}.bak" + (".gz" if compress else "")
+    ending = backup_suffix() + (".gz" if compress else "")
+    return f"{name_prefix()}.{stamp}{suffix}{label_part}{ending}"
 
 
 # --- settings-derived locations -----------------------------------------------------------
@@ -168,6 +177,20 @@ def live_database_path():
         return conf.live_database_path()
     except conf.ConfigError as err:  # a bad setting fails the backup (or page) that meets it
         raise BackupError(str(err)) from None
+
+
+def database_engine():
+    """The database seam's module for the site's database (see backups_app.db)."""
+    try:
+        return db.engine()
+    except db.UnsupportedDatabase as err:  # as a bad setting: fails what meets it
+        raise BackupError(str(err)) from None
+
+
+def live_database():
+    """The live database as the seam's functions take it: its file when the engine's database
+    is a file on this machine (SQLite), else None (DATABASES["default"] on its server)."""
+    return live_database_path() if database_engine().IS_FILE else None
 
 
 def backups_dir():
@@ -225,7 +248,7 @@ def scan_backups(folder=None, *, reuse=False):
     the offsite copies always read the folder.
     """
     folder = Path(folder or backups_dir())
-    prefix = name_prefix()
+    prefix, suffix = name_prefix(), backup_suffix()
     try:
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     except FileNotFoundError:
@@ -238,18 +261,18 @@ def scan_backups(folder=None, *, reuse=False):
         if reuse:
             st = os.fstat(fd)
             state = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            kept_state, kept = _listings.get((folder, prefix), (None, None))
+            kept_state, kept = _listings.get((folder, prefix, suffix), (None, None))
             if kept_state == state:
                 return list(kept)
-        found = _read_listing(fd, folder, backup_name_re(prefix).match)
+        found = _read_listing(fd, folder, backup_name_re(prefix, suffix).match, backup_endings())
     finally:
         os.close(fd)
     if reuse and time.time() - st.st_ctime > SETTLED_SECONDS:
-        _listings[(folder, prefix)] = (state, tuple(found))
+        _listings[(folder, prefix, suffix)] = (state, tuple(found))
     return found
 
 
-def _read_listing(fd, folder, matches):
+def _read_listing(fd, folder, matches, endings):
     """The backups in the folder open as `fd`, newest first (see scan_backups)."""
     # A symlink could point anywhere, a FIFO would block its reader: only regular files in
     # the folder are backups, or checksums.
@@ -262,7 +285,7 @@ def _read_listing(fd, folder, matches):
                     if entry.is_file(follow_symlinks=False):
                         checksums.add(name)
                 elif (
-                    name.endswith(BACKUP_ENDINGS)
+                    name.endswith(endings)
                     and (match := matches(name))
                     and is_real_date(match["stamp"])
                     and entry.is_file(follow_symlinks=False)
@@ -294,7 +317,7 @@ def get_backup(name, folder=None):
         raise BackupError(f"backup {name} does not exist") from None
     if not stat.S_ISREG(st.st_mode):
         raise BackupError(f"backup {name} does not exist")
-    return _backup(path, st, _is_regular(folder / (name + CHECKSUM_SUFFIX)))
+    return _backup(path, st, files.is_regular(folder / (name + CHECKSUM_SUFFIX)))
 
 
 def _backup(path, st, has_checksum):
@@ -304,14 +327,6 @@ def _backup(path, st, has_checksum):
         modified=datetime.fromtimestamp(st.st_mtime, UTC),
         has_checksum=has_checksum,
     )
-
-
-def _is_regular(path):
-    """Whether `path` is a regular file itself (not a symlink, FIFO or folder)."""
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
 
 
 def sidecars(path):
@@ -331,7 +346,7 @@ def delete_backup(name, folder=None):
         raise BackupError(f"cannot delete {name}: {err.strerror}") from err
     for sidecar in sidecars(backup.path):
         sidecar.unlink(missing_ok=True)
-    _fsync_dir(backup.path.parent)
+    files.fsync_dir(backup.path.parent)
     return backup
 
 
@@ -365,31 +380,37 @@ def create_backup(
     `path` is the backup) when it came after the backup got its name.
     """
     started = time.monotonic()
-    source = Path(source or live_database_path())
+    engine = database_engine()
+    source = Path(source) if source else live_database()
     target = check_output(output) if output is not None else None
     folder = target.parent if target else Path(folder or backups_dir())
     check_source(source)
     check_folder(folder)
     remove_abandoned_temp_files(folder)
 
-    partial = sqlite.temp_path(folder)
+    partial = files.temp_path(folder)
     gz = Path(f"{partial}.gz")
     leftovers = [partial, Path(f"{partial}-journal"), gz, *sidecars(partial)]
     timings = {}
     lock_fd = final = None
-    files = contextlib.ExitStack()  # the site files' recording, until the backup has its name
+    recordings = contextlib.ExitStack()  # the site files' recording, until the backup's name
     try:
         try:
             lock_fd = create_locked(partial)
             with _timed(timings, "copy"):
                 # A copy that is compressed next is deleted after: no point flushing it.
-                tables = _vacuum_into(source, partial, progress, flush=not compress)
+                tables = engine.copy_live(
+                    partial,
+                    database=source,
+                    progress=progress and (lambda done, total: progress("copy", done, total)),
+                    flush=not compress,
+                )
             with _timed(timings, "files"):
                 into_backups = target is None and _is_live_into_backups(source, folder)
                 recording = media_record.for_backup(
                     into_backups, folder, partial, is_backup_name, progress
                 )
-                media = files.enter_context(recording)
+                media = recordings.enter_context(recording)
             with _timed(timings, "verify_compress" if compress else "verify"):
                 if compress:
                     digest, counts = _verify_and_gzip(partial, gz, tables, progress, check)
@@ -408,13 +429,13 @@ def create_backup(
                 compress=compress,
                 media_list=None if media is None else media_record.staged_list(partial),
             )
-        except sqlite3.Error as err:
+        except engine.Error as err:
             _raise_if_interrupted(err)
-            raise BackupError(_explain_sqlite_error(err, source, folder, partial)) from err
+            raise BackupError(_explain_copy_error(err, source, folder)) from err
         except OSError as err:
             raise BackupError(_explain_os_error(err, folder)) from err
         finally:
-            files.close()
+            recordings.close()
             for path in leftovers:
                 path.unlink(missing_ok=True)
             if lock_fd is not None:
@@ -433,9 +454,11 @@ def create_backup(
 def _is_live_into_backups(source, folder):
     """Whether a backup is the live database's, into the backups folder: those record files."""
     try:
-        return source.resolve() == live_database_path().resolve() and (
-            folder.resolve() == backups_dir().resolve()
+        live = live_database()
+        is_live = source == live or (
+            source is not None and live is not None and source.resolve() == live.resolve()
         )
+        return is_live and folder.resolve() == backups_dir().resolve()
     except OSError:
         return False
 
@@ -467,7 +490,7 @@ def _log_backup(backup, duration, timings):
 
 def get_backup_at(path):
     path = Path(path)
-    return _backup(path, path.stat(), _is_regular(path.with_name(path.name + CHECKSUM_SUFFIX)))
+    return _backup(path, path.stat(), files.is_regular(path.with_name(path.name + CHECKSUM_SUFFIX)))
 
 
 def check_output(output):
@@ -485,22 +508,11 @@ def check_output(output):
     return target
 
 
-def check_source(source):
-    """Refuse, before any work, a source that is missing or is not an SQLite database."""
-    source = Path(source)
-    if not source.exists():
-        raise BackupError(f"no database at {source}")
-    if not source.is_file():
-        raise BackupError(f"{source} is not a file")
-    try:
-        with open_regular(source) as f:
-            header = f.read(len(SQLITE_HEADER))
-    except PermissionError:
-        raise BackupError(f"{source} cannot be read (permission denied)") from None
-    except OSError as err:
-        raise BackupError(f"{source} cannot be read: {err.strerror or err}") from None
-    if header != SQLITE_HEADER:
-        raise BackupError(f"{source} is not an SQLite database")
+def check_source(source=None):
+    """Refuse, before any work, a database that is missing or is not one (None: the live one)."""
+    problem = database_engine().source_problem(source)
+    if problem:
+        raise BackupError(problem)
 
 
 def check_folder(folder):
@@ -563,21 +575,6 @@ def _remove_orphan_sidecars(folder):
     return removed
 
 
-def is_locked(path):
-    """Whether a live process holds an flock on `path` (the kernel drops it when one dies)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # never wait on a FIFO
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 @contextlib.contextmanager
 def _timed(timings, step):
     started = time.monotonic()
@@ -588,63 +585,10 @@ def _timed(timings, step):
 
 
 def _raise_if_interrupted(err):
-    """Turn SQLite's "interrupted" (a signal handler raised in our progress handler) back
+    """Turn the engine's "interrupted" (a signal handler raised in its progress handler) back
     into the KeyboardInterrupt Python would have raised, so callers treat it like Ctrl-C."""
-    if sqlite.interrupted(err):
+    if database_engine().interrupted(err):
         raise KeyboardInterrupt from err
-
-
-def _vacuum_into(source, partial, progress, *, flush=True):
-    """VACUUM INTO `partial`; return the source's table names, for the check that follows."""
-    conn = sqlite.connect(source)
-    try:
-        # The output inherits this connection's `synchronous`; OFF keeps SQLite from flushing
-        # every page (which stalls the site's writers); the whole file is fsync'd once after.
-        conn.execute("PRAGMA synchronous=OFF")
-        tables = sqlite.table_names(conn)
-        pages = sqlite.pragma(conn, "page_count") - sqlite.pragma(conn, "freelist_count")
-        expected = pages * sqlite.pragma(conn, "page_size")
-        with _watch_size(partial, expected, progress, "copy", flush=flush):
-            sqlite.copy_into(conn, partial)
-    finally:
-        conn.close()
-    return tables
-
-
-class _watch_size:
-    """While a step writes `path`: report its growth to `progress`, and flush it to disk as
-    it grows, so the fsync before the rename does not push a gigabyte of dirty pages at once
-    (which stalls the site's own commits for a quarter of a second)."""
-
-    def __init__(self, path, total, progress, phase, *, flush=True):
-        self.path, self.total, self.progress, self.phase = path, total, progress, phase
-        self.flush = flush
-        self.done = threading.Event()
-
-    def __enter__(self):
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        return self
-
-    def _run(self):
-        flushed = 0
-        with contextlib.suppress(OSError):
-            fd = os.open(self.path, os.O_RDONLY)
-            try:
-                while not self.done.wait(0.1):
-                    size = os.fstat(fd).st_size
-                    if self.flush and size - flushed >= FLUSH_EVERY:
-                        os.fdatasync(fd)
-                        flushed = size
-                    if self.progress:
-                        self.progress(self.phase, size, self.total)
-            finally:
-                os.close(fd)
-
-    def __exit__(self, *exc):
-        self.done.set()
-        self.thread.join()
-        return False
 
 
 def verify_database(path, expected_tables=(), kind="full"):
@@ -658,19 +602,12 @@ def verify_database(path, expected_tables=(), kind="full"):
 
 
 def _check_database(path, expected_tables, cancel=None, *, kind="quick"):
-    check_source(Path(path))
+    engine = database_engine()
     name = Path(path).name
+    _check_header(Path(path))
     try:
-        conn = sqlite.open_readonly(path, immutable=False, cancel=cancel)
-        try:
-            # A bigger page cache makes the check of a 1 GB copy faster and stays within the
-            # memory budget whatever the size.
-            conn.execute(f"PRAGMA cache_size = -{VERIFY_CACHE_KIB}")
-            problems = sqlite.check(conn, kind)
-            counts = sqlite.row_counts(conn)
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError as err:
+        problems, counts = engine.check_file(path, kind, cancel=cancel)
+    except engine.Error as err:
         if cancel is None:
             _raise_if_interrupted(err)
         elif cancel.is_set():
@@ -685,6 +622,17 @@ def _check_database(path, expected_tables, cancel=None, *, kind="quick"):
     if missing:
         raise BackupError(f"{name} is incomplete: tables missing: {', '.join(sorted(missing))}")
     return counts
+
+
+def _check_header(path):
+    """Refuse a file that does not start like one of the engine's backups."""
+    try:
+        with open_regular(path) as f:
+            header = f.read(100)
+    except OSError as err:
+        raise BackupError(f"{path} cannot be read: {err.strerror or err}") from None
+    if not database_engine().is_backup_header(header):
+        raise BackupError(f"{path} is not an SQLite database")
 
 
 class _Cancelled(Exception):
@@ -727,7 +675,7 @@ def _verify_and_hash(partial, tables, progress, kind):
 
     def hash_and_flush(cancel):
         digest = _sha256_of(partial, cancel)
-        _fsync(partial)
+        files.fsync(partial)
         return digest
 
     return _alongside(
@@ -809,22 +757,6 @@ def _gzip(source, dest, progress=None, cancel=None):
     return digest.hexdigest()
 
 
-def _fsync(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(folder):
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def publish(
     temp, digest, manifest, *, folder, target=None, label="", compress=False, media_list=None
 ):
@@ -861,7 +793,7 @@ def publish(
                 for suffix, path in staged.items():
                     os.link(path, final.with_name(final.name + suffix))
                 os.link(temp, final)
-                _fsync_dir(folder)
+                files.fsync_dir(folder)
             except FileExistsError:
                 _take_back(final, staged)
                 if target:
@@ -974,7 +906,7 @@ def record_check(path, kind, by):
 
     `by` says who ran it ("backup", "drill", "restore", "upload"); the Backups page shows it.
     """
-    if kind not in sqlite.CHECK_PRAGMAS:
+    if kind not in CHECK_KINDS:
         raise ValueError(f"unknown check kind {kind!r}")
     return write_manifest(path, check={"kind": kind, "at": timezone.now().isoformat(), "by": by})
 
@@ -996,7 +928,7 @@ def _write_sidecar(path, suffix, text, *, temp=None):
     sidecar = path.with_name(path.name + suffix)
     fd = None
     if temp is None:
-        temp = sqlite.temp_path(path.parent)
+        temp = files.temp_path(path.parent)
         fd = create_locked(temp)
     try:
         if fd is None:
@@ -1009,23 +941,6 @@ def _write_sidecar(path, suffix, text, *, temp=None):
             os.close(fd)
         temp.unlink(missing_ok=True)
     return sidecar
-
-
-def open_regular(path):
-    """Open `path` for reading: never through a symlink, never blocking, regular files only.
-
-    `O_NONBLOCK` keeps a FIFO given a backup's name from hanging a web worker in open();
-    anything but a regular file (FIFO, device, folder) is refused with OSError.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return os.fdopen(fd, "rb")
 
 
 def read_checksum(path):
@@ -1056,22 +971,22 @@ def open_backup(name, folder=None):
         raise BackupError(f"backup {name} does not exist") from None
 
 
-def _explain_sqlite_error(err, source, folder, partial=None):
-    message = str(err)
-    if "disk is full" in message:
+def _explain_copy_error(err, source, folder):
+    kind = database_engine().error_kind(err)
+    if kind == "disk-full":
         return f"disk full while writing to {folder}; the partial backup was removed"
-    if "disk I/O error" in message:
-        return _explain_write_error(folder, partial)
-    if "unable to open database" in message:
+    if kind == "write":
+        return _explain_write_error(folder)
+    if kind == "cannot-open":
         return f"cannot write a backup in {folder} (missing or not writable)"
-    if "not a database" in message:
+    if kind == "not-a-database":
         return f"{source} is not an SQLite database"
-    if "locked" in message or "busy" in message:
+    if kind == "locked":
         return f"{source} stayed locked by another process; try again"
-    return f"backup failed: {message}"
+    return f"backup failed: {err}"
 
 
-def _explain_write_error(folder, partial):
+def _explain_write_error(folder):
     """SQLite reports every failed write but ENOSPC as an I/O error; find the likely cause."""
     limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
     if limit != resource.RLIM_INFINITY:
@@ -1088,7 +1003,7 @@ def _explain_write_error(folder, partial):
 
 def _explain_os_error(err, folder):
     if err.errno == errno.EFBIG:
-        return _explain_write_error(folder, None)
+        return _explain_write_error(folder)
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"disk full while writing to {folder}; the partial backup was removed"
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):

@@ -9,14 +9,11 @@ recovery time), whatever number of backups the folder holds.
 """
 
 import logging
-import sqlite3
 import time
 from datetime import timedelta
-from pathlib import Path
 
 from django.utils import timezone
 
-from backups_app.db import sqlite
 from backups_app.engine import backups
 from backups_app.engine.backups import BackupError, read_manifest, write_manifest
 from backups_app.media import checks as media_checks
@@ -34,17 +31,6 @@ class DrillError(BackupError):
 
 
 # --- manifests ----------------------------------------------------------------------------
-
-
-def table_row_counts(db_path):
-    """{table: rows} of every table of a plain SQLite file."""
-    conn = sqlite.open_readonly(db_path)
-    try:
-        return sqlite.row_counts(conn)
-    except sqlite3.DatabaseError as err:
-        raise BackupError(f"cannot count the rows of {Path(db_path).name}: {err}") from err
-    finally:
-        conn.close()
 
 
 def drill_result(backup):
@@ -128,19 +114,20 @@ def record_drill(backup, problems, seconds):
 
 
 def _drill(backup):
-    """(problems, notes, counts) of restoring one backup into a scratch file."""
+    """(problems, notes, counts) of restoring one backup into a scratch database."""
     problems, notes = [], []
     path = backup.path
     expected = (read_manifest(path) or {}).get("tables")
+    engine = backups.database_engine()
     try:
-        with (
-            restore.opened_backup(path, scratch_dir=path.parent) as (info, plain),
-            restore.scratch_file(path.parent) as scratch,
-        ):
-            _restore_into(plain, scratch)
-            counts = _check_restored(scratch)
+        with restore.opened_backup(path, scratch_dir=path.parent) as (info, plain):
+            problems, counts = engine.restore_scratch(plain, path.parent)
+    except OSError as err:
+        return [f"cannot write a temporary file in {path.parent}: {err.strerror}"], notes, {}
     except BackupError as err:
         return [str(err)], notes, {}
+    if problems:
+        return problems, notes, counts
     if not info.checksum_verified:
         notes.append("no .sha256 checksum to compare")
     if isinstance(expected, dict):
@@ -149,28 +136,6 @@ def _drill(backup):
         write_manifest(path, counts)
         notes.append("no row counts were recorded at backup time; recorded them now")
     return problems, notes, counts
-
-
-def _restore_into(plain, scratch):
-    """Restore the backup into the scratch file the way a real restore copies it."""
-    try:
-        restore.load_into(plain, scratch)
-    except BackupError as err:
-        raise DrillError(f"the backup could not be restored into a scratch file: {err}") from err
-
-
-def _check_restored(scratch):
-    conn = sqlite.open_readonly(scratch)
-    try:
-        problems = sqlite.check(conn, "full")
-        counts = sqlite.row_counts(conn)
-    except sqlite3.DatabaseError as err:
-        raise DrillError(f"the restored copy is not a sound database: {err}") from err
-    finally:
-        conn.close()
-    if problems:
-        raise DrillError(f"the restored copy failed the integrity check: {problems[0]}")
-    return counts
 
 
 def _compare_counts(expected, counts):
