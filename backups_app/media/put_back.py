@@ -224,6 +224,11 @@ AT_TIME = (
 )
 
 
+def is_files_note(note):
+    """Whether a restore's note is the site files' (every one names them)."""
+    return "site files" in note
+
+
 @dataclass(frozen=True)
 class Plan:
     """The files part of one restore, checked before anything changes."""
@@ -234,7 +239,8 @@ class Plan:
     has_list: bool
 
     def put_back(self, safety=None):
-        """Restore the files (after the safety backup recorded the present ones): one line."""
+        """Restore the files (after the safety backup recorded the present ones): one line,
+        or "" when the backup lists no file and the folder has none."""
         if self.media_folder is None:
             return OFF
         if not self.has_list:
@@ -251,6 +257,8 @@ class Plan:
         except (PutBackError, lists.ListError) as err:
             logger.error("the site files of %s were not restored: %s", self.backup_path.name, err)
             return f"the site files could not be restored ({err}); the folder was left as it was"
+        if not (done.files or done.disappear):
+            return ""  # no files then, none now: nothing to say
         logger.info(
             "restored the site files of %s in %.2f s: %s",
             self.backup_path.name,
@@ -311,7 +319,7 @@ def restore_files_only(backup_path, *, trigger, by=""):
                     "backup); nothing changed"
                 )
             safety = backups.create_backup(label="pre-restore")
-            line = files.put_back(safety)
+            line = files.put_back(safety) or "no site files, then or now: nothing changed"
         except BackupError as err:
             run.finish(CronRun.Status.FAILURE, error=str(err))
             raise

@@ -398,8 +398,7 @@ def restore_and_record(
             result = restore_backup(
                 path, database=database, backups_folder=backups_folder, confirm=confirm
             )
-            if files is not None:
-                note = files.put_back(result.safety_backup)
+            if files is not None and (note := files.put_back(result.safety_backup)):
                 result = dataclasses.replace(result, notes=(*result.notes, note))
         except RestoreCancelled:
             raise

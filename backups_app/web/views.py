@@ -378,7 +378,7 @@ def restored(request, result):
     if safety:
         text += f" The database as it was before is in the safety backup {safety}."
     messages.success(request, text)
-    for note in result.notes:  # the site files' part among them
+    for note in filter(media_put_back.is_files_note, result.notes):
         messages.info(request, failures.capital(note) + ".")
     pending = len(result.backup.pending_migrations)
     if pending:
