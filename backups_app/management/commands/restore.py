@@ -9,7 +9,8 @@ from backups_app.core.interrupts import on_stop_signals
 from backups_app.engine import backups
 from backups_app.engine.backups import DATABASE_FILENAME, BackupError
 from backups_app.media import put_back as media_put_back
-from backups_app.offsite import offsite
+from backups_app.offsite import fetch as offsite_fetch
+from backups_app.offsite import store as offsite_store
 from backups_app.replication import replication
 from backups_app.restore import restore
 
@@ -90,7 +91,12 @@ class Command(BaseCommand):
             raise CommandError(f"restore failed: {type(err).__name__}: {err}") from err
 
     def restore(self, backup, data_dir, yes, media=True):
-        database = data_dir / DATABASE_FILENAME if data_dir else backups.live_database_path()
+        if data_dir and not backups.database_engine().IS_FILE:
+            raise CommandError(
+                "--data-dir restores into an SQLite file, and this site's database is "
+                f"{backups.database_engine().NAME}: restore without --data-dir"
+            )
+        database = data_dir / DATABASE_FILENAME if data_dir else backups.live_database()
         folder = data_dir / "backups" if data_dir else backups.backups_dir()
         if not yes and not sys.stdin.isatty():
             raise CommandError("not restoring without confirmation: no terminal; pass --yes")
@@ -104,7 +110,8 @@ class Command(BaseCommand):
             confirm=None if yes else lambda info: self.ask(info, database, media),
             media=media,
         )
-        self.stdout.write(f"Restored {restore.describe(result.backup)} into {result.database}")
+        into = restore.database_shown(result.database)
+        self.stdout.write(f"Restored {restore.describe(result.backup)} into {into}")
         self.report(result)
 
     def restore_at(self, at, backup, data_dir, yes, from_offsite):
@@ -170,8 +177,8 @@ class Command(BaseCommand):
 
     def ask(self, info, database, media=False):
         self.stdout.write(f"Restore {restore.describe(info)}")
-        self.stdout.write(f"into {database}?")
-        if media and database == backups.live_database_path():
+        self.stdout.write(f"into {restore.database_shown(database)}?")
+        if media and database == backups.live_database():
             facts = media_put_back.confirm_facts(info.path)
             self.stdout.write(f"Site files: {facts_words(facts)}")
         return self.confirm()
@@ -195,9 +202,9 @@ def facts_words(facts):
 @contextlib.contextmanager
 def fetch_offsite(name):
     """The offsite copy `name`, fetched (decrypted) into the data folder's tmp and checked."""
-    if not offsite.enabled():
+    if not offsite_store.enabled():
         raise BackupError("offsite copies are off: set STANZA_OFFSITE_URL")
-    with offsite.fetched(name) as path:
+    with offsite_fetch.fetched(name) as path:
         yield str(path)
 
 
