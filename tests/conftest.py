@@ -459,6 +459,13 @@ def moto_s3(tmp_path):
 
     The dict holds the AWS_* variables that point a client (boto3, Litestream) at it.
     """
+    with moto_server(tmp_path) as env:
+        yield env
+
+
+@contextlib.contextmanager
+def moto_server(folder):
+    """moto's S3 server as a real subprocess (its log in `folder`), for any fixture scope."""
     import shutil
     import urllib.request
 
@@ -468,7 +475,7 @@ def moto_s3(tmp_path):
     if not server:
         pytest.skip('moto_server is not installed (pip install "moto[server]")')
     port = free_port()
-    with open(tmp_path / "moto.log", "wb") as log:  # the child keeps its own copy
+    with open(Path(folder) / "moto.log", "wb") as log:  # the child keeps its own copy
         proc = subprocess.Popen(
             [str(server), "-H", "127.0.0.1", "-p", str(port)],
             stdout=log,

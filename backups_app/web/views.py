@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin.models import LogEntry
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
@@ -494,15 +495,15 @@ def restored(request, result, named=None):
 
 def point_in_time_changes(when):
     """(what a restore to `when` keeps, the migrations applied since `when`), from the live
-    database alone (nothing is restored to show the confirmation page).
+    database alone: nothing is restored to show the confirmation page.
 
     The replica's state at `when` has the live database's tables unless a migration ran since:
-    those migrations are named, newest last.
+    those migrations are named, oldest first.
     """
-    tables = connection.introspection.table_names()
-    changes = restore.changes(SimpleNamespace(row_counts=dict.fromkeys(tables, 0)))
+    records = [*restore.product_tables(), LogEntry._meta.db_table]
+    kept = restore.changes(SimpleNamespace(row_counts=dict.fromkeys(records, 0))).kept
     later = MigrationRecorder(connection).migration_qs.filter(applied__gt=when).order_by("applied")
-    return changes, list(later)
+    return restore.Changes(kept=kept), list(later)
 
 
 @csrf_exempt  # checked below, after the staff check, so nobody else can make us read a body
