@@ -17,8 +17,9 @@ from backups_app.engine import backups
 from backups_app.engine.backups import BackupError
 from backups_app.health import health, recovery
 from backups_app.jobs import jobs
+from backups_app.media import store as media_store
 from backups_app.models import CronRun
-from backups_app.offsite import offsite
+from backups_app.offsite import upload as offsite_upload
 from backups_app.restore import drill
 
 
@@ -47,7 +48,7 @@ class StanzaCollector:
         succeeded = CronRun.objects.latest_per_job(registry, status=CronRun.Status.SUCCESS)
         drills = verdict.drills or drill.recent_drills()
         state = recovery.state(
-            now, listed=listed, copied=succeeded.get(offsite.JOB_NAME), drills=drills
+            now, listed=listed, copied=succeeded.get(offsite_upload.JOB_NAME), drills=drills
         )
         yield from backup_metrics(listed)
         yield from job_metrics(verdict.jobs, succeeded)
@@ -89,9 +90,19 @@ def backup_metrics(listed):
     )
     yield gauge(
         "stanza_media_size_bytes",
-        "Bytes of the site's files (media) recorded with the newest backup (0: none).",
-        0,
+        "Bytes of the site's files kept with the backups (each content once; 0: none).",
+        media_bytes(),
     )
+
+
+def media_bytes():
+    """What the media store's own figures say (a small file the backups and clean-ups keep),
+    not a walk of its objects."""
+    try:
+        stats = media_store.Store(backups.backups_dir()).stats() or {}
+        return int(stats.get("bytes") or 0)
+    except (BackupError, OSError, TypeError, ValueError):
+        return 0
 
 
 def job_metrics(states, succeeded):

@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin.models import LogEntry
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
@@ -31,7 +32,8 @@ from backups_app.engine import backups
 from backups_app.health import failures, health, recovery
 from backups_app.jobs import jobs, scheduler_lock
 from backups_app.models import CronRun
-from backups_app.offsite import offsite
+from backups_app.offsite import state as offsite_state
+from backups_app.offsite import store as offsite_store
 from backups_app.replication import replication
 from backups_app.restore import drill, restore, uploads
 from backups_app.retention import purge
@@ -252,6 +254,7 @@ def backups_page(request):
             replica=replication.status(),  # read once, for the replication card
             recovery=rpo_rto,
             recovery_stale=(rpo_rto.point_seconds or 0) > health.MAX_BACKUP_AGE.total_seconds(),
+            offsite=offsite_state.page_state(found),  # what the jobs recorded: no network
             upload_form=UploadForm(),
             audit_entries=recent_entries(),
         ),
@@ -353,7 +356,7 @@ def delete_backup(request, backup):
     logger.info("backup %s deleted by %s", backup.name, request.user.get_username())
     audit(request.user, f"Deleted backup {backup.name} ({size})", flag=DELETION)
     text = f"Deleted {backup.name} ({size})."
-    if offsite.enabled():
+    if offsite_store.enabled():
         text += " Its offsite copy, if one was made, stays in the offsite store."
     return done(request, {"deleted": backup.name}, text)
 
@@ -386,10 +389,10 @@ def offsite_words():
     """Where offsite copies go and how long they stay, for what a delete leaves (None: off).
 
     From the settings alone: the page never asks the store."""
-    if not offsite.enabled():
+    if not offsite_store.enabled():
         return None
     return {
-        "location": offsite.location(),
+        "location": offsite_store.location(),
         "retention_days": conf.get("STANZA_OFFSITE_RETENTION_DAYS"),
     }
 
@@ -418,7 +421,7 @@ def restore_backup(request, backup):
             info=info,
             changes=restore.changes(info) if info else None,
             problem=problem,
-            database=backups.live_database_path(),
+            database=restore.database_shown(backups.live_database()),
             folder=backups.backups_dir(),
         ),
     )
@@ -488,15 +491,15 @@ def restored(request, result, named=None):
 
 def point_in_time_changes(when):
     """(what a restore to `when` keeps, the migrations applied since `when`), from the live
-    database alone (nothing is restored to show the confirmation page).
+    database alone: nothing is restored to show the confirmation page.
 
     The replica's state at `when` has the live database's tables unless a migration ran since:
-    those migrations are named, newest last.
+    those migrations are named, oldest first.
     """
-    tables = connection.introspection.table_names()
-    changes = restore.changes(SimpleNamespace(row_counts=dict.fromkeys(tables, 0)))
+    records = [*restore.product_tables(), LogEntry._meta.db_table]
+    kept = restore.changes(SimpleNamespace(row_counts=dict.fromkeys(records, 0))).kept
     later = MigrationRecorder(connection).migration_qs.filter(applied__gt=when).order_by("applied")
-    return changes, list(later)
+    return restore.Changes(kept=kept), list(later)
 
 
 @csrf_exempt  # checked below, after the staff check, so nobody else can make us read a body

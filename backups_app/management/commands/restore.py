@@ -8,7 +8,8 @@ from backups_app import conf
 from backups_app.core.interrupts import on_stop_signals
 from backups_app.engine import backups
 from backups_app.engine.backups import DATABASE_FILENAME, BackupError
-from backups_app.offsite import offsite
+from backups_app.offsite import fetch as offsite_fetch
+from backups_app.offsite import store as offsite_store
 from backups_app.replication import replication
 from backups_app.restore import restore
 
@@ -63,7 +64,12 @@ class Command(BaseCommand):
             raise CommandError(f"restore failed: {type(err).__name__}: {err}") from err
 
     def restore(self, backup, data_dir, yes):
-        database = data_dir / DATABASE_FILENAME if data_dir else backups.live_database_path()
+        if data_dir and not backups.database_engine().IS_FILE:
+            raise CommandError(
+                "--data-dir restores into an SQLite file, and this site's database is "
+                f"{backups.database_engine().NAME}: restore without --data-dir"
+            )
+        database = data_dir / DATABASE_FILENAME if data_dir else backups.live_database()
         folder = data_dir / "backups" if data_dir else backups.backups_dir()
         if not yes and not sys.stdin.isatty():
             raise CommandError("not restoring without confirmation: no terminal; pass --yes")
@@ -76,7 +82,8 @@ class Command(BaseCommand):
             backups_folder=folder,
             confirm=None if yes else lambda info: self.ask(info, database),
         )
-        self.stdout.write(f"Restored {restore.describe(result.backup)} into {result.database}")
+        into = restore.database_shown(result.database)
+        self.stdout.write(f"Restored {restore.describe(result.backup)} into {into}")
         self.report(result)
 
     def restore_at(self, at, backup, data_dir, yes, from_offsite):
@@ -125,7 +132,7 @@ class Command(BaseCommand):
 
     def ask(self, info, database):
         self.stdout.write(f"Restore {restore.describe(info)}")
-        self.stdout.write(f"into {database}?")
+        self.stdout.write(f"into {restore.database_shown(database)}?")
         return self.confirm()
 
     def confirm(self):
@@ -140,9 +147,9 @@ class Command(BaseCommand):
 @contextlib.contextmanager
 def fetch_offsite(name):
     """The offsite copy `name`, fetched (decrypted) into the data folder's tmp and checked."""
-    if not offsite.enabled():
+    if not offsite_store.enabled():
         raise BackupError("offsite copies are off: set STANZA_OFFSITE_URL")
-    with offsite.fetched(name) as path:
+    with offsite_fetch.fetched(name) as path:
         yield str(path)
 
 
