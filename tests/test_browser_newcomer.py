@@ -53,7 +53,7 @@ failed.finish(
         + "Traceback (most recent call last):\\n"
         + "".join(f"  File \\"backups_app/offsite/offsite.py\\", line {{n}}, in copy\\n    x = y\\n"
                   for n in range(40))
-        + "backups_app.offsite.offsite.OffsiteError: the offsite store at s3://{BUCKET}/site is "
+        + "backups_app.offsite.store.OffsiteError: the offsite store at s3://{BUCKET}/site is "
         "unreachable: Could not connect to the endpoint URL: "
         "\\"http://127.0.0.1:9/{BUCKET}?list-type=2&prefix=site%2F&encoding-type=url\\"\\n"
     ),

@@ -31,6 +31,7 @@ from backups_app.core.audit import CHANGE, DELETION, audit, recent_entries
 from backups_app.engine import backups
 from backups_app.health import failures, health, recovery
 from backups_app.jobs import jobs, scheduler_lock
+from backups_app.media import put_back as media_put_back
 from backups_app.models import CronRun
 from backups_app.offsite import state as offsite_state
 from backups_app.offsite import store as offsite_store
@@ -420,6 +421,7 @@ def restore_backup(request, backup):
             form=form,
             info=info,
             changes=restore.changes(info) if info else None,
+            files=media_put_back.confirm_facts(backup.path) if info else None,
             problem=problem,
             database=restore.database_shown(backups.live_database()),
             folder=backups.backups_dir(),
@@ -475,6 +477,8 @@ def restored(request, result, named=None):
     if safety:
         text += f" The database as it was before is in the safety backup {safety}."
     messages.success(request, text)
+    for note in filter(media_put_back.is_files_note, result.notes):
+        messages.info(request, failures.capital(note) + ".")
     pending = len(result.backup.pending_migrations)
     if pending:
         messages.warning(
