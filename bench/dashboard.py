@@ -22,7 +22,7 @@ JOBS = ("daily-backup", "purge-old-backups", "purge-old-cron-runs", "verify-late
 tmp = Path(tempfile.mkdtemp(prefix="stanza-bench-"))
 os.environ["STANZA_DATA_DIR"] = str(tmp)
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "stanza_site.settings")
-os.environ.setdefault("STANZA_METRICS_TOKEN", "bench-token")  # /metrics answers
+os.environ["STANZA_METRICS_TOKEN"] = "bench-token"  # /metrics answers the scraper below
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import django  # noqa: E402
