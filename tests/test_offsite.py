@@ -162,7 +162,7 @@ def test_it_copies_every_backup_with_its_sidecars_and_is_idempotent(
     run = jobs.run_job("copy-offsite")
 
     assert run.status == CronRun.Status.SUCCESS, run.error
-    assert run.result.startswith("copied 2 backup(s)")
+    assert run.result.startswith("copied 2 backups (")
     names = [older.name, newer.name]
     assert keys(s3, offsite_on) == sorted(
         f"site-a/{n}{s}" for n in names for s in ("", ".json", ".sha256")
@@ -177,7 +177,7 @@ def test_it_copies_every_backup_with_its_sidecars_and_is_idempotent(
     again = jobs.run_job("copy-offsite")
 
     assert again.status == CronRun.Status.SUCCESS
-    assert again.result.startswith("copied 0 backup(s)") and "2 already there" in again.result
+    assert again.result.startswith("copied 0 backups (") and "2 already there" in again.result
 
 
 @pytest.mark.django_db
@@ -286,7 +286,7 @@ def test_an_upload_the_store_cut_is_aborted_by_the_next_run(
     again = jobs.run_job("copy-offsite")
 
     assert again.status == CronRun.Status.SUCCESS, again.error
-    assert "aborted 1 unfinished upload(s)" in again.result
+    assert "aborted 1 unfinished upload" in again.result
     [still] = s3.list_multipart_uploads(Bucket=offsite_on)["Uploads"]  # not ours: left alone
     assert (still["Key"], still["UploadId"]) == ("site-a/notes.txt", foreign)
     assert body(s3, offsite_on, f"site-a/{backup.name}") == backup.path.read_bytes()

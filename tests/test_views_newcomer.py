@@ -159,3 +159,28 @@ def test_delete_says_nothing_of_offsite_copies_when_they_are_off(staff_client, b
 )
 def test_the_picker_reads_the_browsers_local_time(text, zone, utc):
     assert parse_when(text, zone) == utc
+
+
+# --- what a point-in-time restore is called --------------------------------------------------
+
+
+def test_the_history_names_the_point_in_time_not_the_scratch_file(
+    staff_client, settings, tmp_path, live_database, data_dir
+):
+    from backups_app.replication import status
+
+    settings.STANZA_REPLICA_URL = f"file://{tmp_path / 'replica'}"
+    scratch = type("R", (), {"backup": type("B", (), {"name": ".stanza-tmp-1-ab.partial"})()})
+    status.note_restore(scratch())
+    before = status.history_path().stat().st_mtime_ns
+
+    status.name_restore("the replica at 2026-12-06 19:42:47 UTC")
+
+    assert status.history()["restored"] == "the replica at 2026-12-06 19:42:47 UTC"
+    assert status.history_path().stat().st_mtime_ns == before  # not another restore
+    page = staff_client.get(URL).content.decode()
+    assert (
+        'with the restore of the replica at <time class="stanza-time" '
+        'datetime="2026-12-06T19:42:47+00:00"'
+    ) in page
+    assert ".stanza-tmp" not in page
