@@ -113,3 +113,18 @@ def test_it_restores_a_backup_keeping_a_safety_backup_and_the_run_history(pg_sit
     jobs = [job for (job,) in pg_site.query("SELECT job_name FROM cron_runs ORDER BY id")]
     assert jobs == ["daily-backup", "restore"]  # the backup's run carried, the restore's added
     assert {d for d in pg_site.cluster.databases() if "__stanza_" in d} == set()
+
+
+def test_migrate_backs_up_a_migrated_database_first(pg_site):
+    applied = pg_site.query(
+        "SELECT name FROM django_migrations WHERE app = 'backups_app' ORDER BY name"
+    )
+    previous = applied[-2][0]
+
+    back = pg_site.manage("migrate", "backups_app", previous)
+    forward = pg_site.manage("migrate")
+
+    assert back.returncode == 0 and forward.returncode == 0, back.stderr + forward.stderr
+    made = sorted(p.name for p in pg_site.backups.iterdir() if p.name.endswith(".dump"))
+    assert len(made) == 2 and all(".pre-migrate.dump" in name for name in made)
+    assert f"Backed up the database before migrating: {pg_site.backups / made[0]}" in back.stdout
