@@ -2,7 +2,7 @@
 
 A custom collector (`StanzaCollector`) gathers at scrape time from what the jobs recorded: the
 backups folder's listing (reused while the folder is unchanged), the newest runs of each job,
-the last drill's record, the offsite copies' run history and `replicate`'s status file. No
+the last drill's record, the offsite jobs' record of the store and `replicate`'s status file. No
 network, and no file opened per backup. Names in base units (`_seconds`, `_bytes`, timestamps in
 seconds since the epoch); a time that never happened is 0. `job` labels from the job registry.
 """
@@ -17,8 +17,8 @@ from backups_app.engine import backups
 from backups_app.engine.backups import BackupError
 from backups_app.health import health, recovery
 from backups_app.jobs import jobs
+from backups_app.media import store as media_store
 from backups_app.models import CronRun
-from backups_app.offsite import upload as offsite_upload
 from backups_app.restore import drill
 
 
@@ -46,9 +46,7 @@ class StanzaCollector:
         registry = jobs.registry()
         succeeded = CronRun.objects.latest_per_job(registry, status=CronRun.Status.SUCCESS)
         drills = verdict.drills or drill.recent_drills()
-        state = recovery.state(
-            now, listed=listed, copied=succeeded.get(offsite_upload.JOB_NAME), drills=drills
-        )
+        state = recovery.state(now, listed=listed, drills=drills)
         yield from backup_metrics(listed)
         yield from job_metrics(verdict.jobs, succeeded)
         yield from drill_metrics(drills)
@@ -89,9 +87,19 @@ def backup_metrics(listed):
     )
     yield gauge(
         "stanza_media_size_bytes",
-        "Bytes of the site's files (media) recorded with the newest backup (0: none).",
-        0,
+        "Bytes of the site's files kept with the backups (each content once; 0: none).",
+        media_bytes(),
     )
+
+
+def media_bytes():
+    """What the media store's own figures say (a small file the backups and clean-ups keep),
+    not a walk of its objects."""
+    try:
+        stats = media_store.Store(backups.backups_dir()).stats() or {}
+        return int(stats.get("bytes") or 0)
+    except (BackupError, OSError, TypeError, ValueError):
+        return 0
 
 
 def job_metrics(states, succeeded):
