@@ -72,7 +72,7 @@ class BackupInfo:
 @dataclass(frozen=True)
 class RestoreResult:
     backup: BackupInfo
-    database: Path
+    database: Path | None  # None: DATABASES["default"] on its server
     safety_backup: backups.Backup | None  # None when there was no database to save
     duration: float
     kept: dict = field(default_factory=dict)  # {what was carried forward: rows}
@@ -105,23 +105,39 @@ def check_backup_file(path, *, scratch_dir=None):
 
 
 @contextlib.contextmanager
-def opened_backup(path, *, scratch_dir=None, limit=None):
+def opened_backup(path, *, scratch_dir=None, limit=None, check=True):
     """Check a backup and yield (BackupInfo, path of the plain SQLite file) while it is needed.
 
     For a gzip'd backup the plain file is a temporary one, deleted when the block ends; it
     never grows past what its SQLite header declares, `limit` bytes, or the free space.
+    `check=False`: only the file's checks (checksum, gzip); the BackupInfo holds no database
+    facts yet, and `judge` gives them once the engine has read the file (a restore into a
+    database whose engine checks while restoring).
     """
     path = Path(path)
     _check_is_file(path)
     checksum_verified = _check_checksum(path)
     compressed = is_gzip(path)
     if not compressed:
-        yield inspect(path, path, compressed, checksum_verified), path
+        yield _inspected(path, path, compressed, checksum_verified, check), path
         return
     folder = Path(scratch_dir or path.parent)
     with scratch_file(folder) as plain:
         inflate(path, plain, name=path.name, limit=limit)
-        yield inspect(path, plain, compressed, checksum_verified), plain
+        yield _inspected(path, plain, compressed, checksum_verified, check), plain
+
+
+def _inspected(path, plain, compressed, checksum_verified, check):
+    if check:
+        return inspect(path, plain, compressed, checksum_verified)
+    return BackupInfo(
+        path=path,
+        compressed=compressed,
+        size=path.stat().st_size,
+        database_size=plain.stat().st_size,
+        page_size=0,
+        checksum_verified=checksum_verified,
+    )
 
 
 def _check_is_file(path):
@@ -172,7 +188,7 @@ def inflate(source, dest, *, name=None, limit=None):
             header = fin.read(100)
             engine = backups.database_engine()
             if not engine.is_backup_header(header):
-                raise RestoreError(f"{name} is not an SQLite database (gzip'd)")
+                raise RestoreError(f"{name} is not {engine.A_BACKUP} (gzip'd)")
             bounds = [engine.declared_size(header), limit, _free_space(Path(dest).parent)]
             bound = min(b for b in bounds if b is not None)
             chunk = header
@@ -222,7 +238,25 @@ def inspect(path, plain, compressed, checksum_verified, name=None):
     except engine.Error as err:
         if engine.interrupted(err):
             raise KeyboardInterrupt from err
-        raise RestoreError(f"{name} is not a sound SQLite database: {err}") from err
+        raise RestoreError(f"{name} is not a sound {engine.NAME} database: {err}") from err
+    info = BackupInfo(
+        path=path,
+        compressed=compressed,
+        size=path.stat().st_size,
+        database_size=plain.stat().st_size,
+        page_size=facts.details.get("page_size", 0),
+        checksum_verified=checksum_verified,
+    )
+    return judge(info, facts, name)
+
+
+def judge(info, facts, name=None):
+    """The restore's checks of what the engine read in a backup; the BackupInfo with them.
+
+    RestoreError when it is not of this project, comes from a newer schema, or lacks a table
+    its own migrations promise.
+    """
+    name = name or info.name
     if facts.migrations is None:
         raise RestoreError(f"{name} is not a database of this project (no django_migrations table)")
     applied = set(facts.migrations)
@@ -242,13 +276,8 @@ def inspect(path, plain, compressed, checksum_verified, name=None):
             f"{name} is not a complete backup: its own migrations say it must have tables "
             f"it lacks ({shown})"
         )
-    return BackupInfo(
-        path=path,
-        compressed=compressed,
-        size=path.stat().st_size,
-        database_size=plain.stat().st_size,
-        page_size=facts.details.get("page_size", 0),
-        checksum_verified=checksum_verified,
+    return dataclasses.replace(
+        info,
         row_counts=facts.counts,
         migrations=frozenset(applied),
         pending_migrations=tuple(sorted(pending)),
@@ -384,8 +413,9 @@ def restore_and_record(path, *, trigger, by="", database=None, backups_folder=No
     """
     from backups_app.core import operations
 
-    database = Path(database or backups.live_database_path())
-    is_live = database.resolve() == Path(backups.live_database_path()).resolve()
+    live = backups.live_database()  # None: the database is on a server (DATABASES["default"])
+    database = Path(database) if database else live
+    is_live = database == live or database.resolve() == Path(live).resolve()
     with operations.exclusive("restore", by=by, database=None if is_live else database):
         try:
             result = restore_backup(
@@ -410,33 +440,46 @@ def restore_backup(path, *, database=None, backups_folder=None, confirm=None):
     or the copy fail. The safety backup (label `pre-restore`) holds every write committed
     before the restore: writers wait from before it is taken until the restore is committed.
     """
-    database = Path(database or backups.live_database_path())
+    engine = backups.database_engine()
+    database = Path(database) if database else backups.live_database()
     folder = Path(backups_folder or backups.backups_dir())
     started = time.monotonic()
-    if database.exists() and Path(path).exists() and Path(path).samefile(database):
+    if database is not None and _is_same_file(path, database):
         raise RestoreError(f"{path} is the live database itself, not a backup")
-    with opened_backup(path, scratch_dir=_scratch_dir_for(database)) as (info, plain):
-        if confirm is not None and not confirm(info):
+    scratch_dir = _scratch_dir_for(database) if database is not None else folder
+    while_restoring = engine.CHECKS_WHILE_RESTORING
+    with opened_backup(path, scratch_dir=scratch_dir, check=not while_restoring) as (info, plain):
+        if not while_restoring and confirm is not None and not confirm(info):
             raise RestoreCancelled
-        existed = database.exists() and database.stat().st_size > 0
-        engine = backups.database_engine()
-        under_lock = {}
+        existed = database is None or (database.exists() and database.stat().st_size > 0)
+        under_lock = {"info": info}
 
-        def before():
+        def checked(facts):  # an engine that checks the database it restored into
+            under_lock["info"] = judge(info, facts)
+            if confirm is not None and not confirm(under_lock["info"]):
+                raise RestoreCancelled
+
+        def before(source=None, paused=None):
             under_lock["at"] = time.monotonic()
-            under_lock["safety"] = _safety_backup(database, folder) if existed else None
+            under_lock["paused"] = paused
+            safety = _safety_backup(source or database, folder) if existed else None
+            under_lock["safety"] = safety
 
+        extra = {"checked": checked} if while_restoring else {}
         try:
             kept, notes = engine.restore_live(
-                plain, keep=product_records(), database=database, before=before
+                plain, keep=product_records(), database=database, before=before, **extra
             )
-            locked = time.monotonic() - under_lock["at"]
+            locked = under_lock["paused"]
+            if locked is None:
+                locked = time.monotonic() - under_lock["at"]
             safety = under_lock["safety"]
+            info = under_lock["info"]
         except engine.Error as err:
             if engine.interrupted(err):
                 raise KeyboardInterrupt from err
             raise RestoreError(
-                f"restore into {database} failed, nothing was changed: {err}"
+                f"restore into {database_shown(database)} failed, nothing was changed: {err}"
             ) from err
     result = RestoreResult(
         backup=info,
@@ -449,7 +492,7 @@ def restore_backup(path, *, database=None, backups_folder=None, confirm=None):
     logger.info(
         "%s into %s in %.2f s (writers waited %.2f s of it)",
         result.summary(),
-        database,
+        database_shown(database),
         result.duration,
         locked,
         extra={
@@ -500,6 +543,18 @@ def record_restore(result=None, *, error=None, trigger="manual"):
         logger.warning("could not record the restore in the run history: %s", err)
         return None
     return run
+
+
+def _is_same_file(path, database):
+    try:
+        return database.exists() and Path(path).exists() and Path(path).samefile(database)
+    except OSError:
+        return False
+
+
+def database_shown(database):
+    """How messages name the database restored into: its file, or its name on the server."""
+    return database if database is not None else backups.name_prefix()
 
 
 def _scratch_dir_for(database):
