@@ -219,8 +219,9 @@ def run_job(name, trigger="manual", *, due_at=None):
     """Run one job now, recorded in CronRun like a scheduled run; return the finished run.
 
     A run while the previous run of the job is still going (in any process) does nothing and
-    is returned as a failure that says so. With `due_at` (the scheduler's runs), returns None
-    without running when that due time already has a run.
+    is returned as a skipped run that says so (CronRun.objects.begin decides, in its write
+    transaction, so two runs starting together cannot both run nor fail). With `due_at` (the
+    scheduler's runs), returns None without running when that due time already has a run.
     """
     job = registry()[name]
     run = CronRun.objects.begin(job.name, trigger=trigger, due_at=due_at)
@@ -272,7 +273,9 @@ def _log_run(job, run):
         "duration": round(seconds, 3),
         "due_at": run.due_at,
     }
-    if run.status == CronRun.Status.SUCCESS:
+    if run.status == CronRun.Status.SKIPPED:
+        logger.info("job %s %s", job.name, run.result, extra={**extra, "result": run.result})
+    elif run.status == CronRun.Status.SUCCESS:
         logger.info(
             "job %s succeeded in %.2f s: %s",
             job.name,

@@ -50,6 +50,8 @@ def on_run_started(sender=None, run=None, **kwargs):
 def on_run_finished(sender=None, run=None, **kwargs):
     """`POST URL?rid=...` with the result line, or `POST URL/fail?rid=...` with the error's
     end, for a run that ended (see signals.run_finished)."""
+    if run.status == "skipped":  # it did not start (the previous run is still going)
+        return
     if run.status == "success":
         ping(run, "success", (run.result or "").encode())
     else:

@@ -136,7 +136,7 @@ def _client_config(**extra):
     return Config(
         connect_timeout=CONNECT_TIMEOUT,
         read_timeout=READ_TIMEOUT,
-        retries={"max_attempts": ATTEMPTS, "mode": "standard"},
+        retries={"total_max_attempts": ATTEMPTS, "mode": "standard"},
         max_pool_connections=PARTS_IN_FLIGHT + 2,
         **extra,
     )
@@ -192,6 +192,7 @@ def store_errors(store, doing):
     from botocore.exceptions import (
         BotoCoreError,
         ClientError,
+        ConnectionClosedError,
         ConnectionError,
         NoCredentialsError,
         ReadTimeoutError,
@@ -215,6 +216,11 @@ def store_errors(store, doing):
         raise OffsiteError(
             f"the offsite store at {store.where} did not answer within {READ_TIMEOUT} s "
             f"({ATTEMPTS} tries) while trying to {doing}"
+        ) from err
+    except ConnectionClosedError as err:
+        raise OffsiteError(
+            f"the offsite store at {store.where} closed the connection while trying to {doing} "
+            f"({ATTEMPTS} tries)"
         ) from err
     except ConnectionError as err:
         raise OffsiteError(f"the offsite store at {store.where} is unreachable: {err}") from err

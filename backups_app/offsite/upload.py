@@ -13,6 +13,7 @@ import logging
 import time
 from datetime import timedelta
 
+from django.template.defaultfilters import pluralize
 from django.utils import timezone
 
 from backups_app.engine import backups
@@ -71,13 +72,17 @@ def copy_offsite():
             copied.append(backup.name)
     where = offsite_store.location()
     if problems:
-        raise BackupError(f"{len(problems)} backup(s) not copied to {where}: {problems[0]}")
+        count = len(problems)
+        raise BackupError(f"{count} backup{pluralize(count)} not copied to {where}: {problems[0]}")
     kept = len(local) - len(todo)
     result = (
-        f"copied {len(copied)} backup(s) ({backups.human_size(total)}) to {where}; "
+        f"copied {len(copied)} backup{pluralize(len(copied))} ({backups.human_size(total)}) "
+        f"to {where}; "
         f"{kept} already there"
     )
-    return result + (f"; aborted {aborted} unfinished upload(s)" if aborted else "")
+    return result + (
+        f"; aborted {aborted} unfinished upload{pluralize(aborted)}" if aborted else ""
+    )
 
 
 def copy_backup(backup, *, store=None, encrypt_to=None):

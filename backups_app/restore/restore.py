@@ -23,6 +23,7 @@ from backups_app import db, signals
 from backups_app.core import files
 from backups_app.engine import backups
 from backups_app.engine.backups import BackupError
+from backups_app.media import put_back as media_put_back
 
 logger = logging.getLogger(__name__)
 
@@ -404,8 +405,13 @@ def product_records():
 # --- restoring ----------------------------------------------------------------------------
 
 
-def restore_and_record(path, *, trigger, by="", database=None, backups_folder=None, confirm=None):
+def restore_and_record(
+    path, *, trigger, by="", database=None, backups_folder=None, confirm=None, media=True
+):
     """The one way to restore: under the operation lock, recorded in the run history.
+
+    Into the live database, with `media`, the site files the backup lists are restored too,
+    after the safety backup recorded the present ones (backups_app.media.put_back).
 
     The restore is recorded (job "restore", success or failure) in the database it went
     into when that is the live database; a cancelled restore is not recorded. Raises
@@ -418,9 +424,12 @@ def restore_and_record(path, *, trigger, by="", database=None, backups_folder=No
     is_live = database == live or database.resolve() == Path(live).resolve()
     with operations.exclusive("restore", by=by, database=None if is_live else database):
         try:
+            files = media_put_back.plan(path, backups.backups_dir()) if is_live and media else None
             result = restore_backup(
                 path, database=database, backups_folder=backups_folder, confirm=confirm
             )
+            if files is not None and (note := files.put_back(result.safety_backup)):
+                result = dataclasses.replace(result, notes=(*result.notes, note))
         except RestoreCancelled:
             raise
         except BackupError as err:

@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin.models import LogEntry
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
@@ -30,6 +31,7 @@ from backups_app.core.audit import CHANGE, DELETION, audit, recent_entries
 from backups_app.engine import backups
 from backups_app.health import failures, health, recovery
 from backups_app.jobs import jobs, scheduler_lock
+from backups_app.media import put_back as media_put_back
 from backups_app.models import CronRun
 from backups_app.offsite import state as offsite_state
 from backups_app.offsite import store as offsite_store
@@ -419,6 +421,7 @@ def restore_backup(request, backup):
             form=form,
             info=info,
             changes=restore.changes(info) if info else None,
+            files=media_put_back.confirm_facts(backup.path) if info else None,
             problem=problem,
             database=restore.database_shown(backups.live_database()),
             folder=backups.backups_dir(),
@@ -474,6 +477,8 @@ def restored(request, result, named=None):
     if safety:
         text += f" The database as it was before is in the safety backup {safety}."
     messages.success(request, text)
+    for note in filter(media_put_back.is_files_note, result.notes):
+        messages.info(request, failures.capital(note) + ".")
     pending = len(result.backup.pending_migrations)
     if pending:
         messages.warning(
@@ -490,15 +495,15 @@ def restored(request, result, named=None):
 
 def point_in_time_changes(when):
     """(what a restore to `when` keeps, the migrations applied since `when`), from the live
-    database alone (nothing is restored to show the confirmation page).
+    database alone: nothing is restored to show the confirmation page.
 
     The replica's state at `when` has the live database's tables unless a migration ran since:
-    those migrations are named, newest last.
+    those migrations are named, oldest first.
     """
-    tables = connection.introspection.table_names()
-    changes = restore.changes(SimpleNamespace(row_counts=dict.fromkeys(tables, 0)))
+    records = [*restore.product_tables(), LogEntry._meta.db_table]
+    kept = restore.changes(SimpleNamespace(row_counts=dict.fromkeys(records, 0))).kept
     later = MigrationRecorder(connection).migration_qs.filter(applied__gt=when).order_by("applied")
-    return changes, list(later)
+    return restore.Changes(kept=kept), list(later)
 
 
 @csrf_exempt  # checked below, after the staff check, so nobody else can make us read a body
