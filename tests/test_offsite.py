@@ -286,7 +286,7 @@ def test_an_upload_the_store_cut_is_aborted_by_the_next_run(
     again = jobs.run_job("copy-offsite")
 
     assert again.status == CronRun.Status.SUCCESS, again.error
-    assert "aborted 1 unfinished upload(s)" in again.result
+    assert "aborted 1 unfinished upload" in again.result
     [still] = s3.list_multipart_uploads(Bucket=offsite_on)["Uploads"]  # not ours: left alone
     assert (still["Key"], still["UploadId"]) == ("site-a/notes.txt", foreign)
     assert body(s3, offsite_on, f"site-a/{backup.name}") == backup.path.read_bytes()

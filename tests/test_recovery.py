@@ -166,3 +166,29 @@ def test_it_states_both_in_checkbackups_after_the_verdict(
 )
 def test_it_says_a_length_of_time_in_plain_words(seconds, words):
     assert recovery.age_words(seconds) == words
+
+
+def test_it_warns_when_the_backups_share_the_databases_disk(staff_client, backups_folder):
+    backup_made(backups_folder, 8)
+
+    html = staff_client.get(URL).content.decode()
+
+    assert recovery.state().same_disk is True  # the test's data folder holds both
+    assert "stanza-card-warn" in card(html, "recovery-point")  # nothing off this disk
+    assert "losing that disk loses the backups too" in card(html, "recovery-point")
+    assert "losing that disk loses the backups too" in recovery.state().point_sentence()
+
+
+def test_it_does_not_warn_when_the_backups_are_on_another_disk(
+    staff_client, settings, data_dir, mount_point
+):
+    other_disk = mount_point("size=1m")
+    settings.STANZA_BACKUPS_DIR = other_disk
+    backup_made(other_disk, 8)
+
+    html = staff_client.get(URL).content.decode()
+
+    assert recovery.state().same_disk is False
+    assert "stanza-card-warn" not in card(html, "recovery-point")
+    assert "the newest backup is 8 hours old" in card(html, "recovery-point")
+    assert "losing that disk" not in card(html, "recovery-point")

@@ -10,6 +10,7 @@ of the store, the `replicate` command's status file): never the network. For the
 (which formats it), `checkbackups` (`sentences()`) and /metrics.
 """
 
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -35,6 +36,7 @@ class Recovery:
     replica_on: bool = False
     replica_at: datetime | None = None  # every commit before it is in the replica
     drill: DrillRun | None = None  # the last drill that passed
+    same_disk: bool | None = None  # the backups folder is on the live database's file system
 
     @property
     def sources(self):
@@ -74,9 +76,26 @@ class Recovery:
                 "all the data."
             )
         point = age_words(self.point_seconds)
-        return (
+        sentence = (
             f"Recovery point: {point}. Losing the disk now would lose up to {point} of data "
             f"({'; '.join(self.source_lines)})."
+        )
+        if self.same_disk:
+            sentence += f" {self.same_disk_words}."
+        return sentence
+
+    @property
+    def only_on_this_disk(self):
+        """Whether every copy to restore from is on the database's disk (no offsite, no replica)."""
+        return bool(self.same_disk) and not any(
+            at for what, at in self.sources if what != "the newest backup"
+        )
+
+    @property
+    def same_disk_words(self):
+        return (
+            "The backups folder is on the database's disk: losing that disk loses the backups "
+            "too, and only an offsite copy or the replica would be left"
         )
 
     @property
@@ -128,7 +147,18 @@ def state(now=None, *, listed=None, drills=None):
         replica_on=replica is not None,
         replica_at=replica.last_sync if replica is not None else None,
         drill=(drills or drill.recent_drills()).passed,
+        same_disk=backups_on_database_disk(),
     )
+
+
+def backups_on_database_disk():
+    """Whether the backups folder is on the live database's file system (two stats); None
+    when that cannot be told (a PostgreSQL database lives on its server)."""
+    try:
+        database = backups.live_database_path()
+        return os.stat(backups.backups_dir()).st_dev == os.stat(database.parent).st_dev
+    except (BackupError, OSError):
+        return None
 
 
 def offsite_point():
