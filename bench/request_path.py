@@ -1,13 +1,15 @@
 """Time /healthz and the Backups page while the offsite store hangs (a listener on loopback that
 accepts every connection and never answers) and the newest backup is two hours old.
 
-    .venv/bin/python bench/request_path.py [--tree DIR] [--repeat 3] [--closed]
+    .venv/bin/python bench/request_path.py [--tree DIR] [--repeat 3] [--closed | --off]
 
 Nothing on a request may wait for the store: both should take milliseconds. `--tree DIR`
 measures another checkout of the project (an older commit in a `git worktree`, say) with the
 same script, for a before/after; `--closed` points at a port where nothing listens instead (a
-stopped store). Each measurement runs in a child process with Django's test client against a
-freshly migrated data folder; the times are medians.
+stopped store), `--off` turns offsite copies off (the same pages without any store, to tell
+what the machine's load costs from what the store does). Each measurement runs in a child
+process with Django's test client against a freshly migrated data folder; the times are
+medians.
 """
 
 import argparse
@@ -77,6 +79,7 @@ def main():
     parser.add_argument("--tree", type=Path, default=HERE)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--closed", action="store_true")
+    parser.add_argument("--off", action="store_true")
     args = parser.parse_args()
     server, held = hanging_listener()
     port = closed_port() if args.closed else server.getsockname()[1]
@@ -93,6 +96,8 @@ def main():
             "AWS_SECRET_ACCESS_KEY": "bench",
             "AWS_DEFAULT_REGION": "us-east-1",
         }
+        if args.off:
+            del env["STANZA_OFFSITE_URL"]
         result = subprocess.run(
             [sys.executable, "-c", CHILD, str(args.repeat)],
             cwd=args.tree,
@@ -104,6 +109,7 @@ def main():
         sys.exit(result.stderr[-3000:])
     times = json.loads(result.stdout.strip().splitlines()[-1])
     store = "a closed port" if args.closed else "a listener that never answers"
+    store = "none (offsite copies off)" if args.off else store
     print(f"# bench/request_path.py: {args.tree}, store: {store}, load {os.getloadavg()[0]:.2f}")
     for path, samples in times.items():
         median = statistics.median(seconds for seconds, _status in samples)

@@ -105,6 +105,21 @@ def test_a_record_of_another_store_is_not_believed(offsite_hung, old_backup, set
     assert "offsite copy behind" in health.problems()
 
 
+def test_a_fifo_or_garbage_as_the_record_is_no_record(offsite_hung, old_backup):
+    path = state.state_path()
+    path.parent.mkdir(mode=0o700)
+    os.mkfifo(path)  # would block a reader that opened it plainly
+
+    assert "offsite copy behind" in health.problems()
+
+    record_copies((old_backup.name, old_backup.name, old_backup.size))  # replaces the FIFO
+
+    assert "offsite copy behind" not in health.problems()
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    path.write_text("[1, 2")
+    assert state.recorded() == state.Recorded()
+
+
 def test_it_makes_one_client_per_process(offsite_hung):
     store = offsite_store.storage()
 

@@ -73,6 +73,17 @@ def test_it_retries_a_ping_once(settings, http_recorder):
     assert paths == ["/purge-old-cron-runs/start"] * 2 + ["/purge-old-cron-runs"]
 
 
+def test_it_sends_nothing_for_a_run_skipped_while_the_job_runs(settings, http_recorder):
+    settings.STANZA_PING_URL = http_recorder.url + "/{job}"
+    CronRun.start("purge-old-cron-runs", "scheduler")  # this process: still going
+
+    run = jobs.run_job("purge-old-cron-runs")
+    assert pings.flush(10)
+
+    assert run.status == CronRun.Status.SKIPPED
+    assert http_recorder.received == []
+
+
 def test_it_keeps_the_urls_own_query_and_quotes_the_job(settings, http_recorder):
     url = pings.ping_url("https://hc-ping.com/KEY/{job}?create=1", "copy offsite", "start", "R")
 

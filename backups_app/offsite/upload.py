@@ -54,9 +54,7 @@ def copy_offsite():
     with state.recording() as record:
         copies = list_copies(store)
         record.listed(copies)
-        aborted = abort_stale_uploads(
-            store, started - STALE_UPLOAD_AGE, lambda name: backup_name_of(name) is not None
-        )
+        aborted = _abort_stale_uploads(store, started - STALE_UPLOAD_AGE)
         todo = [b for b in local if not (b.name in copies and copies[b.name].complete)]
         for backup in todo:
             try:
@@ -83,6 +81,18 @@ def copy_offsite():
     return result + (
         f"; aborted {aborted} unfinished upload{pluralize(aborted)}" if aborted else ""
     )
+
+
+def _abort_stale_uploads(store, started_before):
+    """Abort what cut runs left; a store (or a key) that does not allow listing unfinished
+    uploads only loses that clean-up, never the copies."""
+    try:
+        return abort_stale_uploads(
+            store, started_before, lambda name: backup_name_of(name) is not None
+        )
+    except OffsiteError as err:
+        logger.warning("could not abort unfinished uploads in the offsite store: %s", err)
+        return 0
 
 
 def copy_backup(backup, *, store=None, encrypt_to=None):
