@@ -510,7 +510,8 @@ def point_in_time_changes(when):
     those migrations are named, oldest first.
     """
     records = [*restore.product_tables(), LogEntry._meta.db_table]
-    kept = restore.changes(SimpleNamespace(row_counts=dict.fromkeys(records, 0))).kept
+    info = SimpleNamespace(row_counts=dict.fromkeys(records, 0))
+    kept = restore.changes(info, backups.live_database_path()).kept
     later = MigrationRecorder(connection).migration_qs.filter(applied__gt=when).order_by("applied")
     return restore.Changes(kept=kept), list(later)
 
