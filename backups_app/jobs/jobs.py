@@ -18,6 +18,7 @@ from django_apscheduler import util
 from django_apscheduler.models import DjangoJobExecution
 
 from backups_app import conf, signals
+from backups_app.core.formatting import human_size
 from backups_app.cron import crontab_trigger
 from backups_app.engine import backups
 from backups_app.jobs import retention
@@ -61,7 +62,7 @@ def daily_backup():
     with operations.exclusive("backup", by="the daily-backup job", wait=OPERATION_WAIT):
         backup = backups.create_backup()
     copy_offsite_soon()  # its own recorded run; an offsite failure never fails the backup
-    return f"{backup.name} ({backups.human_size(backup.size)})"
+    return f"{backup.name} ({human_size(backup.size)})"
 
 
 def purge_old_backups():
@@ -70,9 +71,7 @@ def purge_old_backups():
     removed = retention.purge_old_backups(backups.backups_dir(), days, now)
     retention.remove_abandoned_uploads(conf.upload_dir(), now)
     result = f"removed {plural(len(removed), 'backup')} older than {plural(days, 'day')}"
-    result += media_store.clean_up_words(
-        backups.backups_dir(), backups.is_backup_name, backups.human_size
-    )
+    result += media_store.clean_up_words(backups.backups_dir(), backups.is_backup_name, human_size)
     if offsite.enabled():  # after the local purge, which a store that is down must not stop
         offsite_days = conf.get("STANZA_OFFSITE_RETENTION_DAYS")
         purged = offsite.purge_old_copies(now, offsite_days)

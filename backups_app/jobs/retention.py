@@ -23,17 +23,15 @@ def purge_old_backups(folder, retention_days, now):
     folder = Path(folder)
     found = backups.list_backups(folder)  # newest first; only regular files with backup names
     cutoff = now - timedelta(days=retention_days)
-    own = next((b for b in found if b.label != "uploaded"), None)
+    own = next((b for b in found if b.own), None)
     removed = []
     for backup in found[1:]:
         if backup is own or (retention_days and backup.modified >= cutoff):
             continue
         try:
-            backup.path.unlink()
-        except FileNotFoundError:  # deleted meanwhile by hand or by another purge
+            backups.delete_backup(backup.name, folder)
+        except backups.BackupError:  # deleted meanwhile by hand or by another purge
             continue
-        for sidecar in backups.sidecars(backup.path):
-            sidecar.unlink(missing_ok=True)
         removed.append(backup.name)
     temp_files = backups.remove_abandoned_temp_files(folder)
     logger.info(

@@ -29,6 +29,8 @@ from django.conf import settings
 from django.utils import timezone
 
 from backups_app import conf
+from backups_app.core import files
+from backups_app.core.formatting import human_size
 from backups_app.engine import backups
 from backups_app.engine.backups import CHECKSUM_SUFFIX, MANIFEST_SUFFIX, BackupError
 from backups_app.health.problems import Problem
@@ -253,11 +255,7 @@ def newest_copy(copies):
 
 def own_copies(copies):
     """The copies of backups this site made itself: any label but `uploaded`."""
-    return {
-        name: copy
-        for name, copy in copies.items()
-        if (backups.parse_backup_name(name) or {}).get("label") != "uploaded"
-    }
+    return {name: copy for name, copy in copies.items() if backups.is_own_name(name)}
 
 
 def is_offsite(name, store=None):
@@ -301,10 +299,7 @@ def copy_offsite():
     if problems:
         raise BackupError(f"{len(problems)} backup(s) not copied to {where}: {problems[0]}")
     kept = len(local) - len(todo)
-    return (
-        f"copied {len(copied)} backup(s) ({backups.human_size(total)}) to {where}; "
-        f"{kept} already there"
-    )
+    return f"copied {len(copied)} backup(s) ({human_size(total)}) to {where}; {kept} already there"
 
 
 def copy_backup(backup, *, store=None, encrypt_to=None):
@@ -661,9 +656,8 @@ def scratch_dir():
 
 @contextlib.contextmanager
 def _scratch_file():
-    from backups_app.restore import restore
 
-    with restore.scratch_file(scratch_dir()) as path:
+    with files.scratch_file(scratch_dir()) as path:
         yield path
 
 
@@ -707,10 +701,8 @@ def read_small(store, name):
 
 def stored_checksum(copy, store):
     """The SHA-256 of the unencrypted backup, from the copy's `.sha256` object."""
-    text = read_small(store, copy.name + CHECKSUM_SUFFIX) or b""
-    words = text.split()
-    digest = words[0].decode("ascii", "replace").lower() if words else ""
-    if not backups.SHA256_RE.match(digest):
+    digest = backups.parse_checksum(read_small(store, copy.name + CHECKSUM_SUFFIX) or b"")
+    if not digest:
         raise OffsiteError(f"the offsite {copy.name}.sha256 holds no SHA-256")
     return digest
 
@@ -791,14 +783,12 @@ def fetch_into_backups(name, store=None):
     time is the backup's own time, so it does not pass for a fresh backup.
     """
 
-    from backups_app.restore import restore
-
     folder = Path(backups.backups_dir())
     with contextlib.suppress(BackupError):
         return backups.get_backup(name, folder)  # already here
     store = store or storage()
     copy = find_copy(name, store)
-    with restore.scratch_file(folder) as temp:
+    with files.scratch_file(folder) as temp:
         digest = download_to(temp, copy, store)
         moment = backups.Backup(path=folder / name, size=0, modified=timezone.now()).created
         os.utime(temp, (moment.timestamp(), moment.timestamp()))

@@ -29,6 +29,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from backups_app import conf
+from backups_app.core import files
+from backups_app.core.processes import process_identity, process_is_alive
 from backups_app.db import sqlite
 from backups_app.engine import backups
 from backups_app.engine.backups import BackupError
@@ -402,7 +404,13 @@ def replicate(stop, database=None):
     database = Path(database or backups.live_database_path())
     config = write_config(database=database)
     tracker = Tracker(database, config, stop)
-    state = {"pid": os.getpid(), "started_at": _now_iso(), "restarts": 0, "error": ""}
+    state = {
+        "pid": os.getpid(),
+        "identity": process_identity(),
+        "started_at": _now_iso(),
+        "restarts": 0,
+        "error": "",
+    }
     backoff = BACKOFF_FIRST
     seen_history = _history_stamp(database)
     while not stop.is_set():
@@ -568,7 +576,7 @@ def status(now=None, database=None):
         checked = parse_time(record["heartbeat_at"])
     except (KeyError, ValueError, TypeError):
         return Status(**base)
-    alive = _pid_alive(record.get("pid")) and (now - checked).total_seconds() < STALE_AFTER
+    alive = _is_alive(record) and (now - checked).total_seconds() < STALE_AFTER
     synced = _time_or_none(record.get("synced_through"))
     lag = max(0.0, (checked - synced).total_seconds()) if synced else None
     running = alive and bool(record.get("litestream_running"))
@@ -620,14 +628,13 @@ def health_problems(now=None):
     return found
 
 
-def _pid_alive(pid):
+def _is_alive(record):
+    """Whether the `replicate` that wrote the status still runs (a reused pid is not it)."""
     try:
-        os.kill(int(pid), 0)
-    except (TypeError, ValueError, ProcessLookupError):
+        pid = int(record.get("pid"))
+    except (TypeError, ValueError):
         return False
-    except PermissionError:
-        return True
-    return True
+    return process_is_alive(pid, str(record.get("identity") or ""))
 
 
 def _time_or_none(value):
@@ -710,11 +717,10 @@ def window(database=None, now=None):
 def restored_copy(when=None, database=None):
     """Yield the path of a scratch file holding the replica's database at `when` (UTC), or
     its latest state when `when` is None. The file is deleted afterwards."""
-    from backups_app.restore import restore
 
     database = Path(database or backups.live_database_path())
     config = write_config(database=database)
-    with restore.scratch_file(database.parent) as scratch:
+    with files.scratch_file(database.parent) as scratch:
         scratch.unlink()  # Litestream writes the file itself (and refuses one that exists)
         args = ["restore"]
         if when is not None:

@@ -9,7 +9,7 @@ from django.contrib.humanize.templatetags.humanize import naturaltime
 from django.utils import timezone
 from django.utils.html import format_html
 
-from backups_app.engine import backups
+from backups_app.core.formatting import human_size
 from backups_app.health import failures
 
 register = template.Library()
@@ -86,7 +86,7 @@ def size(value):
     """Bytes in human units: '1.0 MB' (never '1000.0 KB'); the same as the commands print."""
     if value is None:
         return ""
-    return backups.human_size(value, space="\xa0")
+    return human_size(value, space="\xa0")
 
 
 @register.filter

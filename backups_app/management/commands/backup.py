@@ -5,13 +5,13 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
+from backups_app.core.formatting import human_size
 from backups_app.core.interrupts import on_stop_signals, signal_name
 from backups_app.engine.backups import (
     DATABASE_FILENAME,
     BackupError,
     BackupInterrupted,
     create_backup,
-    human_size,
 )
 
 # Progress appears only for a backup that takes longer than this (seconds).
