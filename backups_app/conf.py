@@ -51,7 +51,10 @@ def parse_list(name, raw):
     return [str(item).strip() for item in items if str(item).strip()]
 
 
-def int_parser(minimum=0):
+def int_parser(minimum=0, maximum=None):
+    """A whole number at least `minimum` and, when given, at most `maximum` (a value beyond
+    any sensible one is a typo, and would overflow the dates computed from it)."""
+
     def parse_int(name, raw):
         try:
             value = int(str(raw).strip())
@@ -59,6 +62,8 @@ def int_parser(minimum=0):
             raise ConfigError(f"{name}={raw!r} is not a whole number") from None
         if value < minimum:
             raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"{name}={raw!r} must be at most {maximum}")
         return value
 
     return parse_int
@@ -244,6 +249,9 @@ def parse_ping_url(name, text, parts):
 
 # --- the settings --------------------------------------------------------------------------
 
+# The longest period any retention setting may name: a century.
+MAX_DAYS = 36500
+
 # name -> (default, parser). A default that is a callable is computed when read. Every
 # setting here may be set in the site's settings.py or as an environment variable; the README's
 # "Use it in your own Django site" table lists them all (a test keeps it so).
@@ -251,12 +259,19 @@ SETTINGS = {
     "STANZA_BACKUPS_DIR": (lambda: default_backups_dir(), parse_dir),
     "STANZA_BACKUP_SCHEDULE": ("0 2 * * *", parse_cron),
     "STANZA_PURGE_SCHEDULE": ("30 2 * * *", parse_cron),
-    "STANZA_BACKUP_RETENTION_DAYS": (7, int_parser(0)),
+    "STANZA_BACKUP_RETENTION_DAYS": (7, int_parser(0, MAX_DAYS)),
+    # Retention (retention/policy.py): beyond the days above, the newest backup of each day,
+    # ISO week, month and year for that long; then a cap on the folder's size.
+    "STANZA_KEEP_DAILY_DAYS": (0, int_parser(0, MAX_DAYS)),
+    "STANZA_KEEP_WEEKLY_WEEKS": (0, int_parser(0, MAX_DAYS // 7)),
+    "STANZA_KEEP_MONTHLY_MONTHS": (0, int_parser(0, MAX_DAYS // 28)),
+    "STANZA_KEEP_YEARLY_YEARS": (0, int_parser(0, MAX_DAYS // 365)),
+    "STANZA_BACKUPS_MAX_MB": (0, int_parser(0, 1024**3)),  # 0: no cap; at most 1 EB
     "STANZA_ALERT_EMAILS": ((), parse_emails),
     "STANZA_UPLOAD_MAX_MB": (None, int_parser(1)),
     "STANZA_OFFSITE_URL": ("", parse_s3_url),
     "STANZA_OFFSITE_SCHEDULE": ("*/15 * * * *", parse_cron),
-    "STANZA_OFFSITE_RETENTION_DAYS": (30, int_parser(0)),
+    "STANZA_OFFSITE_RETENTION_DAYS": (30, int_parser(0, MAX_DAYS)),
     "STANZA_OFFSITE_AGE_RECIPIENTS": ((), parse_age_recipients),
     "STANZA_OFFSITE_AGE_IDENTITY": (None, parse_age_identity),
     "STANZA_REPLICA_URL": ("", parse_replica_url),

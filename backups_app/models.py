@@ -15,16 +15,20 @@ def last_line(text):
 
 
 class CronRunQuerySet(models.QuerySet):
-    def latest_per_job(self, job_names):
-        """{job name: its newest run} for the named jobs, in one query.
+    def latest_per_job(self, job_names, status=None):
+        """{job name: its newest run (of that `status`, if given)} for the named jobs, in one query.
 
         Each `id = (SELECT ...)` is uncorrelated, so SQLite evaluates it once on the
-        (job_name, started_at) index read backwards: one index entry per job, whatever the
-        history's size (a correlated subquery took ~1 s with a million runs; this takes ~30 ms).
+        (job_name, started_at) index read backwards (job_name, status, started_at with a
+        status): one index entry per job, whatever the history's size (a correlated subquery
+        took ~1 s with a million runs; this takes ~30 ms).
         """
         condition = Q()
         for name in job_names:
-            newest = CronRun.objects.filter(job_name=name).order_by("-started_at", "-id")
+            newest = CronRun.objects.filter(job_name=name)
+            if status is not None:
+                newest = newest.filter(status=status)
+            newest = newest.order_by("-started_at", "-id")
             condition |= Q(id=Subquery(newest.values("id")[:1]))
         if not condition:
             return {}
@@ -234,10 +238,14 @@ class AlertState(models.Model):
 
 
 class DrillRunQuerySet(models.QuerySet):
-    def newest(self, *, ok=None):
-        """The most recent drill (the most recent that passed, with `ok=True`), or None."""
-        runs = self if ok is None else self.filter(ok=ok)
-        return runs.order_by("-finished_at", "-id").first()
+    def recent(self):
+        """(the most recent drill, the most recent that passed), each None if none, in one
+        query: each `id = (SELECT ...)` is one step down its index."""
+        newest = self.order_by("-finished_at", "-id").values("id")[:1]
+        passed = self.filter(ok=True).order_by("-finished_at", "-id").values("id")[:1]
+        condition = Q(id=Subquery(newest)) | Q(id=Subquery(passed))
+        rows = list(self.filter(condition).order_by("-finished_at", "-id"))
+        return (rows[0] if rows else None), next((row for row in rows if row.ok), None)
 
 
 class DrillRun(models.Model):

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from backups_app.web import health_views, offsite_views, replication_views, views
+from backups_app.web import health_views, metrics_views, offsite_views, replication_views, views
 
 app_name = "backups"
 
@@ -32,4 +32,6 @@ urlpatterns = [
     path("admin/cron/<str:name>/run", views.run_job_now, name="run-job"),
     # No login: for monitoring (200 or 503).
     path("healthz", health_views.healthz, name="healthz"),
+    # Prometheus text: a Bearer token (STANZA_METRICS_TOKEN) or a staff login; 404 while unset.
+    path("metrics", metrics_views.metrics_view, name="metrics"),
 ]

@@ -184,7 +184,7 @@ def test_it_records_the_verdict_size_and_restore_time(live, backups_folder, time
 
     verify_latest_backup()
 
-    run = drill.last_drill()
+    run = drill.recent_drills().last
     assert (run.backup_name, run.backup_size, run.ok, run.problems) == (
         backup.name,
         backup.path.stat().st_size,
@@ -193,7 +193,7 @@ def test_it_records_the_verdict_size_and_restore_time(live, backups_folder, time
     )
     assert run.finished_at.isoformat() == "2026-11-26T03:00:00+00:00"
     assert run.restore_seconds >= 0
-    assert drill.last_passed_drill() == run
+    assert drill.recent_drills().passed == run
 
 
 def test_it_keeps_the_last_passed_drill_apart_from_a_newer_failed_one(live, backups_folder):
@@ -206,10 +206,10 @@ def test_it_keeps_the_last_passed_drill_apart_from_a_newer_failed_one(live, back
     with pytest.raises(DrillError):
         verify_latest_backup()
 
-    last = drill.last_drill()
+    last, passed = drill.recent_drills()
     assert (last.backup_name, last.ok, last.restore_seconds) == (bad.name, False, None)
     assert "checksum" in last.problem_list[0]
-    assert drill.last_passed_drill().backup_name == good.name
+    assert passed.backup_name == good.name
 
 
 def test_it_records_no_drill_run_for_another_folder(live, backups_folder, tmp_path):

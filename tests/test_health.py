@@ -205,7 +205,9 @@ def test_checkbackups_exits_0_when_healthy(fresh_backup, jobs_on_time, time_mach
 
     call_command("checkbackups")
 
-    assert capsys.readouterr().out == "OK: backups are healthy\n"
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "OK: backups are healthy"
+    assert out[1].startswith("Recovery point: 8 hours.")
 
 
 def test_checkbackups_exits_1_with_the_problems(backups_folder, jobs_on_time, time_machine, capsys):

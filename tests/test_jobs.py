@@ -148,7 +148,7 @@ def test_it_records_a_successful_run(data_dir):
 
     run.refresh_from_db()
     assert run.status == SUCCESS
-    assert run.result == "removed 0 backups older than 7 days"
+    assert run.result == "kept none; deleted 0"
     assert run.error == ""
     assert run.trigger == "button"
     assert run.finished_at >= run.started_at
@@ -166,7 +166,7 @@ def test_it_records_a_job_that_raises_with_its_traceback(data_dir, settings):
     assert run.status == FAILURE
     assert run.result == ""
     assert run.error.startswith("Traceback (most recent call last):")
-    assert "retention.py" in run.error
+    assert "retention/purge.py" in run.error
     assert run.error_summary == (
         f"BackupError: backups folder {data_dir / 'vanished'} does not exist"
     )
@@ -177,7 +177,7 @@ def test_it_records_an_interrupted_run_and_lets_the_interrupt_through(data_dir, 
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("backups_app.jobs.retention.purge_old_backups", interrupted)
+    monkeypatch.setattr("backups_app.retention.purge.purge_old_backups", interrupted)
 
     with pytest.raises(KeyboardInterrupt):
         jobs.run_job("purge-old-backups")

@@ -6,7 +6,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from backups_app.engine import backups
-from backups_app.jobs.retention import purge_old_backups, remove_abandoned_uploads
+from backups_app.retention import purge
+from backups_app.retention.policy import Rules
+from backups_app.retention.purge import remove_abandoned_uploads
 
 NOW = datetime(2026, 11, 26, 2, 30, tzinfo=UTC)
 
@@ -22,6 +24,11 @@ def put(folder, name, age, *, sidecars=()):
         sidecar.write_text("x")
         os.utime(sidecar, (stamp, stamp))
     return path
+
+
+def purge_old_backups(folder, days, now):
+    """The purge with only the keep-everything window; the names it deleted."""
+    return purge.purge_old_backups(folder, Rules(recent_days=days), now).removed
 
 
 def names(folder):
@@ -87,18 +94,23 @@ def test_it_keeps_the_newest_backup_when_all_are_old(tmp_path):
 
 
 def test_it_keeps_only_the_newest_with_zero_days(tmp_path):
+    put(tmp_path, "database.sqlite.20261126T021500Z.bak", timedelta(minutes=15))
     put(tmp_path, "database.sqlite.20261126T022000Z.bak", timedelta(minutes=10))
     put(tmp_path, "database.sqlite.20261126T022500Z.bak", timedelta(minutes=5))
-    # Modified "in the future" (a clock that was ahead): still only the newest survives.
+    # Modified "in the future" (a clock that was ahead): kept until the clock passes it, and it
+    # never takes the place of the newest backup, which is kept too (issue 22).
     put(tmp_path, "database.sqlite.20261126T023000Z.manual.bak", -timedelta(minutes=1))
 
     removed = purge_old_backups(tmp_path, 0, NOW)
 
     assert sorted(removed) == [
+        "database.sqlite.20261126T021500Z.bak",
         "database.sqlite.20261126T022000Z.bak",
-        "database.sqlite.20261126T022500Z.bak",
     ]
-    assert names(tmp_path) == ["database.sqlite.20261126T023000Z.manual.bak"]
+    assert names(tmp_path) == [
+        "database.sqlite.20261126T022500Z.bak",
+        "database.sqlite.20261126T023000Z.manual.bak",
+    ]
 
 
 def test_it_keeps_a_single_backup_and_handles_an_empty_folder(tmp_path):
@@ -133,11 +145,11 @@ def test_it_logs_how_many_it_removed(tmp_path, caplog):
     put(tmp_path, "database.sqlite.20261126T020000Z.bak", timedelta(hours=1))
     put(tmp_path, "database.sqlite.20261001T020000Z.bak", timedelta(days=56))
 
-    with caplog.at_level(logging.INFO, logger="backups_app.jobs.retention"):
+    with caplog.at_level(logging.INFO, logger="backups_app.retention.purge"):
         purge_old_backups(tmp_path, 7, NOW)
 
     (record,) = caplog.records
-    assert "purged 1 backup(s) older than 7 day(s)" in record.getMessage()
+    assert f"purge of {tmp_path}: kept 1 recent; deleted 1" in record.getMessage()
     assert (record.removed, record.kept) == (1, 1)
 
 

@@ -60,6 +60,7 @@ class Check:
 
     now: datetime
     scanned: list | None = None  # the caller's backups.scan_backups(), if it has one
+    drills: drill.Drills | None = None  # the drills' records, once read
 
     @property
     def listed(self):
@@ -68,12 +69,19 @@ class Check:
             self.scanned = backups.scan_backups(reuse=True)
         return self.scanned
 
+    @property
+    def recent_drills(self):
+        if self.drills is None:
+            self.drills = drill.recent_drills()
+        return self.drills
+
 
 @dataclass(frozen=True)
 class Verdict:
     checked_at: datetime
     problems: list = field(default_factory=list)
     jobs: dict = field(default_factory=dict)  # {name: JobHealth}
+    drills: drill.Drills | None = None  # what the verdict read of the drills, for reuse
 
     @property
     def ok(self):
@@ -90,12 +98,13 @@ def verdict(now=None, *, scanned=None):
     `scanned`: the backups folder's `backups.scan_backups()`, when the caller has just read it.
     """
     now = now or timezone.now()
-    found = backup_problems(Check(now, scanned))
+    check = Check(now, scanned)
+    found = backup_problems(check)
     for path in PROBLEM_SOURCES:
         found += [p if isinstance(p, Problem) else Problem(str(p)) for p in source(path)(now)]
     health = job_health(now)
     found += [job_problem(job) for job in health.values() if job.state in (FAILING, LATE)]
-    return Verdict(checked_at=now, problems=found, jobs=health)
+    return Verdict(checked_at=now, problems=found, jobs=health, drills=check.drills)
 
 
 def source(path):
@@ -146,7 +155,7 @@ def backup_problems(check):
         )
     # What the last drill recorded (one row), not the manifests: a site making more backups a
     # day than any number of manifests read would lose the verdict among them.
-    newest_drill = drill.last_drill()
+    newest_drill = check.recent_drills.last
     if newest_drill is not None and not newest_drill.ok:
         found.append(
             Problem(

@@ -1,1 +1,1 @@
-"""The job registry, the one run recorder, the scheduler lock, and retention."""
+"""The job registry, the one run recorder and the scheduler lock."""

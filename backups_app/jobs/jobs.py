@@ -21,10 +21,10 @@ from backups_app import conf, signals
 from backups_app.core.formatting import human_size
 from backups_app.cron import crontab_trigger
 from backups_app.engine import backups
-from backups_app.jobs import retention
 from backups_app.media import store as media_store
 from backups_app.models import CronRun
 from backups_app.offsite import offsite
+from backups_app.retention import purge
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ class Job:
     description: str
     timeout: timedelta = timedelta(hours=1)  # a run taking longer is logged as a warning
     grace: timedelta = timedelta(hours=1)  # how late a run may start and still be on time
+    dry_run: Callable[[], list[str]] | None = None  # what a run would do, in lines; changes nothing
 
 
 # --- the jobs ------------------------------------------------------------------------------
@@ -66,11 +67,8 @@ def daily_backup():
 
 
 def purge_old_backups():
-    days = conf.get("STANZA_BACKUP_RETENTION_DAYS")
     now = timezone.now()
-    removed = retention.purge_old_backups(backups.backups_dir(), days, now)
-    retention.remove_abandoned_uploads(conf.upload_dir(), now)
-    result = f"removed {plural(len(removed), 'backup')} older than {plural(days, 'day')}"
+    result = purge.purge_job(now)
     result += media_store.clean_up_words(backups.backups_dir(), backups.is_backup_name, human_size)
     if offsite.enabled():  # after the local purge, which a store that is down must not stop
         offsite_days = conf.get("STANZA_OFFSITE_RETENTION_DAYS")
@@ -80,6 +78,10 @@ def purge_old_backups():
             f"{plural(offsite_days, 'day')}"
         )
     return result
+
+
+def preview_purge():
+    return purge.preview(timezone.now())
 
 
 def purge_old_cron_runs():
@@ -129,10 +131,8 @@ def registry():
             name="purge-old-backups",
             schedule=conf.get("STANZA_PURGE_SCHEDULE"),
             func=purge_old_backups,
-            description=(
-                f"Delete backups older than "
-                f"{plural(conf.get('STANZA_BACKUP_RETENTION_DAYS'), 'day')}, never the newest one"
-            ),
+            description=purge.describe_rules(),
+            dry_run=preview_purge,
         ),
         Job(
             name="purge-old-cron-runs",

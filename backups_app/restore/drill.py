@@ -11,6 +11,7 @@ recovery time), whatever number of backups the folder holds.
 import logging
 import time
 from datetime import timedelta
+from typing import NamedTuple
 
 from django.utils import timezone
 
@@ -39,14 +40,16 @@ def drill_result(backup):
     return drill if isinstance(drill, dict) else None
 
 
-def last_drill():
-    """The most recent drill of the backups folder (a DrillRun), or None."""
-    return DrillRun.objects.newest()
+class Drills(NamedTuple):
+    """The drills of the backups folder that the pages, health and /metrics read."""
+
+    last: DrillRun | None  # the most recent drill: its verdict is the health verdict's
+    passed: DrillRun | None  # the most recent that passed: the recovery time
 
 
-def last_passed_drill():
-    """The most recent drill of the backups folder that passed (a DrillRun), or None."""
-    return DrillRun.objects.newest(ok=True)
+def recent_drills():
+    """The last drill of the backups folder, and the last that passed: one query."""
+    return Drills(*DrillRun.objects.recent())
 
 
 # --- the drill ----------------------------------------------------------------------------

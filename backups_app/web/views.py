@@ -3,6 +3,7 @@ restores, uploads, Cron page and run details. Each view: one check, one call, on
 
 import logging
 import shutil
+from datetime import timedelta
 from functools import wraps
 from urllib.parse import quote
 
@@ -26,10 +27,11 @@ from backups_app.core import operations
 from backups_app.core.audit import CHANGE, DELETION, audit, recent_entries
 from backups_app.core.formatting import human_size
 from backups_app.engine import backups
-from backups_app.health import failures, health
+from backups_app.health import failures, health, recovery
 from backups_app.jobs import jobs, scheduler_lock
 from backups_app.models import CronRun
 from backups_app.restore import drill, restore, uploads
+from backups_app.retention import purge
 from backups_app.web.forms import DeleteForm, HistoryFilterForm, RestoreForm, UploadForm
 
 logger = logging.getLogger(__name__)
@@ -157,8 +159,12 @@ def backups_page(request):
     # The card shows what the verdict judges: the newest backup the site made itself.
     own = health.newest_own(found)
     newest = own.backup(folder) if own else None
+    verdict = health.verdict(scanned=None if problem else found)
+    rpo_rto = recovery.state(listed=found, drills=verdict.drills)  # recovery point and time
     page = Paginator(found, BACKUPS_PAGE_SIZE).get_page(request.GET.get("page"))
     shown = [item.backup(folder) for item in page]
+    now = timezone.now()
+    fates = purge.fates_by_name(found, now)  # decided over the whole folder, as the purge does
     links = {view: backup_link(view) for view in ("download", "restore", "delete")}
     return render(
         request,
@@ -173,6 +179,7 @@ def backups_page(request):
                 {
                     "backup": backup,
                     "drill": drill_status(backup),
+                    "fate": fates.get(backup.name),
                     "sha256": backups.read_checksum(backup.path) if backup.has_checksum else "",
                     "urls": {view: link(backup.name) for view, link in links.items()},
                 }
@@ -183,14 +190,29 @@ def backups_page(request):
             total_size=sum(b.size for b in found),
             free_space=free,
             newest=newest,
-            stale=own is None or health.too_old(own, timezone.now()),
+            stale=own is None or health.too_old(own, now),
+            **retention_context(now),
             stale_after_hours=int(health.MAX_BACKUP_AGE.total_seconds() // 3600),
             alert_emails=list(conf.get("STANZA_ALERT_EMAILS")),
-            verdict=health.verdict(scanned=None if problem else found),
+            verdict=verdict,
+            recovery=rpo_rto,
+            recovery_stale=(rpo_rto.point_seconds or 0) > health.MAX_BACKUP_AGE.total_seconds(),
             upload_form=UploadForm(),
             audit_entries=recent_entries(),
         ),
     )
+
+
+def retention_context(now):
+    """What the "kept" badges need besides each backup's fate: when the next purge runs
+    ("deleted by the next purge at 02:30"), the size cap, and today."""
+    next_purge = jobs.next_run_time(jobs.registry()["purge-old-backups"], now)
+    return {
+        "cap_mb": conf.get("STANZA_BACKUPS_MAX_MB"),
+        "next_purge": next_purge,
+        "next_purge_soon": next_purge is not None and next_purge - now < timedelta(days=1),
+        "today": timezone.localdate(now),
+    }
 
 
 def backup_link(view):

@@ -2,7 +2,7 @@ import sys
 
 from django.core.management.base import BaseCommand
 
-from backups_app.health import alerts, health
+from backups_app.health import alerts, health, recovery
 
 
 class Command(BaseCommand):
@@ -21,8 +21,11 @@ class Command(BaseCommand):
         problems = health.problems()
         if not problems:
             self.stdout.write("OK: backups are healthy")
-            return
-        self.stdout.write(f"FAILING: {'; '.join(problems)}")
-        for problem in problems:
-            self.stdout.write(f"- {problem}")
-        sys.exit(1)
+        else:
+            self.stdout.write(f"FAILING: {'; '.join(problems)}")
+            for problem in problems:
+                self.stdout.write(f"- {problem}")
+        for line in recovery.state().sentences():  # after the verdict's lines, which scripts read
+            self.stdout.write(line)
+        if problems:
+            sys.exit(1)

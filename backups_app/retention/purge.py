@@ -1,0 +1,180 @@
+"""The purge: deletes what retention/policy.py decides, says what each rule kept, previews it
+(the dry run, the Backups page), and clears what killed processes left behind.
+
+The rules come from the settings here (rules_from_settings); nothing else in the app reads them.
+"""
+
+import logging
+from datetime import timedelta
+from pathlib import Path
+from typing import NamedTuple
+
+from backups_app import conf
+from backups_app.engine import backups
+from backups_app.retention import policy
+
+logger = logging.getLogger(__name__)
+
+
+def rules_from_settings(recent_setting="STANZA_BACKUP_RETENTION_DAYS", *, cap=True):
+    """The retention rules of this site: `recent_setting` is the keep-everything window
+    (offsite copies have their own), `cap` whether STANZA_BACKUPS_MAX_MB applies."""
+    return policy.Rules(
+        recent_days=conf.get(recent_setting),
+        daily_days=conf.get("STANZA_KEEP_DAILY_DAYS"),
+        weekly_weeks=conf.get("STANZA_KEEP_WEEKLY_WEEKS"),
+        monthly_months=conf.get("STANZA_KEEP_MONTHLY_MONTHS"),
+        yearly_years=conf.get("STANZA_KEEP_YEARLY_YEARS"),
+        max_bytes=conf.get("STANZA_BACKUPS_MAX_MB") * policy.MB if cap else 0,
+        time_zone=conf.time_zone(),
+    )
+
+
+class Purge(NamedTuple):
+    fates: list  # policy.Fate of every backup the folder held, newest first
+    removed: list  # names deleted
+    line: str  # what each rule kept and what was deleted
+
+
+def purge_old_backups(folder, rules, now):
+    """Delete the backups in `folder` that `rules` do not keep at `now`, with their sidecars.
+
+    A backup's age is its file's modification time (see policy.decide). Files whose names do
+    not match the backup pattern are never touched, except temporary files of backups whose
+    process died, which are removed.
+    """
+    folder = Path(folder)
+    found = backups.scan_backups(folder)  # newest first; only regular files with backup names
+    fates = policy.decide(found, now, rules)
+    removed = []
+    for fate in fates:
+        if fate.keep:
+            continue
+        try:  # with its sidecars, as every delete
+            backups.delete_backup(fate.name, folder)
+        except backups.BackupError:  # deleted meanwhile by hand or by another purge
+            continue
+        removed.append(fate.name)
+    temp_files = backups.remove_abandoned_temp_files(folder)
+    line = policy.summary(fates, rules)
+    logger.info(
+        "purge of %s: %s; removed %d temporary file(s)",
+        folder,
+        line,
+        temp_files,
+        extra={
+            "event": "purge",
+            "removed": len(removed),
+            "kept": sum(fate.keep for fate in fates),
+            "over_cap": sum(fate.over_cap for fate in fates),
+            "temp_files": temp_files,
+        },
+    )
+    return Purge(fates, removed, line)
+
+
+def purge_job(now):
+    """The local part of the purge-old-backups job; its result line."""
+    done = purge_old_backups(backups.backups_dir(), rules_from_settings(), now)
+    remove_abandoned_uploads(conf.upload_dir(), now)
+    return done.line
+
+
+def describe_rules(rules=None):
+    """The rules in words, for the Cron page: "Keep every backup for 7 days, the newest of each
+    day for 16 days, ...; delete the rest, never the newest one"."""
+    rules = rules or rules_from_settings()
+    parts = [f"every backup for {_count(rules.recent_days, 'day')}"] if rules.recent_days else []
+    for period, count, unit in (
+        ("day", rules.daily_days, "day"),
+        ("ISO week", rules.weekly_weeks, "week"),
+        ("month", rules.monthly_months, "month"),
+        ("year", rules.yearly_years, "year"),
+    ):
+        if count:
+            parts.append(f"the newest of each {period} for {_count(count, unit)}")
+    kept = f"Keep {', '.join(parts)}" if parts else "Keep only the newest backup"
+    cap = f", within {rules.max_mb} MB" if rules.max_bytes else ""
+    return f"{kept}{cap}; delete the rest, never the newest one"
+
+
+def _count(n, unit):
+    return f"{n} {unit}{'' if n == 1 else 's'}"
+
+
+# --- previews: the dry run and the Backups page -----------------------------------------------
+
+
+def fates_by_name(listed, now):
+    """{name: policy.Fate} of every backup in `listed` (the folder's listing) for a page;
+    {} when a retention setting is bad (the page's health banner names it)."""
+    try:
+        rules = rules_from_settings()
+    except conf.ConfigError:
+        return {}
+    return {fate.name: fate for fate in policy.decide(listed, now, rules)}
+
+
+def preview(now, folder=None):
+    """The decisions the purge would make now, one line per backup and the result line;
+    nothing is deleted."""
+    rules = rules_from_settings()
+    found = backups.scan_backups(folder or backups.backups_dir())
+    fates = policy.decide(found, now, rules)
+    width = max((len(fate.name) for fate in fates), default=0)
+    lines = [
+        f"{'keep' if f.keep else 'delete':6}  {f.name:{width}}  {describe(f, rules)}" for f in fates
+    ]
+    return [
+        *lines,
+        f"a purge now would have {policy.summary(fates, rules)} (dry run: nothing deleted)",
+    ]
+
+
+def describe(fate, rules):
+    """Why a backup is kept or deleted, in words: "daily until 22 Dec 2026"."""
+    if fate.over_cap:
+        return f"over the {rules.max_mb} MB cap (else {_reason(fate, rules)})"
+    if not fate.keep:
+        return "no rule keeps it"
+    return _reason(fate, rules)
+
+
+def _reason(fate, rules):
+    words = {
+        policy.NEWEST: "the newest backup",
+        policy.NEWEST_OWN: "the newest backup the site made itself",
+    }.get(fate.rule, fate.rule)
+    if fate.until is None:
+        return words
+    from zoneinfo import ZoneInfo
+
+    until = fate.until.astimezone(ZoneInfo(rules.time_zone))
+    return f"{words} until {until.day} {until:%b %Y %H:%M}".removesuffix(" 00:00")
+
+
+UPLOAD_LEFTOVER_AGE = timedelta(hours=6)
+
+
+def remove_abandoned_uploads(folder, now):
+    """Delete uploads a killed web worker left in the upload folder; return how many.
+
+    Django deletes an upload's temporary file when its request ends, so only a worker that
+    died mid-upload leaves one. A file not written to for hours belongs to no upload.
+    """
+    removed = 0
+    try:
+        entries = list(Path(folder).iterdir())
+    except FileNotFoundError:
+        return 0
+    for path in entries:
+        try:
+            stat = path.lstat()
+        except FileNotFoundError:
+            continue
+        if path.is_file() and now.timestamp() - stat.st_mtime > UPLOAD_LEFTOVER_AGE.total_seconds():
+            path.unlink(missing_ok=True)
+            removed += 1
+    if removed:
+        logger.info("removed %d abandoned upload(s) from %s", removed, folder)
+    return removed
