@@ -6,6 +6,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from backups_app import conf
-from backups_app.replication import replication
+from backups_app.replication import positions, replication
 from tests.conftest import live_env, manage, read_runs, wait_until
 
 # --- settings and config (no Litestream needed) ----------------------------------------------
@@ -150,8 +151,16 @@ def test_replication_without_a_status_file_is_stopped(replica_on):
 def test_replication_in_sync_is_healthy(replica_on):
     write_status(replica_on, lag=2)
     current = replication.status()
-    assert current.running and current.lag == pytest.approx(2, abs=0.01)
+    assert current.running and current.lag == pytest.approx(2, abs=0.5)
     assert replication.problems() == []
+
+
+def test_the_lag_runs_against_the_clock_not_the_last_heartbeat(replica_on):
+    # A replicate that keeps writing the same "synced through" while time passes (as it did
+    # when Litestream was stopped) is behind by the time since, not by what it last wrote.
+    write_status(replica_on, age=40, lag=0)
+    later = datetime.now(UTC) + timedelta(seconds=270)
+    assert replication.status(later).lag == pytest.approx(310, abs=1)
 
 
 def test_replication_behind_the_limit_is_a_problem(replica_on):
@@ -502,3 +511,99 @@ def test_checkbackups_lists_a_stopped_replication(replica_on, db, capsys):
         call_command("checkbackups")
     assert exit_.value.code == 1
     assert "replication stopped" in capsys.readouterr().out
+
+
+# --- health that cannot be fooled (issue 18, items 4 and 5) ----------------------------------
+
+
+class Writer:
+    """Commits a row every 0.1 s from its own connection, as a busy site does."""
+
+    def __init__(self, database):
+        self.database, self.count = database, 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        conn = sqlite3.connect(self.database, timeout=20, isolation_level=None)
+        conn.execute("CREATE TABLE IF NOT EXISTS item (id INTEGER PRIMARY KEY, name TEXT)")
+        while not self.done.wait(0.1):
+            conn.execute("INSERT INTO item (name) VALUES (?)", (f"w{self.count}",))
+            self.count += 1
+        conn.close()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join(30)
+
+
+@pytest.fixture
+def health_of(settings, monkeypatch):
+    """Point this process's settings at a `replicating` data folder, so replication.problems()
+    judges what that real `replicate` writes, as /healthz and checkbackups do."""
+
+    def point(folder, url, max_lag=300):
+        monkeypatch.setattr(conf, "live_database_path", lambda: folder / "database.sqlite")
+        settings.STANZA_REPLICA_URL = url
+        settings.STANZA_REPLICA_MAX_LAG = max_lag
+        return replication.problems
+
+    return point
+
+
+@pytest.mark.litestream
+@pytest.mark.slow
+def test_it_reports_a_stopped_litestream_as_behind_within_the_limit(
+    live_data, replicating, tmp_path, health_of
+):
+    limit = 15
+    url = f"file://{tmp_path / 'replica'}"
+    run = replicating(url, STANZA_REPLICA_MAX_LAG=str(limit))
+    problems = health_of(live_data, url, limit)
+    run.wait_synced()
+    pid = wait_until(lambda: litestream_pid(live_data), interval=0.2)
+    with Writer(live_data / "database.sqlite") as writer:
+        wait_until(lambda: writer.count > 20 and problems() == [], interval=0.2)
+        os.kill(pid, signal.SIGSTOP)  # hung: alive, holding its files, doing nothing
+        try:
+            behind = wait_until(
+                lambda: [p for p in problems() if "behind" in p],
+                timeout=limit + positions.HEARTBEAT + 10,
+                interval=0.5,
+            )
+            assert behind[0].startswith("replication ") and f"(limit {limit} s)" in behind[0]
+            checked = manage("checkbackups", env=run.env)
+            assert checked.returncode == 1 and "behind" in checked.stdout
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        wait_until(lambda: problems() == [], timeout=60, interval=0.5)  # it catches up
+
+
+@pytest.mark.litestream
+@pytest.mark.slow
+def test_it_reports_a_replica_whose_files_were_deleted_and_writes_a_new_one(
+    live_data, replicating, tmp_path, health_of
+):
+    database = live_data / "database.sqlite"
+    url = f"file://{tmp_path / 'replica'}"
+    run = replicating(url)
+    problems = health_of(live_data, url)
+    insert_items(database, ["before"])
+    run.wait_synced(after=datetime.now(UTC) + timedelta(seconds=1))
+    assert problems() == []
+    for ltx in (tmp_path / "replica").rglob("*.ltx"):
+        ltx.unlink()
+    insert_items(database, ["after"])  # Litestream sends this on as if nothing happened
+    found = wait_until(
+        lambda: [p for p in problems() if "would fail" in p], timeout=20, interval=0.2
+    )
+    assert found[0].startswith("replica ")
+    # replicate restarts Litestream, which writes a new snapshot: the replica is whole again.
+    wait_until(lambda: problems() == [], timeout=60, interval=0.5)
+    assert "new snapshot" in run.log_path.read_text()
+    verified = manage("runjob", "verify-replica", env=run.env)
+    assert verified.returncode == 0, verified.stdout + verified.stderr

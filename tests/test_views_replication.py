@@ -1,13 +1,15 @@
 """The Backups page's replication card and "Restore to a point in time"."""
 
+import os
 import sqlite3
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from backups_app.engine import backups
-from backups_app.replication import replication
+from backups_app.replication import positions, replication
 from tests.conftest import count_rows, wait_until
 
 
@@ -118,8 +120,9 @@ def insert(database, count, start):
 def test_restore_to_a_time_from_the_page(staff_client, replica_url, live_database):
     config = replication.write_config()
     child = replication.start_litestream(config)
+    tracker = positions.Tracker(live_database, config)
     try:
-        wait_until(lambda: replication.replica_txid(config) > 0, timeout=30, interval=0.2)
+        wait_until(lambda: tracker.beat(), timeout=30, interval=0.2)
         time.sleep(1.5)
         rows = count_rows(live_database)
         insert(live_database, 5, 1000)
@@ -127,9 +130,8 @@ def test_restore_to_a_time_from_the_page(staff_client, replica_url, live_databas
         between = datetime.now(UTC)
         time.sleep(2.5)
         insert(live_database, 7, 2000)
-        time.sleep(replication.MONITOR_MARGIN)
-        target = replication.local_txid(live_database)
-        wait_until(lambda: replication.replica_txid(config) >= target, timeout=30, interval=0.2)
+        inserted = time.time()
+        wait_until(lambda: (tracker.beat() or 0) > inserted, timeout=30, interval=0.2)
 
         response = staff_client.post(
             "/admin/backups/restore-at", {"at": between.isoformat()}, follow=True
@@ -147,3 +149,59 @@ def test_hostile_times_go_back_with_a_message(staff_client, replica_url, at):
     response = staff_client.get("/admin/backups/restore-at", {"at": at}, follow=True)
     assert response.status_code == 200
     assert "is not a date and time" in response.content.decode()
+
+
+# --- a FIFO where a state file belongs (issue 18, item 6) ------------------------------------
+
+
+class FifoWatchdog:
+    """After `after` seconds, keeps releasing whoever waits on the FIFO (opens it for writing
+    and closes it: the reader gets end of file), so a test that would hang fails instead."""
+
+    def __init__(self, path, after=5.0):
+        self.path, self.after = path, after
+        self.done = threading.Event()
+        self.released = 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        if self.done.wait(self.after):
+            return
+        while not self.done.is_set():
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # no reader waiting right now
+                time.sleep(0.01)
+                continue
+            os.close(fd)
+            self.released += 1
+
+    def stop(self):
+        self.done.set()
+        self.thread.join(5)
+
+
+@pytest.mark.parametrize("name", [replication.STATUS_NAME, replication.HISTORY_NAME])
+def test_it_answers_at_once_with_a_fifo_as_a_state_file(
+    client, staff_client, replica_url, live_database, name, capsys
+):
+    from django.core.management import call_command
+
+    folder = replication.state_dir()
+    folder.mkdir(mode=0o700, exist_ok=True)
+    os.mkfifo(folder / name)
+    watchdog = FifoWatchdog(folder / name)
+    started = time.monotonic()
+    try:
+        healthz = client.get("/healthz")
+        page = staff_client.get("/admin/backups/")
+        with pytest.raises(SystemExit) as checked:
+            call_command("checkbackups")
+    finally:
+        watchdog.stop()
+    assert watchdog.released == 0, "a request waited on the FIFO until it was released"
+    assert time.monotonic() - started < 5
+    assert healthz.status_code == 503 and "replication stopped" in healthz.content.decode()
+    assert page.status_code == 200 and "Continuous replication" in page.content.decode()
+    assert checked.value.code == 1 and "replication stopped" in capsys.readouterr().out

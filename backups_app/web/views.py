@@ -30,6 +30,7 @@ from backups_app.engine import backups
 from backups_app.health import failures, health, recovery
 from backups_app.jobs import jobs, scheduler_lock
 from backups_app.models import CronRun
+from backups_app.replication import replication
 from backups_app.restore import drill, restore, uploads
 from backups_app.retention import purge
 from backups_app.web.forms import DeleteForm, HistoryFilterForm, RestoreForm, UploadForm
@@ -195,6 +196,7 @@ def backups_page(request):
             stale_after_hours=int(health.MAX_BACKUP_AGE.total_seconds() // 3600),
             alert_emails=list(conf.get("STANZA_ALERT_EMAILS")),
             verdict=verdict,
+            replica=replication.status(),  # read once, for the replication card
             recovery=rpo_rto,
             recovery_stale=(rpo_rto.point_seconds or 0) > health.MAX_BACKUP_AGE.total_seconds(),
             upload_form=UploadForm(),
