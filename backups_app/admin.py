@@ -1,29 +1,13 @@
-import contextlib
+"""The run history in the Django admin (read-only). Registering the app's own model is all
+this module does to the admin: the header, index and the rest are opt-in (admin_site.py)."""
 
 from django.contrib import admin, messages
-from django.contrib.admin.exceptions import NotRegistered
 from django.shortcuts import redirect
-from django.urls import reverse_lazy
 from django.utils.html import format_html
-from django_apscheduler.models import DjangoJob, DjangoJobExecution
 
 from backups_app.jobs import jobs
 from backups_app.models import CronRun
 from backups_app.templatetags.backups_tags import duration, explain, trigger_words, when
-
-admin.site.site_header = "Stanza Backups"
-admin.site.site_title = "Stanza Backups"
-admin.site.index_title = "Dashboard"
-# Django's index with the health verdict on top and "Recent actions" that name the action.
-admin.site.index_template = "backups/admin_index.html"
-# "View site" leads to the dashboard: this project has no public site of its own.
-admin.site.site_url = reverse_lazy("backups:backups")
-
-# django-apscheduler's job store and its record of executions are the scheduler's internals:
-# the run history (CronRun) is the one users read.
-for model in (DjangoJob, DjangoJobExecution):
-    with contextlib.suppress(NotRegistered):
-        admin.site.unregister(model)
 
 
 class JobFilter(admin.SimpleListFilter):

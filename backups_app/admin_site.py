@@ -1,12 +1,23 @@
-"""Django's admin site, with the dashboard's pages listed in the Backups app.
+"""The opt-in admin site: what a site gets by listing `StanzaAdminConfig` in INSTALLED_APPS.
 
-The pages (Backups, Cron jobs) appear first in the app's module on the admin index and in the
-navigation sidebar, rendered by Django's own `admin/app_list.html` as view-only entries. A
-staff user who may not view the app's models still gets them, in a module of their own.
+Installing `backups_app` changes nothing of the host site's admin (its header, index, "View
+site" link and registered models stay as they are). A site that puts
+"backups_app.admin_site.StanzaAdminConfig" in place of "django.contrib.admin" gets, and only
+gets (README, "Use it in your own Django site"):
+
+- the header and title "Stanza Backups", the index titled "Dashboard";
+- the admin index with the health verdict on top, the dashboard's pages (Backups, Cron jobs)
+  listed first in the Backups app and in the navigation sidebar, and "Recent actions" that
+  name what the dashboard did;
+- django-apscheduler's job store and executions hidden from the admin (the run history is the
+  record people read).
 """
+
+import contextlib
 
 from django.contrib import admin
 from django.contrib.admin.apps import AdminConfig
+from django.contrib.admin.exceptions import NotRegistered
 from django.urls import reverse
 
 APP_LABEL = "backups_app"
@@ -29,6 +40,12 @@ def dashboard_entries():
 
 
 class StanzaAdminSite(admin.AdminSite):
+    site_header = "Stanza Backups"
+    site_title = "Stanza Backups"
+    index_title = "Dashboard"
+    # Django's index with the health verdict on top and "Recent actions" that name the action.
+    index_template = "backups/admin_index.html"
+
     def get_app_list(self, request, app_label=None):
         app_list = super().get_app_list(request, app_label)
         user = request.user
@@ -52,3 +69,12 @@ class StanzaAdminConfig(AdminConfig):
     """In INSTALLED_APPS in place of "django.contrib.admin": makes admin.site a StanzaAdminSite."""
 
     default_site = "backups_app.admin_site.StanzaAdminSite"
+
+    def ready(self):
+        super().ready()  # autodiscovers every app's admin module
+        from django_apscheduler.models import DjangoJob, DjangoJobExecution
+
+        # The scheduler's internals: the run history (CronRun) is the one users read.
+        for model in (DjangoJob, DjangoJobExecution):
+            with contextlib.suppress(NotRegistered):
+                admin.site.unregister(model)

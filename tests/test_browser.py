@@ -359,7 +359,7 @@ def test_the_admin_index_pages_and_healthz_give_one_verdict(page, stack):
     assert all(problems == expected for problems in shown.values()), (expected, shown)
     page.goto(stack["url"] + "/admin/")
     expect(page.locator("#health")).to_be_visible()
-    expect(page.get_by_role("link", name="View site")).to_have_attribute("href", "/admin/backups/")
+    expect(page.get_by_role("link", name="View site")).to_have_attribute("href", "/")
     expect(page.locator("#content-main")).not_to_contain_text("Django job executions")
 
 
@@ -483,7 +483,7 @@ def test_it_restores_a_backup_from_the_backups_page(page, stack):
 
     # A restore drill of the newest backup (the safety backup) shows on the page.
     env = {"STANZA_DATA_DIR": str(stack["data"])}
-    drill = "from backups_app import drill; drill.verify_latest_backup()"
+    drill = "from backups_app.restore import drill; drill.verify_latest_backup()"
     assert manage("shell", "-c", drill, env=env).returncode == 0
     page.goto(stack["url"] + "/admin/backups/")
     expect(page.locator("#backups tbody tr").first.locator(".stanza-drill")).to_contain_text(

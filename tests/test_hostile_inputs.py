@@ -39,7 +39,9 @@ def within(seconds):
 
 
 def names_in_order(html):
-    return re.findall(r'<code class="stanza-name">([^<]+)</code>', html)
+    """The backup names of a page, in order (a name may break after its dots: <wbr>)."""
+    found = re.findall(r'<code class="stanza-name">(.+?)</code>', html)
+    return [name.replace("<wbr>", "") for name in found]
 
 
 # --- HistoryPaginator against Django's own --------------------------------------------------

@@ -1,23 +1,28 @@
-"""A failed run's error output as a sentence with what to do next, for the pages and messages.
+"""A failed run's error output, or an error message, as one sentence with what to do next,
+for the pages, messages and alerts.
 
-The traceback stays in the run's record (and on its detail page); the pages lead with this.
+The whole error output stays in the run's record (and, folded, on its detail page); what a
+person reads first is `explain()` (a sentence with advice) or `split_details()` (a sentence,
+and any tool output behind it for a "details" disclosure). Neither shows an exception's class
+name, a module path or a URL's query string.
 """
 
 import re
 
-from backups_app.models import last_line
-
-# Exceptions whose message is already written for a person: shown without their class name.
-OWN_ERRORS = {
-    "BackupError",
-    "DrillError",
-    "RestoreError",
-    "UploadError",
-    "OperationRunning",
-    "CommandError",
-    "ConfigError",
+# The line that names an exception: "pkg.module.SomeError: message", or a bare class name.
+EXCEPTION = re.compile(
+    r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt|Warning))(?:: (.*))?$"
+)
+# A URL's query string (a store's `?list-type=2&prefix=...`): what a person reads stops at the path.
+QUERY = re.compile(r"(\bhttps?://[^\s?'\"]+)\?[^\s'\"]*")
+ERRNO = re.compile(r"\[Errno \d+\] ")
+# Exceptions that carry no message of their own: what happened, in words.
+BARE = {
+    "KeyboardInterrupt": "interrupted: the process was stopped during the run",
+    "SystemExit": "interrupted: the process exited during the run",
+    "MemoryError": "the process ran out of memory",
 }
-EXCEPTION = re.compile(r"^([A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt)): (.*)$")
+UNKNOWN = "It failed without an error message: see the run's details."
 
 # Messages that say it all: pattern -> the sentence shown instead of the message.
 SENTENCES = {
@@ -37,36 +42,92 @@ ADVICE = {
     r"^restore drill of .* failed": (
         "Make a new backup with Back up now, then run verify-latest-backup again."
     ),
-    r"^interrupted:": "The process was stopped during the run: run it again with Run now.",
+    r"upload .*is damaged": (
+        "Upload another copy of the backup (this one was damaged on its way or where it was "
+        "kept), or restore one from the list."
+    ),
+    r"is damaged": "Restore or upload another backup; this one cannot be used.",
+    r"stopped during the run": "Run it again with Run now.",
+    r"^interrupted:": ("The process was stopped during the run: run it again with Run now."),
     r"^skipped:": "Nothing to do unless the earlier run stays stuck.",
     r"database is locked|locked by another process": (
         "Something held the database too long: run it again in a moment."
     ),
 }
+# A headline and the tool output behind it: (pattern, how the headline reads).
+DETAILED = (
+    (
+        re.compile(
+            r"^(?P<head>.*?)(?P<name>\S+) failed the (?:integrity|quick) check: (?P<details>.*)$",
+            re.S,
+        ),
+        r"\g<head>\g<name> is damaged: SQLite's integrity check found problems in it",
+    ),
+    (
+        re.compile(
+            r"^(?P<head>.*?)(?P<name>\S+) is not a sound SQLite database: (?P<details>.*)$", re.S
+        ),
+        r"\g<head>\g<name> is damaged: SQLite cannot read it",
+    ),
+)
+MAX_DETAIL_LINES = 20
 
 
 def message_of(text):
-    """The exception's own message, without its module path, or class for our own errors."""
-    line = last_line(text or "")
-    found = EXCEPTION.match(line)
-    if found is None:
-        return line
-    name, message = found.groups()
-    if name in OWN_ERRORS:
-        return message
-    return f"{message} ({name})" if message else name
+    """The message of the last exception in `text` (an error output), without its class name,
+    module path, errno or query strings; a message of several lines keeps them all."""
+    lines = [line.rstrip() for line in (text or "").strip().splitlines() if line.strip()]
+    for index in range(len(lines) - 1, -1, -1):
+        found = EXCEPTION.match(lines[index])
+        if found:
+            name, message = found.groups()
+            message = "\n".join([message or "", *lines[index + 1 :]]).strip()
+            return plain(message) if message else BARE.get(name, UNKNOWN)
+    return plain(lines[-1].strip()) if lines else ""
+
+
+def plain(message):
+    """A message as a person reads it: no errno, no URL query strings."""
+    return QUERY.sub(r"\1", ERRNO.sub("", message))
+
+
+def split_details(message):
+    """(one sentence, the tool output behind it or "") for a message such as an upload's refusal.
+
+    SQLite's integrity_check output (dozens of "On tree page N cell M" lines) becomes "NAME is
+    damaged: SQLite's integrity check found problems in it", with the lines as details.
+    """
+    message = plain((message or "").strip())
+    for pattern, headline in DETAILED:
+        found = pattern.match(message)
+        if found:
+            return found.expand(headline), clip(found.group("details"))
+    first, _, rest = message.partition("\n")
+    return first, clip(rest)
+
+
+def clip(details):
+    lines = [line for line in details.strip().splitlines() if line.strip()]
+    if len(lines) > MAX_DETAIL_LINES:
+        lines = [*lines[:MAX_DETAIL_LINES], f"... and {len(lines) - MAX_DETAIL_LINES} more lines"]
+    return "\n".join(lines)
+
+
+def sentence(message):
+    """A message (not an error output) as one sentence with what to do next."""
+    headline, _ = split_details(message)
+    if not headline:
+        return UNKNOWN
+    known = first_match(SENTENCES, headline)
+    if known:
+        return known
+    advice = first_match(ADVICE, headline)
+    return f"{capital(headline)}. {advice}" if advice else f"{capital(headline)}."
 
 
 def explain(text):
     """'...drill.DrillError: no backup to verify' -> 'No backup to verify yet: ...'."""
-    message = message_of(text)
-    if not message:
-        return "It failed without an error message: see the run's details."
-    sentence = first_match(SENTENCES, message)
-    if sentence:
-        return sentence
-    advice = first_match(ADVICE, message)
-    return f"{capital(message)}. {advice}" if advice else f"{capital(message)}."
+    return sentence(message_of(text))
 
 
 def first_match(table, message):
@@ -77,5 +138,8 @@ def first_match(table, message):
 
 
 def capital(text):
+    """The sentence with a capital letter, unless it starts with a name ("database.sqlite...")."""
     text = text.rstrip(". ")
+    if re.match(r"\S*\.\S", text):
+        return text
     return text[:1].upper() + text[1:]

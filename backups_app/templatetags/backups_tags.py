@@ -1,13 +1,17 @@
 """Small filters the dashboard templates need: cron in words, durations, backup kinds, the one
 time format, sizes, triggers and failures in words."""
 
-from datetime import UTC
+import re
+from datetime import UTC, datetime
 
 from cron_descriptor import ExpressionDescriptor, FormatException, Options
 from django import template
 from django.contrib.humanize.templatetags.humanize import naturaltime
+from django.urls import reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.dateparse import parse_datetime
+from django.utils.html import escape, format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from backups_app.core.formatting import human_size
 from backups_app.health import failures
@@ -56,29 +60,116 @@ def backup_kind(label):
     return KINDS.get(label, label)
 
 
-TIME_FORMAT = "%Y-%m-%d %H:%M:%S %Z"
+DATE_FORMAT = "%Y-%m-%d"
+CLOCK_FORMAT = "%H:%M:%S %Z"
+TIME_FORMAT = f"{DATE_FORMAT} {CLOCK_FORMAT}"
+
+
+def as_datetime(value):
+    """A datetime, or one written in ISO 8601 (as a manifest or status file records it)."""
+    if isinstance(value, str):
+        try:
+            value = parse_datetime(value.strip())
+        except ValueError:
+            return None
+    if not isinstance(value, datetime):
+        return None
+    return value if timezone.is_aware(value) else timezone.make_aware(value, UTC)
+
+
+def time_text(value):
+    """THE time format as plain text, in the site's time zone: '2026-12-06 19:42:47 UTC'."""
+    value = as_datetime(value)
+    return timezone.localtime(value).strftime(TIME_FORMAT) if value else ""
 
 
 @register.filter
 def when(value, relative=True):
     """THE time format: date, time with seconds and zone, then how long ago (or until).
 
-    The page's script (dashboard.js) shows the browser's local time in its place, with this
-    one (in UTC) on hover. `|when:False` leaves out the relative part.
+    Takes a datetime or an ISO 8601 string. The page's script (dashboard.js) shows the
+    browser's local time in its place, with this one (in UTC) on hover; the date and the time
+    each stay on one line, but may go to two. `|when:False` leaves out the relative part.
     """
+    value = as_datetime(value)
     if value is None:
         return ""
-    local = timezone.localtime(value).strftime(TIME_FORMAT)
-    utc = value.astimezone(UTC).strftime(TIME_FORMAT)
+    local = timezone.localtime(value)
     stamp = format_html(
-        '<time class="stanza-time" datetime="{}" title="{}">{}</time>',
+        '<time class="stanza-time" datetime="{}" title="{}"><span class="stanza-date">{}</span> '
+        '<span class="stanza-clock">{}</span></time>',
         value.isoformat(),
-        utc,
-        local,
+        value.astimezone(UTC).strftime(TIME_FORMAT),
+        local.strftime(DATE_FORMAT),
+        local.strftime(CLOCK_FORMAT),
     )
     if not relative:
         return stamp
     return format_html('{} <span class="stanza-ago">({})</span>', stamp, naturaltime(value))
+
+
+@register.filter
+def name_breaks(name):
+    """A backup's name that may break after its dots on a narrow screen, never inside a word."""
+    *parts, last = str(name).split(".")
+    return format_html("{}{}", format_html_join("", "{}.<wbr>", ((p,) for p in parts)), last)
+
+
+@register.filter
+def message_parts(message):
+    """(sentence, details) of a dashboard message: views.failed() puts tool output after a
+    blank line, for a "details" disclosure."""
+    sentence, _, details = str(message).partition("\n\n")
+    return sentence, details
+
+
+@register.filter
+def problem_parts(message):
+    """(sentence, details) of a problem shown on a page (SQLite's check output as details)."""
+    return failures.split_details(str(message))
+
+
+@register.filter
+def name_words(text):
+    """Text in which file names may break after their dots on a narrow screen."""
+    return mark_safe(re.sub(r"\.(?=\S)", ".<wbr>", str(escape(text))))  # escaped just above
+
+
+# Buttons and pages a sentence names, linked to where they are.
+PAGE_LINKS = (
+    ("Back up now", "backups:backups", "#backup-now"),
+    ("Cron page", "backups:cron", ""),
+)
+
+
+@register.filter
+def page_links(text):
+    """A sentence with the buttons and pages it names ("make one with Back up now") as links."""
+    html = str(escape(text))
+    for words, url_name, anchor in PAGE_LINKS:
+        link = format_html('<a href="{}{}">{}</a>', reverse(url_name), anchor, words)
+        html = html.replace(words, link, 1)
+    return mark_safe(html)  # the text was escaped above; the links are format_html's
+
+
+@register.filter
+def restored_words(name):
+    """What a restore restored, for the replication panel: a backup's name, or a point in time
+    (older records named the scratch file a point-in-time restore went through)."""
+    if backups.is_backup_name(str(name)):
+        return format_html('<code class="stanza-name">{}</code>', name_breaks(name))
+    if not name or str(name).startswith("."):
+        return "a point in time from the replica"
+    return name
+
+
+register.filter("time_text", time_text)
+
+
+@register.filter
+def plain_error(message):
+    """An error message as a person reads it: one sentence, no query strings or tool output."""
+    return failures.split_details(str(message))[0]
 
 
 @register.filter

@@ -1,6 +1,7 @@
 """Restore to a point in time from the replica: the confirmation page, and the restore."""
 
 import logging
+import zoneinfo
 from datetime import UTC
 
 from django.contrib import messages
@@ -12,22 +13,32 @@ from django.views.decorators.http import require_http_methods
 from backups_app import conf
 from backups_app.engine import backups
 from backups_app.replication import replication
+from backups_app.templatetags.backups_tags import time_text
 from backups_app.web import views
 
 logger = logging.getLogger(__name__)
 
 
-def parse_when(text):
-    """A time from the form: ISO 8601; without a zone it is read in the site's time zone."""
+def parse_when(text, zone=""):
+    """A time from the form: ISO 8601; without an offset it is read in `zone` (the browser's,
+    which the page's script sends), else in the site's time zone."""
     try:
         value = parse_datetime((text or "").strip())
         if value is None:
             return None
         if timezone.is_naive(value):
-            value = timezone.make_aware(value)
+            value = timezone.make_aware(value, named_zone(zone))
         return value.astimezone(UTC)
     except (ValueError, OverflowError):  # well-formed but no such time (month 13, year 0)
         return None
+
+
+def named_zone(name):
+    """The time zone called `name` (an IANA name such as "Europe/Berlin"), else the site's."""
+    try:
+        return zoneinfo.ZoneInfo(name) if name else timezone.get_current_timezone()
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+        return timezone.get_current_timezone()
 
 
 @views.staff_required
@@ -38,7 +49,7 @@ def restore_at(request):
         messages.error(request, "Replication is off: set STANZA_REPLICA_URL.")
         return redirect("backups:backups")
     raw = request.POST.get("at") if request.method == "POST" else request.GET.get("at")
-    when = parse_when(raw)
+    when = parse_when(raw, request.GET.get("tz", ""))
     if when is None:
         messages.error(request, f"{raw or 'No time'!r} is not a date and time.")
         return redirect("backups:backups")
@@ -52,6 +63,7 @@ def restore_at(request):
         problem = (
             f"{replication.format_time(when)} is outside the replica's window ({current.window})"
         )
+    changes, later_migrations = views.point_in_time_changes(when)
     return render(
         request,
         "backups/restore_at.html",
@@ -62,6 +74,8 @@ def restore_at(request):
             at=when.isoformat(),
             replica=current,
             problem=problem,
+            changes=changes,
+            later_migrations=later_migrations,
             database=backups.live_database_path(),
             folder=backups.backups_dir(),
         ),
@@ -74,4 +88,5 @@ def restore_now(request, when):
         f"restore to {replication.format_time(when)}",
         lambda **who: replication.restore_at(when, **who),
         errors=(backups.BackupError, conf.ConfigError),
+        named=f"the replica at {time_text(when)}",  # what the user chose, not a scratch file
     )

@@ -5,6 +5,7 @@ import logging
 import shutil
 from datetime import timedelta
 from functools import wraps
+from types import SimpleNamespace
 from urllib.parse import quote
 
 from django.conf import settings
@@ -12,7 +13,8 @@ from django.contrib import admin, messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db import DatabaseError
+from django.db import DatabaseError, connection
+from django.db.migrations.recorder import MigrationRecorder
 from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -20,7 +22,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.http import RFC3986_SUBDELIMS
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
-from django.views.decorators.http import require_http_methods, require_POST, require_safe
+from django.views.decorators.http import require_http_methods, require_safe
 
 from backups_app import conf, upload_gate
 from backups_app.core import operations
@@ -30,6 +32,7 @@ from backups_app.engine import backups
 from backups_app.health import failures, health, recovery
 from backups_app.jobs import jobs, scheduler_lock
 from backups_app.models import CronRun
+from backups_app.offsite import offsite
 from backups_app.replication import replication
 from backups_app.restore import drill, restore, uploads
 from backups_app.retention import purge
@@ -80,11 +83,62 @@ def done(request, data, message, to="backups:backups"):
 
 
 def failed(request, error, status, to="backups:backups"):
-    """A refused or failed action: `{"error"}` for an API client, else a message and a redirect."""
+    """A refused or failed action: `{"error"}` for an API client, else a message and a redirect.
+
+    The message is one sentence with what to do; tool output (SQLite's integrity_check lines)
+    goes behind a "details" disclosure (DETAILS splits them in the message, base.html folds).
+    """
+    headline, details = failures.split_details(error)
     if wants_json(request):
-        return JsonResponse({"error": error}, status=status)
-    messages.error(request, failures.capital(error) + ".")
+        return JsonResponse(
+            {"error": headline, **({"details": details} if details else {})}, status=status
+        )
+    text = failures.sentence(headline)
+    messages.error(request, f"{text}{DETAILS}{details}" if details else text)
     return redirect(to)
+
+
+def headline(err):
+    """An error's one sentence, for the audit trail and logs' neighbours (no tool output)."""
+    return failures.split_details(str(err))[0]
+
+
+# Between a message's sentence and its details (see backups_tags.message_parts).
+DETAILS = "\n\n"
+
+
+def post_only(page, button):
+    """POST only; a GET (a bookmarked or typed address) gets a page saying which button on which
+    page does this (405 with words, not an empty body)."""
+
+    def decorate(view):
+        @wraps(view)
+        def wrapper(request, *args, **kwargs):
+            if request.method == "POST":
+                return view(request, *args, **kwargs)
+            text = f"This address does its work when the {button} button is pressed."
+            if wants_json(request):
+                response = JsonResponse({"error": f"{text} Use POST."}, status=405)
+            else:
+                context = admin_context(
+                    request,
+                    "Use the button",
+                    text=text,
+                    button=button,
+                    page=page,
+                    page_url=reverse(page[1]),
+                )
+                response = render(request, "backups/post_only.html", context, status=405)
+            response["Allow"] = "POST"
+            return response
+
+        return wrapper
+
+    return decorate
+
+
+BACKUPS_PAGE = ("the Backups page", "backups:backups")
+CRON_PAGE = ("the Cron page", "backups:cron")
 
 
 def admin_context(request, title, **extra):
@@ -239,7 +293,7 @@ def drill_status(backup):
 
 
 @staff_required
-@require_POST
+@post_only(BACKUPS_PAGE, "Back up now")
 def backup_now(request):
     try:
         with operations.exclusive("backup", by=request.user.get_username()):
@@ -248,7 +302,7 @@ def backup_now(request):
         return failed(request, str(err), 409)
     except backups.BackupError as err:
         logger.error("backup requested by %s failed: %s", request.user.get_username(), err)
-        audit(request.user, f"Back up now failed: {err}")
+        audit(request.user, f"Back up now failed: {headline(err)}")
         return failed(request, f"backup failed: {err}", 500)
     jobs.copy_offsite_soon()  # its own recorded run, in a thread: the answer does not wait
     size = human_size(backup.size)
@@ -299,7 +353,10 @@ def delete_backup(request, backup):
     size = human_size(backup.size)
     logger.info("backup %s deleted by %s", backup.name, request.user.get_username())
     audit(request.user, f"Deleted backup {backup.name} ({size})", flag=DELETION)
-    return done(request, {"deleted": backup.name}, f"Deleted {backup.name} ({size}).")
+    text = f"Deleted {backup.name} ({size})."
+    if offsite.enabled():
+        text += " Its offsite copy, if one was made, stays in the offsite store."
+    return done(request, {"deleted": backup.name}, text)
 
 
 def delete_form(request, backup):
@@ -320,9 +377,22 @@ def delete_page(request, backup, form, listed):
             form=form,
             is_last=form.is_last,
             is_newest=bool(listed) and listed[0].name == backup.name,
+            offsite=offsite_words(),
         ),
         status=400 if form.errors else 200,
     )
+
+
+def offsite_words():
+    """Where offsite copies go and how long they stay, for what a delete leaves (None: off).
+
+    From the settings alone: the page never asks the store."""
+    if not offsite.enabled():
+        return None
+    return {
+        "location": offsite.location(),
+        "retention_days": conf.get("STANZA_OFFSITE_RETENTION_DAYS"),
+    }
 
 
 # --- Restore and upload --------------------------------------------------------------------
@@ -347,7 +417,6 @@ def restore_backup(request, backup):
             backup=backup,
             form=form,
             info=info,
-            summary=restore.describe(info) if info else "",
             changes=restore.changes(info) if info else None,
             problem=problem,
             database=backups.live_database_path(),
@@ -364,11 +433,13 @@ def restore_now(request, backup):
     )
 
 
-def run_restore(request, what, restore_as, errors=(backups.BackupError,)):
+def run_restore(request, what, restore_as, errors=(backups.BackupError,), named=None):
     """Run `restore_as(trigger=..., by=...)` for the staff user and answer the page or API.
 
     One ending for every kind of restore (a backup, a point in time): busy is 409, a refused
-    or failed restore is 400 with nothing changed, logged and audited under `what`.
+    or failed restore is 400 with nothing changed, logged and audited under `what`. `named`
+    is what the user chose, in words ("the replica at 2026-12-06 19:42:47 UTC"); by default
+    "backup NAME".
     """
     user = request.user
     trigger = f"admin:{user.get_username()}"
@@ -378,21 +449,22 @@ def run_restore(request, what, restore_as, errors=(backups.BackupError,)):
         return failed(request, str(err), 409)
     except errors as err:
         logger.error("%s requested by %s failed: %s", what, trigger, err)
-        audit(user, f"{what[:1].upper()}{what[1:]} failed: {err}")
+        audit(user, f"{what[:1].upper()}{what[1:]} failed: {headline(err)}")
         return failed(request, f"restore failed, nothing was changed: {err}", 400)
-    return restored(request, result)
+    return restored(request, result, named)
 
 
-def restored(request, result):
+def restored(request, result, named=None):
     """Say that a restore succeeded (restore_and_record recorded it in the run history).
 
     The restored database has its own sessions table: when it lacks this session, the next
     page is the login page, which shows the message (messages live in a cookie).
     """
-    name = result.backup.name
+    name = named or result.backup.name
+    chosen = named or f"backup {name}"
     safety = result.safety_backup.name if result.safety_backup else ""
     try:
-        audit(request.user, f"Restored backup {name}; safety backup: {safety or 'none'}")
+        audit(request.user, f"Restored {chosen}; safety backup: {safety or 'none'}")
     except DatabaseError:  # e.g. this user is not in the restored database
         logger.warning("could not record the restore of %s in the audit trail", name, exc_info=True)
     if wants_json(request):
@@ -415,9 +487,22 @@ def restored(request, result):
     return redirect("backups:backups")
 
 
+def point_in_time_changes(when):
+    """(what a restore to `when` keeps, the migrations applied since `when`), from the live
+    database alone (nothing is restored to show the confirmation page).
+
+    The replica's state at `when` has the live database's tables unless a migration ran since:
+    those migrations are named, newest last.
+    """
+    tables = connection.introspection.table_names()
+    changes = restore.changes(SimpleNamespace(row_counts=dict.fromkeys(tables, 0)))
+    later = MigrationRecorder(connection).migration_qs.filter(applied__gt=when).order_by("applied")
+    return changes, list(later)
+
+
 @csrf_exempt  # checked below, after the staff check, so nobody else can make us read a body
 @staff_required
-@require_POST
+@post_only(BACKUPS_PAGE, "Upload")
 def upload_backup(request):
     # Before the body is read: stream the file into the app's upload folder, stopping at the
     # limit (the same as this site's UploadGateMiddleware does; a site without it gets it here).
@@ -441,7 +526,7 @@ def _upload_backup(request):
             backup = uploads.accept_upload(upload)
     except backups.BackupError as err:
         logger.warning("upload of %s refused: %s", upload.name, err)
-        audit(request.user, f"Upload of {upload.name} refused: {err}")
+        audit(request.user, f"Upload of {upload.name} refused: {headline(err)}")
         status = getattr(err, "status", 400)
         return failed(request, f"upload of {upload.name} refused: {err}", status)
     size = human_size(backup.size)
@@ -543,7 +628,7 @@ def run_detail(request, pk):
 
 
 @staff_required
-@require_POST
+@post_only(CRON_PAGE, "Run now")
 def run_job_now(request, name):
     if name not in jobs.registry():
         if wants_json(request):

@@ -1,24 +1,65 @@
-/* The dashboard's small script: the browser's local time (UTC on hover), buttons that say
-   they are working and cannot be pressed twice, and "Copy" for checksums. The pages work
-   without it. */
+/* The dashboard's small script: the browser's local time (UTC on hover) and the time
+   picker in it, buttons that say they are working and cannot be pressed twice, and "Copy" for
+   checksums. The pages work without it. */
 (function () {
     "use strict";
 
     function pad(n) { return String(n).padStart(2, "0"); }
+
+    function zoneName(when) {
+        var parts = new Intl.DateTimeFormat([], { timeZoneName: "short" }).formatToParts(when);
+        return (parts.find(function (p) { return p.type === "timeZoneName"; }) || {}).value || "";
+    }
+
+    function localDate(when) {
+        return when.getFullYear() + "-" + pad(when.getMonth() + 1) + "-" + pad(when.getDate());
+    }
+
+    function localClock(when) {
+        return pad(when.getHours()) + ":" + pad(when.getMinutes()) + ":" + pad(when.getSeconds());
+    }
 
     function localTimes(root) {
         root.querySelectorAll("time.stanza-time[datetime]").forEach(function (el) {
             var when = new Date(el.getAttribute("datetime"));
             if (isNaN(when.getTime())) { return; }
             var zone = "";
-            try {
-                var parts = new Intl.DateTimeFormat([], { timeZoneName: "short" }).formatToParts(when);
-                zone = (parts.find(function (p) { return p.type === "timeZoneName"; }) || {}).value || "";
-            } catch (e) { /* no Intl: keep the server's time */ return; }
-            el.textContent = when.getFullYear() + "-" + pad(when.getMonth() + 1) + "-" + pad(when.getDate()) +
-                " " + pad(when.getHours()) + ":" + pad(when.getMinutes()) + ":" + pad(when.getSeconds()) +
-                (zone ? " " + zone : "");
+            try { zone = zoneName(when); } catch (e) { return; } /* no Intl: keep the server's */
+            var date = el.querySelector(".stanza-date"), clock = el.querySelector(".stanza-clock");
+            var time = localClock(when) + (zone ? " " + zone : "");
+            if (date && clock) {
+                date.textContent = localDate(when);
+                clock.textContent = time;
+            } else {
+                el.textContent = localDate(when) + " " + time;
+            }
         });
+    }
+
+    /* The point-in-time picker takes the browser's local time: it says which zone, sends the
+       zone's name with the time (the server converts), and starts at the window's end. */
+    function timePickers(root) {
+        root.querySelectorAll("input[data-stanza-local-time]").forEach(function (input) {
+            var zone;
+            try { zone = Intl.DateTimeFormat().resolvedOptions().timeZone; } catch (e) { return; }
+            if (!zone) { return; }
+            var form = input.form;
+            var field = form.querySelector("input[name=tz]");
+            if (field) { field.value = zone; }
+            root.querySelectorAll("[data-stanza-zone-name]").forEach(function (el) {
+                el.textContent = zone;
+            });
+            var end = new Date(input.dataset.end || "");
+            if (!input.value && !isNaN(end.getTime())) {
+                input.value = localDate(end) + " " + localClock(end);
+            }
+        });
+    }
+
+    /* A link to a folded section (#error-output) unfolds it. */
+    function openTarget() {
+        var target = location.hash && document.getElementById(location.hash.slice(1));
+        if (target && target.tagName === "DETAILS") { target.open = true; }
     }
 
     function busyButtons(root) {
@@ -69,6 +110,8 @@
 
     document.addEventListener("DOMContentLoaded", function () {
         localTimes(document);
+        timePickers(document);
+        openTarget();
         busyButtons(document);
         copyButtons(document);
     });
