@@ -14,6 +14,7 @@ from django.utils.html import escape, format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from backups_app.core.formatting import human_size
+from backups_app.engine import backups
 from backups_app.health import failures
 
 register = template.Library()
