@@ -10,11 +10,19 @@ transactions, ~800 commits/s, synchronous=NORMAL) committing from another proces
    then restores the replica's latest state (`litestream restore`) until the marker is there:
    the lag from commit to restorable is the start of the first restore that held it;
 3. no replication again (the machine may have changed meanwhile).
+
+During phase 2 the health measurement `manage.py replicate` makes runs beside it (a
+`positions.Tracker` beat every second instead of every 5 s): what one beat costs, and the lag
+it reports. Then Litestream is stopped (SIGSTOP) for --stall seconds while the writer runs:
+the lag reported at the end of the stall (it should be about the stall), and how long after
+SIGCONT the reported lag is back under 5 s.
 """
 
 import argparse
 import json
+import os
 import secrets
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -25,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from backups_app.replication import positions  # noqa: E402
 from bench.backup import Writer, latency_stats  # noqa: E402
 
 LITESTREAM = Path(sys.executable).parent / "litestream"
@@ -86,7 +95,47 @@ def probe_lags(config, database, workdir, count, stop):
     return lags
 
 
-def phase(database, seconds, config=None, probes=0, workdir=None):
+class Watch:
+    """A Tracker beating every second beside the phase: beat durations and reported lags."""
+
+    def __init__(self, database, config):
+        self.tracker = positions.Tracker(database, config)
+        self.beats, self.lags = [], []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run)
+        self.thread.start()
+
+    def run(self):
+        while not self.stop.wait(1.0):
+            started = time.monotonic()
+            synced = self.tracker.beat()
+            self.beats.append(time.monotonic() - started)
+            self.lags.append(time.time() - synced if synced else None)
+
+    def lag(self):
+        return self.lags[-1] if self.lags else None
+
+    def close(self):
+        self.stop.set()
+        self.thread.join()
+
+
+def stall(litestream, watch, seconds):
+    """SIGSTOP Litestream for `seconds`; the reported lag then, and the catch-up time."""
+    os.kill(litestream.pid, signal.SIGSTOP)
+    time.sleep(seconds)
+    reported = watch.lag()
+    os.kill(litestream.pid, signal.SIGCONT)
+    resumed = time.monotonic()
+    while time.monotonic() - resumed < 60:
+        time.sleep(0.2)
+        current = watch.lag()
+        if current is not None and current < 5 and len(watch.lags) > 1:
+            break
+    return reported, time.monotonic() - resumed
+
+
+def phase(database, seconds, config=None, probes=0, workdir=None, stall_for=0):
     litestream = None
     if config is not None:
         litestream = subprocess.Popen(
@@ -105,18 +154,25 @@ def phase(database, seconds, config=None, probes=0, workdir=None):
             target=lambda: lags.extend(probe_lags(config, database, workdir, probes, stop))
         )
         prober.start()
+    watch = Watch(database, config) if config is not None else None
     time.sleep(seconds)
     stop.set()
     if prober:
         prober.join()
     ended = time.monotonic()
+    steady = (list(watch.beats), list(watch.lags)) if watch else ([], [])
+    stalled = stall(litestream, watch, stall_for) if watch and stall_for else None
     samples, errors = writer.stop()
+    if watch is not None:
+        watch.close()
     if litestream is not None:
         litestream.terminate()
         litestream.wait(15)
     stats = latency_stats(samples, [(started, ended)])
     stats["rate"] = stats["n"] / (ended - started)
     stats["errors"] = len(errors)
+    stats["steady"] = steady  # the health beats' durations and lags before the stall
+    stats["stalled"] = stalled
     return stats, lags
 
 
@@ -129,6 +185,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--probes", type=int, default=40)
+    parser.add_argument("--stall", type=float, default=20)
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="stanza-bench-replication-"))
@@ -140,7 +197,10 @@ def main():
 
     rows = [("no replication", *phase(database, args.seconds))]
     rows.append(
-        ("Litestream replicating", *phase(database, args.seconds, config, args.probes, workdir))
+        (
+            "Litestream replicating",
+            *phase(database, args.seconds, config, args.probes, workdir, args.stall),
+        )
     )
     rows.append(("no replication (again)", *phase(database, args.seconds)))
 
@@ -157,6 +217,24 @@ def main():
         print(
             f"\nlag from commit to restorable ({len(lags)} probes): "
             f"p50 {p50:.2f} s, p99 {p99:.2f} s, max {max(lags):.2f} s"
+        )
+    steady_beats, steady_lags = rows[1][1]["steady"]
+    beats = [b * 1000 for b in steady_beats]
+    reported = [lag for lag in steady_lags if lag is not None]
+    if beats and reported:
+        print(
+            f"health beat ({len(beats)} beats, one per second): "
+            f"p50 {percentile(beats, 0.5):.1f} ms, max {max(beats):.1f} ms; "
+            f"reported lag p50 {percentile(reported, 0.5):.2f} s, "
+            f"p99 {percentile(reported, 0.99):.2f} s"
+        )
+    stalled = rows[1][1]["stalled"]
+    if stalled:
+        said, caught_up = stalled
+        said = f"{said:.1f} s" if said is not None else "unknown"
+        print(
+            f"Litestream stopped (SIGSTOP) for {args.stall:.0f} s under the writer: reported "
+            f"lag {said}; back under 5 s {caught_up:.1f} s after SIGCONT"
         )
 
 

@@ -40,7 +40,7 @@ TRACEBACK = 'Traceback (most recent call last):\n  File "backups_app/jobs.py", l
         (TRACEBACK + "RuntimeError: boom", "Boom."),
         (TRACEBACK + "MemoryError", "The process ran out of memory."),
         (
-            TRACEBACK + "backups_app.offsite.offsite.OffsiteError: the offsite store at s3://b/p "
+            TRACEBACK + "backups_app.offsite.store.OffsiteError: the offsite store at s3://b/p "
             'is unreachable: Could not connect to the endpoint URL: "http://127.0.0.1:9/b?list-type'
             '=2&prefix=site%2Fdb"',
             "The offsite store at s3://b/p is unreachable: Could not connect to the endpoint URL: "

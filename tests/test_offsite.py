@@ -19,7 +19,9 @@ from backups_app.engine import backups
 from backups_app.health import alerts, health
 from backups_app.jobs import jobs
 from backups_app.models import CronRun
-from backups_app.offsite import offsite
+from backups_app.offsite import copies, fetch, purge, upload
+from backups_app.offsite import store as offsite_store
+from backups_app.offsite.store import OffsiteError
 from tests.conftest import (
     count_rows,
     make_database,
@@ -167,8 +169,8 @@ def test_it_copies_every_backup_with_its_sidecars_and_is_idempotent(
         assert body(s3, offsite_on, f"site-a/{backup.name}") == backup.path.read_bytes()
         sidecar = backup.path.with_name(backup.name + ".sha256").read_bytes()
         assert body(s3, offsite_on, f"site-a/{backup.name}.sha256") == sidecar
-    copies = offsite.list_copies()
-    assert all(copies[n].complete for n in names)
+    listed = copies.list_copies()
+    assert all(listed[n].complete for n in names)
 
     again = jobs.run_job("copy-offsite")
 
@@ -185,9 +187,9 @@ def test_it_copies_oldest_first_and_resumes_a_copy_that_stopped_half_way(
     # A run that died after the data but before its .sha256: not offsite.
     s3.put_object(Bucket=offsite_on, Key=f"site-a/{first.name}", Body=b"half")
     order = []
-    real = offsite.copy_backup
+    real = upload.copy_backup
     monkeypatch.setattr(
-        offsite, "copy_backup", lambda b, **kw: order.append(b.name) or real(b, **kw)
+        upload, "copy_backup", lambda b, **kw: order.append(b.name) or real(b, **kw)
     )
 
     run = jobs.run_job("copy-offsite")
@@ -201,7 +203,7 @@ def test_it_copies_oldest_first_and_resumes_a_copy_that_stopped_half_way(
 def test_it_uploads_in_parts_each_confirmed_and_leaves_no_upload_open(
     offsite_on, s3, data_dir, backups_folder, monkeypatch
 ):
-    monkeypatch.setattr(offsite, "PART_SIZE", 5 * 1024 * 1024)  # S3's smallest part
+    monkeypatch.setattr(offsite_store, "PART_SIZE", 5 * 1024 * 1024)  # S3's smallest part
     big = make_large_database(data_dir / "database.sqlite", 12)
     backup = make_backup(big, backups_folder)
 
@@ -227,7 +229,7 @@ def test_a_backup_that_does_not_match_its_checksum_is_not_copied(
     assert run.status == CronRun.Status.FAILURE
     assert bad.name in run.error_summary and ".sha256" in run.error_summary
     assert not [k for k in keys(s3, offsite_on) if bad.name in k]
-    assert offsite.list_copies()[good.name].complete
+    assert copies.list_copies()[good.name].complete
     assert not s3.list_multipart_uploads(Bucket=offsite_on).get("Uploads")
 
 
@@ -319,7 +321,7 @@ def test_another_django_storages_backend_works_through_the_storages_alias(
 
     assert run.status == CronRun.Status.SUCCESS, run.error
     assert (store / backup.name).read_bytes() == backup.path.read_bytes()
-    assert offsite.list_copies()[backup.name].complete
+    assert copies.list_copies()[backup.name].complete
 
 
 # --- encryption ---------------------------------------------------------------------------
@@ -344,13 +346,13 @@ def test_an_encrypted_round_trip(offsite_on, s3, live, backups_folder, settings,
     assert checksum.split()[0] == hashlib.sha256(plain).hexdigest()
     # Without the identity the copy cannot be read back, and says so.
     with (
-        pytest.raises(offsite.OffsiteError, match="STANZA_OFFSITE_AGE_IDENTITY"),
-        offsite.fetched(backup.name),
+        pytest.raises(OffsiteError, match="STANZA_OFFSITE_AGE_IDENTITY"),
+        fetch.fetched(backup.name),
     ):
         pass
 
     settings.STANZA_OFFSITE_AGE_IDENTITY = str(identity)
-    with offsite.fetched(backup.name) as path:
+    with fetch.fetched(backup.name) as path:
         assert path.read_bytes() == plain
         assert backups.read_checksum(path) == hashlib.sha256(plain).hexdigest()
     assert not list((tmp_path / "data" / "tmp").iterdir())  # the fetch cleans up
@@ -363,8 +365,8 @@ def test_a_tampered_copy_is_refused_when_fetched(offsite_on, s3, live, backups_f
     s3.put_object(Bucket=offsite_on, Key=f"site-a/{backup.name}", Body=b"SQLite format 3\x00junk")
 
     with (
-        pytest.raises(offsite.OffsiteError, match="does not match its .sha256"),
-        offsite.fetched(backup.name),
+        pytest.raises(OffsiteError, match="does not match its .sha256"),
+        fetch.fetched(backup.name),
     ):
         pass
 
@@ -381,11 +383,11 @@ def test_a_copy_whose_json_is_not_an_object_is_still_fetched_back(
     for path in (backup.path, *backups.sidecars(backup.path)):
         path.unlink()
 
-    fetched = offsite.fetch_into_backups(backup.name)
+    fetched = fetch.fetch_into_backups(backup.name)
 
     assert fetched.name == backup.name
     assert backups.read_checksum(fetched.path) == backups.sha256_of(fetched.path)
-    assert offsite.drill_of(offsite.find_copy(backup.name), offsite.storage()) is None
+    assert fetch.stored_manifest(offsite_store.storage(), backup.name) == {}
 
 
 # --- settings -----------------------------------------------------------------------------
@@ -501,16 +503,16 @@ def test_retention_purges_old_copies_never_the_newest_nor_foreign_objects(
     s3.put_object(Bucket=offsite_on, Key="site-b/" + old.name, Body=b"another prefix")
     now = timezone.now()
 
-    assert offsite.purge_old_copies(now, 30) == []  # young copies stay
+    assert purge.purge_old_copies(now, 30) == []  # young copies stay
 
-    removed = offsite.purge_old_copies(now + timedelta(days=31), 30)
+    removed = purge.purge_old_copies(now + timedelta(days=31), 30)
 
     assert removed == [old.name]
     assert keys(s3, offsite_on, "") == sorted(
         ["site-a/notes.txt", "site-a/database.sqlite.bak", "site-b/" + old.name]
         + [f"site-a/{new.name}{s}" for s in ("", ".json", ".sha256")]
     )
-    assert offsite.purge_old_copies(now + timedelta(days=400), 0) == []  # the newest stays
+    assert purge.purge_old_copies(now + timedelta(days=400), 0) == []  # the newest stays
 
 
 @pytest.mark.django_db
@@ -525,8 +527,8 @@ def test_retention_keeps_the_newest_copy_of_the_sites_own_backups_after_an_uploa
     uploaded = make_backup(live, backups_folder, label="uploaded")
     jobs.run_job("copy-offsite")
 
-    assert offsite.purge_old_copies(timezone.now() + timedelta(days=400), 0) == []
-    assert set(offsite.list_copies()) == {own.name, uploaded.name}
+    assert purge.purge_old_copies(timezone.now() + timedelta(days=400), 0) == []
+    assert set(copies.list_copies()) == {own.name, uploaded.name}
 
 
 @pytest.mark.django_db

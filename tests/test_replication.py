@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
 import threading
@@ -124,7 +125,7 @@ def replica_on(settings, tmp_path, monkeypatch):
     return database
 
 
-def write_status(database, *, age=0, lag=0, pid=None, running=True):
+def write_status(database, *, age=0, lag=0, pid=None, running=True, **extra):
     now = datetime.now(UTC)
     beat = now - timedelta(seconds=age)
     replication.write_status(
@@ -133,6 +134,7 @@ def write_status(database, *, age=0, lag=0, pid=None, running=True):
             "litestream_running": running,
             "heartbeat_at": beat.isoformat(),
             "synced_through": (beat - timedelta(seconds=lag)).isoformat(),
+            **extra,
         },
         database,
     )
@@ -177,6 +179,48 @@ def test_a_dead_replicate_process_or_an_old_heartbeat_is_stopped(replica_on):
     assert replication.problems()[0].startswith("replication stopped")
     write_status(replica_on, running=False)  # replicate waits to restart Litestream
     assert replication.problems()[0].startswith("replication stopped")
+
+
+def test_a_replica_that_lost_its_files_is_a_problem_at_once(replica_on):
+    write_status(replica_on, lag=0, replica_problem="missing files")
+    assert replication.problems() == ["replica missing files (a restore from it would fail)"]
+    write_status(replica_on, lag=0, replica_problem="empty")
+    assert replication.problems() == ["replica empty (a restore from it would fail)"]
+    (problem,) = replication.health_problems()
+    assert "new snapshot" in problem.advice
+
+
+def test_a_pid_reused_by_another_process_is_not_replicate(replica_on):
+    write_status(replica_on, pid=os.getpid(), pid_identity="another-boot/12345")
+    assert replication.problems()[0].startswith("replication stopped")
+
+
+def ltx_file(low, high, level=0):
+    return positions.LtxFile(level, low, high, datetime.now(UTC))
+
+
+def test_only_the_chain_from_a_snapshot_can_be_restored():
+    assert positions.restorable_txid([]) == 0
+    snapshot_and_on = [ltx_file(1, 7, level=9), ltx_file(8, 8), ltx_file(9, 9), ltx_file(8, 9, 1)]
+    assert positions.restorable_txid(snapshot_and_on) == 9
+    assert positions.restorable_txid([ltx_file(8, 8), ltx_file(9, 9)]) == 0  # snapshot deleted
+    assert positions.restorable_txid([ltx_file(1, 7, 9), ltx_file(9, 12)]) == 7  # a gap
+
+
+def test_the_live_position_is_the_last_commit_in_the_wal(tmp_path):
+    database = tmp_path / "live.sqlite"
+    conn = sqlite3.connect(database, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("CREATE TABLE item (id INTEGER PRIMARY KEY, name TEXT)")
+    first = positions.live_position(database)
+    conn.execute("INSERT INTO item (name) VALUES ('x')")
+    second = positions.live_position(database)
+    wal = Path(f"{database}-wal").read_bytes()
+    conn.close()
+    assert first.salts == second.salts == struct.unpack(">II", wal[16:24])
+    assert first.end < second.end == len(wal)  # every frame written is committed here
+    assert positions.live_position(tmp_path / "missing.sqlite") is None
 
 
 def test_health_checkbackups_and_healthz_report_replication(replica_on, db, client):

@@ -20,7 +20,7 @@ def replica_url(settings, tmp_path, live_database, data_dir):
     return settings.STANZA_REPLICA_URL
 
 
-def write_status(database, *, lag=1, span=None):
+def write_status(database, *, lag=1, span=None, **extra):
     now = datetime.now(UTC)
     span = span or (now - timedelta(hours=2), now - timedelta(seconds=30))
     replication.write_status(
@@ -30,6 +30,7 @@ def write_status(database, *, lag=1, span=None):
             "heartbeat_at": now.isoformat(),
             "synced_through": (now - timedelta(seconds=lag)).isoformat(),
             "files_span": [t.isoformat() for t in span],
+            **extra,
         },
         database,
     )
@@ -43,6 +44,18 @@ def test_the_backups_page_shows_replication_status_and_window(
     assert "Continuous replication" in page
     assert "&#10003; running" in page and 'id="replication-lag">3 s' in page
     assert "Restore to a point in time" in page and 'name="at"' in page
+
+
+def test_the_page_says_what_the_replica_holds_and_when_it_holds_nothing(
+    staff_client, replica_url, live_database
+):
+    write_status(live_database, lag=3)
+    page = staff_client.get("/admin/backups/").content.decode()
+    assert "Replica holds" in page and "every commit before" in page
+    assert "the last second or so before that time may be missing" in page
+    write_status(live_database, lag=3, replica_problem="empty")
+    page = staff_client.get("/admin/backups/").content.decode()
+    assert "nothing a restore can use" in page and "every commit before" not in page
 
 
 def test_the_page_says_when_replication_stopped(staff_client, replica_url, live_database):

@@ -51,17 +51,10 @@ def check_lateness(now=None):
 def source_problems(now):
     """{alert name: problems} of each health problem source (offsite copies, replication).
 
-    A source's alert name is its module's name ("offsite", "replication"), kept beside the
-    jobs' names in AlertState, so each problem is mailed once and its recovery once.
+    A source's alert name ("offsite", "replication") is kept beside the jobs' names in
+    AlertState, so each problem is mailed once and its recovery once.
     """
-    found = {}
-    for path in health.PROBLEM_SOURCES:
-        found[source_name(path)] = health.source(path)(now)
-    return found
-
-
-def source_name(path):
-    return path.rsplit(".", 2)[-2]
+    return {name: source(now) for name, source in health.problem_sources().items()}
 
 
 def _set_state(job_name, state, *, run=None, now=None):
@@ -119,7 +112,7 @@ def _send_notice(alert, previous, run, now):
 
 def _message(alert, previous, run, now):
     name = alert.job_name
-    if name not in jobs.registry() and name in map(source_name, health.PROBLEM_SOURCES):
+    if name not in jobs.registry() and name in health.problem_sources():
         subject, lines = _source_message(alert, previous, now)
     elif alert.state == AlertState.State.FAILING:
         subject = f"[Stanza Backups] job {name} failed"

@@ -4,10 +4,10 @@ the admin index, the Cron page and the Backups page.
 Each problem has a few words (what /healthz and `checkbackups` print, stable for monitoring)
 and a sentence saying what to do next (what the pages show). Problems come from, in order:
 - `backup_problems()`: the backups folder (no backup, too old, the last drill failed);
-- the functions named in `PROBLEM_SOURCES`: each takes `now` and returns a list of `Problem`s
-  (or plain strings, shown as they are). Offsite copies and replication add theirs by
-  appending the dotted path of their function there (imported lazily, when a verdict is
-  computed, so a source may import this module);
+- `problem_sources()`: offsite copies' and replication's `health_problems(now)`, each
+  returning a list of `Problem`s (or plain strings, shown as they are), from what their jobs
+  and `replicate` recorded: never a request to a store. They are imported here, so a source
+  must not import this module (health.problems is where `Problem` lives);
 - `job_health()`: every registered job whose last run failed, or that is late.
 """
 
@@ -17,13 +17,14 @@ from datetime import UTC, datetime, timedelta
 
 from django.db.migrations.recorder import MigrationRecorder
 from django.utils import timezone
-from django.utils.module_loading import import_string
 
 from backups_app.engine import backups
 from backups_app.engine.backups import BackupError
 from backups_app.health.problems import Problem
 from backups_app.jobs import jobs
 from backups_app.models import AlertState, CronRun
+from backups_app.offsite import state as offsite_state
+from backups_app.replication import replication
 from backups_app.restore import drill
 
 logger = logging.getLogger(__name__)
@@ -33,12 +34,6 @@ State = AlertState.State
 OK, FAILING, LATE = State.OK.value, State.FAILING.value, State.LATE.value
 # Shown for a job that has not run yet and is not late: not "ok", which it has not proved.
 NEVER_RUN = "never run"
-
-# More kinds of problems: f(now) -> [Problem | str].
-PROBLEM_SOURCES = [
-    "backups_app.offsite.offsite.health_problems",
-    "backups_app.replication.replication.health_problems",
-]
 
 
 @dataclass(frozen=True)
@@ -100,15 +95,20 @@ def verdict(now=None, *, scanned=None):
     now = now or timezone.now()
     check = Check(now, scanned)
     found = backup_problems(check)
-    for path in PROBLEM_SOURCES:
-        found += [p if isinstance(p, Problem) else Problem(str(p)) for p in source(path)(now)]
+    for source in problem_sources().values():
+        found += [p if isinstance(p, Problem) else Problem(str(p)) for p in source(now)]
     health = job_health(now)
     found += [job_problem(job) for job in health.values() if job.state in (FAILING, LATE)]
     return Verdict(checked_at=now, problems=found, jobs=health, drills=check.drills)
 
 
-def source(path):
-    return import_string(path)
+def problem_sources():
+    """{alert name: f(now) -> [Problem | str]}: the other capabilities' problems, in order.
+
+    The alert name is what AlertState keeps beside the jobs' names, so each problem is mailed
+    once and its recovery once.
+    """
+    return {"offsite": offsite_state.health_problems, "replication": replication.health_problems}
 
 
 def problems(now=None):

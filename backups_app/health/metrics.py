@@ -18,7 +18,7 @@ from backups_app.engine.backups import BackupError
 from backups_app.health import health, recovery
 from backups_app.jobs import jobs
 from backups_app.models import CronRun
-from backups_app.offsite import offsite
+from backups_app.offsite import upload as offsite_upload
 from backups_app.restore import drill
 
 
@@ -47,7 +47,7 @@ class StanzaCollector:
         succeeded = CronRun.objects.latest_per_job(registry, status=CronRun.Status.SUCCESS)
         drills = verdict.drills or drill.recent_drills()
         state = recovery.state(
-            now, listed=listed, copied=succeeded.get(offsite.JOB_NAME), drills=drills
+            now, listed=listed, copied=succeeded.get(offsite_upload.JOB_NAME), drills=drills
         )
         yield from backup_metrics(listed)
         yield from job_metrics(verdict.jobs, succeeded)

@@ -19,7 +19,8 @@ from backups_app.engine import backups
 from backups_app.engine.backups import BackupError
 from backups_app.health import health
 from backups_app.models import CronRun, DrillRun
-from backups_app.offsite import offsite
+from backups_app.offsite import store as offsite_store
+from backups_app.offsite import upload as offsite_upload
 from backups_app.replication import replication
 from backups_app.restore import drill
 
@@ -136,7 +137,7 @@ def offsite_point(listed, copied=None):
     folder held). From the run history: no request to the store."""
     if copied is None:
         copied = (
-            CronRun.objects.filter(job_name=offsite.JOB_NAME, status=CronRun.Status.SUCCESS)
+            CronRun.objects.filter(job_name=offsite_upload.JOB_NAME, status=CronRun.Status.SUCCESS)
             .order_by("-started_at", "-id")
             .first()
         )
@@ -149,7 +150,7 @@ def offsite_point(listed, copied=None):
 
 def _offsite_on():
     try:
-        return offsite.enabled()
+        return offsite_store.enabled()
     except BackupError:  # a bad setting: the health verdict names it
         return False
 

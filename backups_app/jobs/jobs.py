@@ -23,7 +23,9 @@ from backups_app.cron import crontab_trigger
 from backups_app.engine import backups
 from backups_app.media import store as media_store
 from backups_app.models import CronRun
-from backups_app.offsite import offsite
+from backups_app.offsite import purge as offsite_purge
+from backups_app.offsite import store as offsite_store
+from backups_app.offsite import upload as offsite_upload
 from backups_app.retention import purge
 
 logger = logging.getLogger(__name__)
@@ -70,9 +72,9 @@ def purge_old_backups():
     now = timezone.now()
     result = purge.purge_job(now)
     result += media_store.clean_up_words(backups.backups_dir(), backups.is_backup_name, human_size)
-    if offsite.enabled():  # after the local purge, which a store that is down must not stop
+    if offsite_store.enabled():  # after the local purge, which a store down must not stop
         offsite_days = conf.get("STANZA_OFFSITE_RETENTION_DAYS")
-        purged = offsite.purge_old_copies(now, offsite_days)
+        purged = offsite_purge.purge_old_copies(now, offsite_days)
         result += (
             f"; removed {plural(len(purged), 'offsite copy', 'offsite copies')} older than "
             f"{plural(offsite_days, 'day')}"
@@ -96,11 +98,12 @@ def purge_old_cron_runs():
 
 
 def verify_latest_backup():
-    from backups_app.restore import drill  # drill builds on restore, which the jobs need not load
+    # The drills build on restore, which the other jobs need not load.
+    from backups_app.restore import drill, offsite_drill
 
     checks = [drill.verify_latest_backup]
-    if offsite.enabled():
-        checks.append(offsite.drill_newest_copy)
+    if offsite_store.enabled():
+        checks.append(offsite_drill.drill_newest_copy)
     results, failures = [], []
     for check in checks:  # every drill runs, whichever fails
         try:
@@ -147,13 +150,13 @@ def registry():
             description="Restore the newest backup into a scratch file and check what it holds",
         ),
     ]
-    if offsite.enabled():
+    if offsite_store.enabled():
         jobs.append(
             Job(
-                name=offsite.JOB_NAME,
+                name=offsite_upload.JOB_NAME,
                 schedule=conf.get("STANZA_OFFSITE_SCHEDULE"),
-                func=offsite.copy_offsite,
-                description=f"Copy new backups to {offsite.location()}",
+                func=offsite_upload.copy_offsite,
+                description=f"Copy new backups to {offsite_store.location()}",
             )
         )
     if conf.get("STANZA_REPLICA_URL"):
@@ -356,32 +359,25 @@ def next_run_times(registry):
 def copy_offsite_soon():
     """Start a recorded copy-offsite run in a thread, now that a backup was made.
 
-    Never raises: the backup is done whatever happens offsite. Skipped when a run of the job
-    is already going (it would be recorded as a failure); the next scheduled run catches up.
-    The thread is not a daemon, so a command that made a backup waits for its copy.
+    Never raises: the backup is done whatever happens offsite (a bad offsite setting fails the
+    copy's own run, which names it). A run while another is going is recorded as skipped (see
+    CronRun.objects.begin); the next scheduled run catches up. The thread is not a daemon, so
+    a command that made a backup waits for its copy.
     """
     try:
-        if not offsite.enabled():
+        if not offsite_store.enabled():
             return None
-    except backups.BackupError:
-        logger.exception("offsite copies are misconfigured; no copy started")
+        thread = threading.Thread(target=_copy_offsite_now, name="copy-offsite", daemon=False)
+        thread.start()
+    except Exception:
+        logger.exception("could not start copy-offsite after the backup")
         return None
-    thread = threading.Thread(target=_copy_offsite_now, name="copy-offsite", daemon=False)
-    thread.start()
     return thread
 
 
 def _copy_offsite_now():
     try:
-        CronRun.objects.close_interrupted(
-            offsite.JOB_NAME
-        )  # a run whose process died blocks nothing
-        if CronRun.objects.filter(
-            job_name=offsite.JOB_NAME, status=CronRun.Status.RUNNING
-        ).exists():
-            logger.info("a copy-offsite run is going; the next one copies the new backup")
-            return
-        run_job(offsite.JOB_NAME, trigger="after backup")
+        run_job(offsite_upload.JOB_NAME, trigger="after backup")
     except Exception:
         logger.exception("could not run copy-offsite after the backup")
     finally:

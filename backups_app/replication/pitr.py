@@ -4,7 +4,7 @@
 What a restore to T holds: Litestream stamps each file when it has read the WAL, about a
 second after the commits in it, and a restore to T applies the files stamped up to T. So it
 holds every commit Litestream had synced by T, which may leave out the last second or so
-before T; the result line names the time the restored state was synced at.
+before T (the pages and the README say so).
 """
 
 import contextlib
@@ -41,18 +41,6 @@ def window(database=None, now=None):
         raise ReplicationError("the replica holds nothing yet; is `manage.py replicate` running?")
     current = status(now, database)
     return window_from(span, current.last_sync if current.running else None, now)
-
-
-def synced_at(when, database=None):
-    """The stamp of the newest replica file at or before `when`: what a restore to `when`
-    holds is the database as Litestream had synced it then (None when not known)."""
-    database = live_database(database)
-    config = write_config(database=database)
-    try:
-        stamps = [f.created for f in replica_files(config, database) if f.created <= when]
-    except ReplicationError:
-        return None
-    return max(stamps, default=None)
 
 
 @contextlib.contextmanager
@@ -96,15 +84,11 @@ def restore_at(when, *, trigger, by="", confirm=None, database=None):
             f"{format_time(when)} is outside the replica's window ({reachable}); "
             "nothing was changed"
         )
-    synced = synced_at(when, database)
     with restored_copy(when, database) as copy:
         result = restore.restore_and_record(
             copy, trigger=trigger, by=by, database=database, confirm=confirm
         )
-    label = f"the replica at {format_time(when)}"
-    if synced is not None:
-        label += f" (as synced at {format_time(synced)})"
-    return _renamed(result, label)
+    return _renamed(result, f"the replica at {format_time(when)}")
 
 
 def _renamed(result, label):

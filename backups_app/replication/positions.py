@@ -32,7 +32,6 @@ SHM_HEADER = 48  # one copy of SQLite's WAL-index header; the -shm file starts w
 LTX_HEADER = 100
 HEARTBEAT = 5.0  # seconds between two looks by `replicate`
 IDLE_LISTING = 30.0  # seconds between two listings of a remote replica while nothing changes
-SPAN_EVERY = 60.0  # kept for the status file's readers: the window is listed with the chain
 BEAT_TIMEOUT = 20  # a listing gives up on a store that does not answer; the lag then grows
 STARTUP_GRACE = 30.0  # seconds Litestream gets to write the first snapshot before "empty" counts
 MAX_SAMPLES = 20000  # a day of distinct positions, while nothing reaches the replica
@@ -253,13 +252,4 @@ def max_txid_of(filename):
     try:
         return int(high, 16)
     except ValueError:
-        return 0
-
-
-def local_txid(database):
-    """The newest transaction Litestream has written locally (0: none)."""
-    folder = Path(database).parent / f".{Path(database).name}-litestream" / "ltx" / "0"
-    try:
-        return max((max_txid_of(entry.name) for entry in os.scandir(folder)), default=0)
-    except OSError:
         return 0

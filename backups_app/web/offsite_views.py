@@ -13,7 +13,10 @@ from django.views.decorators.http import require_POST, require_safe
 
 from backups_app.core.audit import CHANGE, audit
 from backups_app.engine import backups
-from backups_app.offsite import offsite
+from backups_app.offsite import fetch as offsite_fetch
+from backups_app.offsite import store as offsite_store
+from backups_app.offsite.copies import find_copy
+from backups_app.offsite.store import OffsiteError
 from backups_app.web.views import staff_required
 
 logger = logging.getLogger(__name__)
@@ -27,11 +30,11 @@ def offsite_copy_view(view):
     def wrapper(request, filename):
         if not backups.is_backup_name(filename):
             return HttpResponseBadRequest("Not a backup file name.", content_type="text/plain")
-        if not offsite.enabled():
+        if not offsite_store.enabled():
             raise Http404("Offsite copies are off.")
         try:
-            copy = offsite.find_copy(filename)
-        except offsite.OffsiteError as err:
+            copy = find_copy(filename)
+        except OffsiteError as err:
             raise Http404(str(err)) from None
         return view(request, copy)
 
@@ -43,15 +46,15 @@ def offsite_copy_view(view):
 @offsite_copy_view
 def download_offsite(request, copy):
     """Stream an offsite copy from the store through the dashboard, decrypted when it is."""
-    store = offsite.storage()
+    store = offsite_store.storage()
     try:
-        digest = offsite.stored_checksum(copy, store)
+        digest = offsite_fetch.stored_checksum(copy, store)
         if copy.encrypted:
-            offsite.identities()  # say now, not half-way, that it cannot be decrypted
-    except offsite.OffsiteError as err:
+            offsite_store.identities()  # say now, not half-way, that it cannot be decrypted
+    except OffsiteError as err:
         return HttpResponseBadRequest(str(err), content_type="text/plain", status=502)
     response = StreamingHttpResponse(
-        offsite.stream_plain(copy, store) if request.method == "GET" else iter(()),
+        offsite_fetch.stream_plain(copy, store) if request.method == "GET" else iter(()),
         content_type="application/octet-stream",
     )
     response["Content-Disposition"] = f'attachment; filename="{copy.name}"'
@@ -69,7 +72,7 @@ def download_offsite(request, copy):
 def fetch_offsite(request, copy):
     """Put an offsite-only backup back into the backups folder, then show its restore page."""
     try:
-        backup = offsite.fetch_into_backups(copy.name)
+        backup = offsite_fetch.fetch_into_backups(copy.name)
     except backups.BackupError as err:
         logger.error("fetching %s from the offsite store failed: %s", copy.name, err)
         messages.error(request, f"Could not fetch {copy.name} from the offsite store: {err}.")

@@ -32,7 +32,8 @@ from backups_app.engine import backups
 from backups_app.health import failures, health, recovery
 from backups_app.jobs import jobs, scheduler_lock
 from backups_app.models import CronRun
-from backups_app.offsite import offsite
+from backups_app.offsite import state as offsite_state
+from backups_app.offsite import store as offsite_store
 from backups_app.replication import replication
 from backups_app.restore import drill, restore, uploads
 from backups_app.retention import purge
@@ -253,6 +254,7 @@ def backups_page(request):
             replica=replication.status(),  # read once, for the replication card
             recovery=rpo_rto,
             recovery_stale=(rpo_rto.point_seconds or 0) > health.MAX_BACKUP_AGE.total_seconds(),
+            offsite=offsite_state.page_state(found),  # what the jobs recorded: no network
             upload_form=UploadForm(),
             audit_entries=recent_entries(),
         ),
@@ -354,7 +356,7 @@ def delete_backup(request, backup):
     logger.info("backup %s deleted by %s", backup.name, request.user.get_username())
     audit(request.user, f"Deleted backup {backup.name} ({size})", flag=DELETION)
     text = f"Deleted {backup.name} ({size})."
-    if offsite.enabled():
+    if offsite_store.enabled():
         text += " Its offsite copy, if one was made, stays in the offsite store."
     return done(request, {"deleted": backup.name}, text)
 
@@ -387,10 +389,10 @@ def offsite_words():
     """Where offsite copies go and how long they stay, for what a delete leaves (None: off).
 
     From the settings alone: the page never asks the store."""
-    if not offsite.enabled():
+    if not offsite_store.enabled():
         return None
     return {
-        "location": offsite.location(),
+        "location": offsite_store.location(),
         "retention_days": conf.get("STANZA_OFFSITE_RETENTION_DAYS"),
     }
 

@@ -8,7 +8,8 @@ from backups_app import conf
 from backups_app.core.interrupts import on_stop_signals
 from backups_app.engine import backups
 from backups_app.engine.backups import DATABASE_FILENAME, BackupError
-from backups_app.offsite import offsite
+from backups_app.offsite import fetch as offsite_fetch
+from backups_app.offsite import store as offsite_store
 from backups_app.replication import replication
 from backups_app.restore import restore
 
@@ -140,9 +141,9 @@ class Command(BaseCommand):
 @contextlib.contextmanager
 def fetch_offsite(name):
     """The offsite copy `name`, fetched (decrypted) into the data folder's tmp and checked."""
-    if not offsite.enabled():
+    if not offsite_store.enabled():
         raise BackupError("offsite copies are off: set STANZA_OFFSITE_URL")
-    with offsite.fetched(name) as path:
+    with offsite_fetch.fetched(name) as path:
         yield str(path)
 
 
