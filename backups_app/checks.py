@@ -10,7 +10,8 @@ from backups_app import conf
 
 
 def check_settings(app_configs=None, **kwargs):
-    """Each bad `STANZA_*` value (or a database that is not SQLite) as one error."""
+    """Each bad `STANZA_*` value (or a database that is neither SQLite nor PostgreSQL) as one
+    error."""
     errors = [checks.Error(problem, id="backups_app.E001") for problem in conf.check_all()]
     if errors:
         return errors

@@ -9,7 +9,8 @@ own variables with `from_env` and these parsers) so a bad environment variable s
 
 The app keeps its own working files where the site's database is: lock files, and a folder
 for uploads being received, beside the live database file (as SQLite keeps its -wal and -shm
-files). It needs nothing from the project it is installed in.
+files), or inside the backups folder when the database is PostgreSQL (which a site must then
+set). It needs nothing from the project it is installed in.
 """
 
 import contextlib
@@ -342,24 +343,58 @@ def time_zone():
     return settings.TIME_ZONE
 
 
+SQLITE = "django.db.backends.sqlite3"
+POSTGRESQL = "django.db.backends.postgresql"
+
+
+def database_engine():
+    """The engine of DATABASES["default"]: "sqlite" or "postgresql"; ConfigError otherwise."""
+    from django.conf import settings
+
+    engine = settings.DATABASES["default"].get("ENGINE")
+    if engine == SQLITE:
+        return "sqlite"
+    if engine == POSTGRESQL:
+        return "postgresql"
+    raise ConfigError(
+        f"Stanza Backups needs SQLite or PostgreSQL: DATABASES['default'] uses {engine}, "
+        "and other databases are not supported yet"
+    )
+
+
+def is_postgresql():
+    return database_engine() == "postgresql"
+
+
 def live_database_path():
     """The live database: DATABASES["default"], which must be SQLite (a file)."""
     from django.conf import settings
 
-    database = settings.DATABASES["default"]
-    engine = database.get("ENGINE")
-    if engine != "django.db.backends.sqlite3":
+    if database_engine() != "sqlite":
         raise ConfigError(
-            f"Stanza Backups needs SQLite: DATABASES['default'] uses {engine}, "
-            "and other databases are not supported yet"
+            "this needs an SQLite database file, and DATABASES['default'] is PostgreSQL"
         )
     # absolute(), not resolve(): cheap (backup names are matched against its name), and the
     # name stays the configured one when the file is a symlink.
-    return Path(database["NAME"]).absolute()
+    return Path(settings.DATABASES["default"]["NAME"]).absolute()
+
+
+def live_database_name():
+    """What backup names start with: the SQLite file's name, or the PostgreSQL database's."""
+    from django.conf import settings
+
+    if database_engine() == "sqlite":
+        return live_database_path().name
+    return str(settings.DATABASES["default"].get("NAME") or "")
 
 
 def default_backups_dir():
-    """`backups/` beside the live database file."""
+    """`backups/` beside the live database file (a PostgreSQL site must set its own)."""
+    if database_engine() != "sqlite":
+        raise ConfigError(
+            "STANZA_BACKUPS_DIR must be set: the database is PostgreSQL, which has no folder "
+            "of its own on this machine to keep backups beside"
+        )
     return live_database_path().parent / "backups"
 
 
@@ -372,6 +407,15 @@ def backups_dir():
     with contextlib.suppress(OSError):  # a file there, or no permission: the user of it says so
         folder.mkdir(mode=0o700, exist_ok=True)
     return folder
+
+
+def working_dir():
+    """Where the app keeps its lock files and uploads: beside an SQLite database file (every
+    process that uses the database shares that folder, on this machine's disk, so an flock
+    there is exact); inside the backups folder for PostgreSQL."""
+    if database_engine() == "sqlite":
+        return live_database_path().parent
+    return get("STANZA_BACKUPS_DIR")
 
 
 def default_media_dir():
@@ -402,9 +446,8 @@ def media_dir():
 
 
 def lock_path(name):
-    """A lock file of the app, beside the live database: every process that uses the database
-    shares that folder (it is on this machine's disk, so an flock there is exact)."""
-    return live_database_path().parent / name
+    """A lock file of the app, in its working folder (see working_dir)."""
+    return working_dir() / name
 
 
 UPLOADS_FOLDER = ".stanza-uploads"
@@ -412,8 +455,26 @@ UPLOADS_FOLDER = ".stanza-uploads"
 
 def upload_dir():
     """Where uploads are streamed while they arrive: a folder of the app's own beside the live
-    database (the data disk), so the purge of abandoned uploads never touches a site's files."""
-    return live_database_path().parent / UPLOADS_FOLDER
+    database (the data disk; inside the backups folder for PostgreSQL), so the purge of
+    abandoned uploads never touches a site's files."""
+    return working_dir() / UPLOADS_FOLDER
+
+
+def postgresql_problems():
+    """What a PostgreSQL site must not set, or must set, each as one line."""
+    problems = []
+    if raw_value("STANZA_BACKUPS_DIR") is None:
+        problems.append(
+            "STANZA_BACKUPS_DIR must be set: the database is PostgreSQL, which has no folder "
+            "of its own on this machine to keep backups beside"
+        )
+    if raw_value("STANZA_REPLICA_URL") is not None:
+        problems.append(
+            "STANZA_REPLICA_URL must be empty: continuous replication (Litestream) is for "
+            "SQLite databases, and DATABASES['default'] is PostgreSQL (its backups, drills and "
+            "offsite copies work without it)"
+        )
+    return problems
 
 
 def _check_on_disk(name, value, parse):
@@ -424,14 +485,16 @@ def _check_on_disk(name, value, parse):
 def check_all():
     """Every setting's problem as one line each (empty when all are fine); for start-up.
 
-    A database that is not SQLite is one problem, reported once (the default backups folder,
-    derived from it, is not reported again).
+    A database that is neither SQLite nor PostgreSQL is one problem, reported once (the default
+    backups folder, derived from it, is not reported again).
     """
     try:
-        live_database_path()
+        engine = database_engine()
     except ConfigError as err:
         return [str(err)]
-    problems = []
+    problems = postgresql_problems() if engine == "postgresql" else []
+    if problems:
+        return problems
     for name, (_default, parse) in SETTINGS.items():
         try:
             _check_on_disk(name, get(name), parse)

@@ -22,6 +22,7 @@ JOBS = ("daily-backup", "purge-old-backups", "purge-old-cron-runs", "verify-late
 tmp = Path(tempfile.mkdtemp(prefix="stanza-bench-"))
 os.environ["STANZA_DATA_DIR"] = str(tmp)
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "stanza_site.settings")
+os.environ.setdefault("STANZA_METRICS_TOKEN", "bench-token")  # /metrics answers (staff session)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import django  # noqa: E402
@@ -68,6 +69,11 @@ def build():
         "INSERT INTO cron_runs (job_name, started_at, finished_at, duration, status, result,"
         " error, trigger, hostname, pid, process_start) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         rows(),
+    )
+    db.execute(  # the last restore drill: /metrics and the Backups page read its record
+        "INSERT INTO drill_runs (backup_name, backup_size, finished_at, ok, problems,"
+        " restore_seconds) VALUES ('database.sqlite.20200101T020000Z.bak', 120000000,"
+        " '2020-01-02 03:00:00', 1, '', 12.5)"
     )
     db.execute("COMMIT")
     db.execute("ANALYZE")
@@ -133,6 +139,7 @@ def main():
     timed(client, f"/admin/backups/restore/{newest}")
     timed(client, "/admin/")
     timed(client, "/healthz", status=503)  # the bench's backups are old: it says so
+    timed(client, "/metrics")  # what /healthz reads, as Prometheus text
 
     print("\nCron page queries, unfiltered then filtered by job and status (ms, plan):")
     with connection.cursor() as cursor:

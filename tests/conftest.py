@@ -1,6 +1,7 @@
 import contextlib
 import email
 import errno
+import itertools
 import os
 import re
 import shutil
@@ -501,6 +502,102 @@ def moto_s3(tmp_path):
             proc.wait()
 
 
+# --- PostgreSQL (tests marked `postgres`) ----------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A throwaway PostgreSQL 15 server for the session (see tests/pgcluster.py)."""
+    from tests.pgcluster import start_cluster
+
+    cluster = start_cluster(free_port())
+    yield cluster
+    cluster.remove()
+
+
+@pytest.fixture(scope="session")
+def pg_migrated(pg_cluster, tmp_path_factory):
+    """A database one real `manage.py migrate` made, as a template; copy it, never write."""
+    name = pg_cluster.create_database("stanza_template")
+    folder = tmp_path_factory.mktemp("pg-migrated")
+    env = {**live_env(folder), **pg_cluster.env(name), "STANZA_BACKUPS_DIR": str(folder)}
+    result = pg_manage("migrate", "--no-input", "-v0", env=env)
+    assert result.returncode == 0, result.stderr
+    return name
+
+
+class PgSite:
+    """A site whose database is a fresh copy of the migrated template on the test cluster."""
+
+    def __init__(self, cluster, name, folder):
+        self.cluster, self.name, self.folder = cluster, name, folder
+        self.backups = folder / "backups"
+        self.backups.mkdir(parents=True, mode=0o700)
+
+    def env(self, **extra):
+        """The environment of `pg_manage` for this site."""
+        return {
+            **live_env(self.folder),
+            **self.cluster.env(self.name),
+            "STANZA_BACKUPS_DIR": str(self.backups),
+            **extra,
+        }
+
+    def manage(self, *args, **kwargs):
+        return pg_manage(*args, env=self.env(**kwargs.pop("env", {})), **kwargs)
+
+    def connect(self, **kwargs):
+        return self.cluster.connect(self.name, **kwargs)
+
+    def server(self):
+        from backups_app.db.postgres import Server
+
+        return Server.from_settings(self.cluster.settings(self.name))
+
+    def query(self, statement, params=()):
+        """Run one statement; its rows (None for a statement that returns none)."""
+        with self.connect(autocommit=True) as conn:
+            cursor = conn.execute(statement, params)
+            return cursor.fetchall() if cursor.description else None
+
+
+@pytest.fixture
+def pg_site(pg_cluster, pg_migrated, tmp_path):
+    """A PostgreSQL site: a migrated database of its own, and a data folder with backups/."""
+    from psycopg import sql
+
+    name = f"shop_{os.getpid()}_{next(_pg_numbers)}"
+    with pg_cluster.admin() as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {} OWNER stanza_site").format(
+                sql.Identifier(name), sql.Identifier(pg_migrated)
+            )
+        )
+    site = PgSite(pg_cluster, name, tmp_path / "site")
+    yield site
+    for database in pg_cluster.databases():
+        if database.startswith(name) and pg_cluster.is_running():
+            pg_cluster.drop_database(database)
+
+
+_pg_numbers = itertools.count(1)
+
+
+def pg_manage(*args, env, timeout=300, **kwargs):
+    """`python manage.py ARGS` with a PostgreSQL site's settings (`env` from PgSite.env)."""
+    full_env = {**os.environ, **env}
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_DIR), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, str(MANAGE), *args],
+        env=full_env,
+        cwd=REPO_DIR,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
+
+
 # --- HTTP servers on loopback (pings) --------------------------------------------------------
 
 
@@ -508,7 +605,8 @@ def moto_s3(tmp_path):
 def http_recorder():
     """A real HTTP server on loopback that records each request as (method, path, {query},
     body), in the order received, and answers 200 (or the statuses a test puts in `.answers`,
-    first to last); yields the server (`.url`, `.received`, `.answers`)."""
+    first to last) after `.delay` seconds; yields the server (`.url`, `.received`, `.answers`,
+    `.delay`)."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     from urllib.parse import parse_qsl, urlsplit
 
@@ -522,6 +620,7 @@ def http_recorder():
                     (self.command, parts.path, dict(parse_qsl(parts.query)), body)
                 )
                 status = self.server.answers.pop(0) if self.server.answers else 200
+            time.sleep(self.server.delay)
             self.send_response(status)
             self.send_header("Content-Length", "2")
             self.end_headers()
@@ -534,6 +633,7 @@ def http_recorder():
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
     server.received, server.answers, server.lock = [], [], threading.Lock()
+    server.delay = 0  # seconds each answer waits: a slow monitor
     server.url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()

@@ -114,18 +114,59 @@ def test_the_app_keeps_its_lock_files_beside_the_live_database(site_database_fil
     assert conf.upload_dir() == site_database_file.parent / ".stanza-uploads"
 
 
-def test_a_database_that_is_not_sqlite_is_one_clear_error(monkeypatch, settings):
+def test_a_database_that_is_neither_sqlite_nor_postgresql_is_one_clear_error(monkeypatch, settings):
     monkeypatch.setattr(conf, "live_database_path", REAL_LIVE_DATABASE_PATH)
     monkeypatch.setitem(
-        settings.DATABASES, "default", {"ENGINE": "django.db.backends.postgresql", "NAME": "x"}
+        settings.DATABASES, "default", {"ENGINE": "django.db.backends.mysql", "NAME": "x"}
     )
 
     [error] = checks.check_settings()
 
     assert error.id == "backups_app.E001"
-    assert "needs SQLite" in error.msg and "postgresql" in error.msg
-    with pytest.raises(backups.BackupError, match="needs SQLite"):
+    assert "needs SQLite or PostgreSQL" in error.msg and "mysql" in error.msg
+    with pytest.raises(backups.BackupError, match="needs SQLite or PostgreSQL"):
         backups.create_backup()
+
+
+def test_a_postgresql_site_must_set_its_backups_folder(monkeypatch, settings):
+    monkeypatch.setattr(conf, "live_database_path", REAL_LIVE_DATABASE_PATH)
+    monkeypatch.delenv("STANZA_BACKUPS_DIR", raising=False)
+    monkeypatch.setitem(settings.DATABASES, "default", {"ENGINE": conf.POSTGRESQL, "NAME": "x"})
+
+    [error] = checks.check_settings()
+
+    assert error.id == "backups_app.E001"
+    assert error.msg.startswith("STANZA_BACKUPS_DIR must be set: the database is PostgreSQL")
+    with pytest.raises(conf.ConfigError, match="STANZA_BACKUPS_DIR must be set"):
+        conf.backups_dir()
+
+
+def test_a_postgresql_site_keeps_uploads_and_locks_in_its_backups_folder(
+    monkeypatch, settings, tmp_path
+):
+    monkeypatch.setattr(conf, "live_database_path", REAL_LIVE_DATABASE_PATH)
+    monkeypatch.setitem(settings.DATABASES, "default", {"ENGINE": conf.POSTGRESQL, "NAME": "shop"})
+    settings.STANZA_BACKUPS_DIR = tmp_path
+
+    assert checks.check_settings() == []
+    assert conf.upload_dir() == tmp_path / ".stanza-uploads"
+    assert scheduler_lock.lock_path() == tmp_path / "scheduler.lock"
+    assert conf.live_database_name() == "shop"
+
+
+def test_replication_with_postgresql_is_a_settings_error_naming_why(
+    monkeypatch, settings, tmp_path
+):
+    monkeypatch.setattr(conf, "live_database_path", REAL_LIVE_DATABASE_PATH)
+    monkeypatch.setitem(settings.DATABASES, "default", {"ENGINE": conf.POSTGRESQL, "NAME": "shop"})
+    settings.STANZA_BACKUPS_DIR = tmp_path
+    settings.STANZA_REPLICA_URL = f"file://{tmp_path}/replica"
+
+    [error] = checks.check_settings()
+
+    assert error.id == "backups_app.E001"
+    assert "STANZA_REPLICA_URL must be empty" in error.msg
+    assert "Litestream" in error.msg and "SQLite" in error.msg
 
 
 def test_manage_py_check_names_a_database_that_is_not_sqlite(tmp_path):
@@ -149,7 +190,7 @@ def test_manage_py_check_names_a_database_that_is_not_sqlite(tmp_path):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert len(re.findall(r"backups_app\.E\d+", result.stderr)) == 1, result.stderr
-    assert "Stanza Backups needs SQLite: DATABASES['default'] uses" in result.stderr
+    assert "Stanza Backups needs SQLite or PostgreSQL: DATABASES['default'] uses" in result.stderr
 
 
 def test_every_app_setting_is_in_the_readme_table():

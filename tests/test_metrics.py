@@ -167,3 +167,18 @@ def test_it_says_when_there_is_no_backup_yet(client, metrics_on, backups_folder)
     assert value(metrics, "stanza_recovery_point_seconds") == float("inf")
     assert value(metrics, "stanza_healthy") == 0
     assert "stanza_recovery_time_seconds" not in metrics
+
+
+def test_it_counts_the_site_files_kept_with_the_backups(
+    client, metrics_on, settings, data_dir, live_database, tmp_path
+):
+    media = tmp_path / "media"
+    (media / "photos").mkdir(parents=True)
+    (media / "photos" / "a.jpg").write_bytes(b"a" * 1000)
+    (media / "b.txt").write_bytes(b"b" * 234)
+    (media / "copy-of-b.txt").write_bytes(b"b" * 234)  # the same content is kept once
+    settings.STANZA_MEDIA_DIR = str(media)
+
+    jobs.run_job("daily-backup")
+
+    assert value(scrape(client), "stanza_media_size_bytes") == 1234

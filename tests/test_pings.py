@@ -8,7 +8,7 @@ import pytest
 
 from backups_app.jobs import jobs, pings
 from backups_app.models import CronRun
-from tests.conftest import free_port
+from tests.conftest import free_port, live_env, manage
 
 pytestmark = pytest.mark.django_db
 
@@ -124,3 +124,18 @@ def test_a_bad_ping_url_never_fails_the_job(settings):
     run = jobs.run_job("purge-old-cron-runs")
 
     assert run.status == CronRun.Status.SUCCESS
+
+
+@pytest.mark.slow
+def test_a_runjob_process_sends_its_pings_before_it_exits(live_data, http_recorder):
+    """The sender is a daemon thread: the process waits (a few seconds at most) for the pings
+    still queued when the job is done, or the end ping would die with it."""
+    env = live_env(live_data, STANZA_PING_URL=http_recorder.url + "/{job}")
+    http_recorder.delay = 1  # a monitor slower than the job and the process's exit
+
+    result = manage("runjob", "purge-old-cron-runs", env=env)
+
+    assert result.returncode == 0, result.stderr
+    received = [(method, path) for method, path, _query, _body in http_recorder.received]
+    assert received == [("GET", "/purge-old-cron-runs/start"), ("POST", "/purge-old-cron-runs")]
+    assert http_recorder.received[1][3].startswith(b"deleted 0 runs")

@@ -12,6 +12,7 @@ compressed (the engine gzips and gunzips around the seam).
 
 Names and files
     NAME: str                          the engine's name in messages ("SQLite")
+    A_BACKUP: str                      what a backup file is, in messages ("an SQLite database")
     SUFFIX: str                        what a backup file ends with, before any `.gz`
                                        (SQLite ".bak"; PostgreSQL ".dump")
     IS_FILE: bool                      the database is a file on this machine (SQLite): the
@@ -52,6 +53,14 @@ Restoring
         and the end, readers see the old data or the new and never a mix (nor a malformed
         database), and any failure leaves the old data. The product's own records (`keep`) are
         carried forward. Returns ({what was kept: rows}, [what could not be kept, in words]).
+    CHECKS_WHILE_RESTORING: bool       False (SQLite): the caller runs read_file first. True
+        (PostgreSQL, whose full check is itself a restore): restore_live(..., checked=f)
+        restores into a new database, calls f(FileFacts) there (it raises to refuse, nothing
+        changed), swaps the new database in, then calls before(old, paused=seconds): the
+        swapped-out database, which holds every write committed before the swap, is dumped
+        as the safety backup; `paused` is how long writers were cut off.
+    database_size(database=None) -> int
+        The live database's size in bytes (bounds uploads).
     kept_now(keep, database=None) -> (tables: set[str], kept: {what: rows})
         The database's tables and what a restore would carry forward (the confirmation page).
     restore_scratch(plain, folder) -> (problems, counts)
@@ -68,7 +77,7 @@ Errors
 
 from django.conf import settings
 
-from backups_app.db import sqlite
+from backups_app.db import postgres, sqlite
 from backups_app.db.facts import Audit, BadFile, FileFacts, Keep
 
 __all__ = ("Audit", "BadFile", "FileFacts", "Keep", "engine")
@@ -76,6 +85,7 @@ __all__ = ("Audit", "BadFile", "FileFacts", "Keep", "engine")
 # One line per engine: DATABASES' ENGINE -> the module that implements the seam for it.
 ENGINES = {
     "django.db.backends.sqlite3": sqlite,
+    "django.db.backends.postgresql": postgres,
 }
 
 

@@ -53,8 +53,12 @@ __all__ = (
 
 NAME = "SQLite"
 SUFFIX = ".bak"
+# What a backup file is, in messages ("... is not an SQLite database").
+A_BACKUP = "an SQLite database"
 # The database is a file on this machine: lock files and uploads sit beside it.
 IS_FILE = True
+# The caller runs the full check (read_file) before restore_live.
+CHECKS_WHILE_RESTORING = False
 Error = sqlite3.Error
 # A bigger page cache makes the check of a 1 GB copy faster and stays within the memory
 # budget whatever the size.
@@ -69,6 +73,16 @@ FLUSH_EVERY = 32 * 1024 * 1024
 def base_name(database=None):
     """Backup names start with the database file's name (`db.sqlite3.` in a new site)."""
     return database_path(database).name
+
+
+def database_size(database=None):
+    """The database file's size with its -wal file's, in bytes (0 when there is none)."""
+    path = database_path(database)
+    size = 0
+    for part in (path, Path(f"{path}-wal")):
+        with contextlib.suppress(OSError):
+            size += part.stat().st_size
+    return size
 
 
 def is_backup_header(header):

@@ -324,7 +324,7 @@ def _check_database(path, expected_tables, cancel=None, *, kind="quick"):
             _raise_if_interrupted(err)
         elif cancel.is_set():
             raise compress_.Cancelled from err
-        raise BackupError(f"{name} is not a sound SQLite database: {err}") from err
+        raise BackupError(f"{name} is not a sound {engine.NAME} database: {err}") from err
     if problems:
         label = "quick check" if kind == "quick" else "integrity check"
         raise BackupError(f"{name} failed the {label}: {'; '.join(problems[:3])}")
@@ -344,7 +344,7 @@ def _check_header(path):
     except OSError as err:
         raise BackupError(f"{path} cannot be read: {err.strerror or err}") from None
     if not database_engine().is_backup_header(header):
-        raise BackupError(f"{path} is not an SQLite database")
+        raise BackupError(f"{path} is not {database_engine().A_BACKUP}")
 
 
 def _explain_copy_error(err, source, folder):

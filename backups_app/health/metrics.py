@@ -17,6 +17,7 @@ from backups_app.engine import backups
 from backups_app.engine.backups import BackupError
 from backups_app.health import health, recovery
 from backups_app.jobs import jobs
+from backups_app.media import store as media_store
 from backups_app.models import CronRun
 from backups_app.offsite import upload as offsite_upload
 from backups_app.restore import drill
@@ -89,9 +90,19 @@ def backup_metrics(listed):
     )
     yield gauge(
         "stanza_media_size_bytes",
-        "Bytes of the site's files (media) recorded with the newest backup (0: none).",
-        0,
+        "Bytes of the site's files kept with the backups (each content once; 0: none).",
+        media_bytes(),
     )
+
+
+def media_bytes():
+    """What the media store's own figures say (a small file the backups and clean-ups keep),
+    not a walk of its objects."""
+    try:
+        stats = media_store.Store(backups.backups_dir()).stats() or {}
+        return int(stats.get("bytes") or 0)
+    except (BackupError, OSError, TypeError, ValueError):
+        return 0
 
 
 def job_metrics(states, succeeded):

@@ -3,6 +3,7 @@ database engine's full check, and what the backup's own migrations promise (rest
 Every check runs before anything is written, so a refused file changes nothing."""
 
 import contextlib
+import dataclasses
 import gzip
 import shutil
 import zlib
@@ -64,23 +65,39 @@ def check_backup_file(path, *, scratch_dir=None):
 
 
 @contextlib.contextmanager
-def opened_backup(path, *, scratch_dir=None, limit=None):
+def opened_backup(path, *, scratch_dir=None, limit=None, check=True):
     """Check a backup and yield (BackupInfo, path of the plain SQLite file) while it is needed.
 
     For a gzip'd backup the plain file is a temporary one, deleted when the block ends; it
     never grows past what its SQLite header declares, `limit` bytes, or the free space.
+    `check=False`: only the file's checks (checksum, gzip); the BackupInfo holds no database
+    facts yet, and `judge` gives them once the engine has read the file (a restore into a
+    database whose engine checks while restoring).
     """
     path = Path(path)
     _check_is_file(path)
     checksum_verified = _check_checksum(path)
     compressed = is_gzip(path)
     if not compressed:
-        yield inspect(path, path, compressed, checksum_verified), path
+        yield _inspected(path, path, compressed, checksum_verified, check), path
         return
     folder = Path(scratch_dir or path.parent)
     with files.scratch_file(folder) as plain:
         inflate(path, plain, name=path.name, limit=limit)
-        yield inspect(path, plain, compressed, checksum_verified), plain
+        yield _inspected(path, plain, compressed, checksum_verified, check), plain
+
+
+def _inspected(path, plain, compressed, checksum_verified, check):
+    if check:
+        return inspect(path, plain, compressed, checksum_verified)
+    return BackupInfo(
+        path=path,
+        compressed=compressed,
+        size=path.stat().st_size,
+        database_size=plain.stat().st_size,
+        page_size=0,
+        checksum_verified=checksum_verified,
+    )
 
 
 def _check_is_file(path):
@@ -131,7 +148,7 @@ def inflate(source, dest, *, name=None, limit=None):
             header = fin.read(100)
             engine = backups.database_engine()
             if not engine.is_backup_header(header):
-                raise RestoreError(f"{name} is not an SQLite database (gzip'd)")
+                raise RestoreError(f"{name} is not {engine.A_BACKUP} (gzip'd)")
             bounds = [engine.declared_size(header), limit, _free_space(Path(dest).parent)]
             bound = min(b for b in bounds if b is not None)
             chunk = header
@@ -181,7 +198,25 @@ def inspect(path, plain, compressed, checksum_verified, name=None):
     except engine.Error as err:
         if engine.interrupted(err):
             raise KeyboardInterrupt from err
-        raise RestoreError(f"{name} is not a sound SQLite database: {err}") from err
+        raise RestoreError(f"{name} is not a sound {engine.NAME} database: {err}") from err
+    info = BackupInfo(
+        path=path,
+        compressed=compressed,
+        size=path.stat().st_size,
+        database_size=plain.stat().st_size,
+        page_size=facts.details.get("page_size", 0),
+        checksum_verified=checksum_verified,
+    )
+    return judge(info, facts, name)
+
+
+def judge(info, facts, name=None):
+    """The restore's checks of what the engine read in a backup; the BackupInfo with them.
+
+    RestoreError when it is not of this project, comes from a newer schema, or lacks a table
+    its own migrations promise.
+    """
+    name = name or info.name
     if facts.migrations is None:
         raise RestoreError(f"{name} is not a database of this project (no django_migrations table)")
     applied = set(facts.migrations)
@@ -201,13 +236,8 @@ def inspect(path, plain, compressed, checksum_verified, name=None):
             f"{name} is not a complete backup: its own migrations say it must have tables "
             f"it lacks ({shown})"
         )
-    return BackupInfo(
-        path=path,
-        compressed=compressed,
-        size=path.stat().st_size,
-        database_size=plain.stat().st_size,
-        page_size=facts.details.get("page_size", 0),
-        checksum_verified=checksum_verified,
+    return dataclasses.replace(
+        info,
         row_counts=facts.counts,
         migrations=frozenset(applied),
         pending_migrations=tuple(sorted(pending)),

@@ -27,6 +27,7 @@ from backups_app.restore.checks import (  # noqa: F401 (the restore's checks, as
     inflate,
     inspect,
     is_gzip,
+    judge,
     opened_backup,
 )
 
@@ -47,7 +48,7 @@ class RestoreCancelled(RestoreError):
 @dataclass(frozen=True)
 class RestoreResult:
     backup: BackupInfo
-    database: Path
+    database: Path | None  # None: DATABASES["default"] on its server
     safety_backup: backups.Backup | None  # None when there was no database to save
     duration: float
     kept: dict = field(default_factory=dict)  # {what was carried forward: rows}
@@ -145,8 +146,9 @@ def restore_and_record(path, *, trigger, by="", database=None, backups_folder=No
     """
     from backups_app.core import operations
 
-    database = Path(database or backups.live_database_path())
-    is_live = database.resolve() == Path(backups.live_database_path()).resolve()
+    live = backups.live_database()  # None: the database is on a server (DATABASES["default"])
+    database = Path(database) if database else live
+    is_live = database == live or database.resolve() == Path(live).resolve()
     with operations.exclusive("restore", by=by, database=None if is_live else database):
         try:
             result = restore_backup(
@@ -171,33 +173,46 @@ def restore_backup(path, *, database=None, backups_folder=None, confirm=None):
     or the copy fail. The safety backup (label `pre-restore`) holds every write committed
     before the restore: writers wait from before it is taken until the restore is committed.
     """
-    database = Path(database or backups.live_database_path())
+    engine = backups.database_engine()
+    database = Path(database) if database else backups.live_database()
     folder = Path(backups_folder or backups.backups_dir())
     started = time.monotonic()
-    if database.exists() and Path(path).exists() and Path(path).samefile(database):
+    if database is not None and _is_same_file(path, database):
         raise RestoreError(f"{path} is the live database itself, not a backup")
-    with opened_backup(path, scratch_dir=_scratch_dir_for(database)) as (info, plain):
-        if confirm is not None and not confirm(info):
+    scratch_dir = _scratch_dir_for(database) if database is not None else folder
+    while_restoring = engine.CHECKS_WHILE_RESTORING
+    with opened_backup(path, scratch_dir=scratch_dir, check=not while_restoring) as (info, plain):
+        if not while_restoring and confirm is not None and not confirm(info):
             raise RestoreCancelled
-        existed = database.exists() and database.stat().st_size > 0
-        engine = backups.database_engine()
-        under_lock = {}
+        existed = database is None or (database.exists() and database.stat().st_size > 0)
+        under_lock = {"info": info}
 
-        def before():
+        def checked(facts):  # an engine that checks the database it restored into
+            under_lock["info"] = judge(info, facts)
+            if confirm is not None and not confirm(under_lock["info"]):
+                raise RestoreCancelled
+
+        def before(source=None, paused=None):
             under_lock["at"] = time.monotonic()
-            under_lock["safety"] = _safety_backup(database, folder) if existed else None
+            under_lock["paused"] = paused
+            safety = _safety_backup(source or database, folder) if existed else None
+            under_lock["safety"] = safety
 
+        extra = {"checked": checked} if while_restoring else {}
         try:
             kept, notes = engine.restore_live(
-                plain, keep=product_records(), database=database, before=before
+                plain, keep=product_records(), database=database, before=before, **extra
             )
-            locked = time.monotonic() - under_lock["at"]
+            locked = under_lock["paused"]
+            if locked is None:
+                locked = time.monotonic() - under_lock["at"]
             safety = under_lock["safety"]
+            info = under_lock["info"]
         except engine.Error as err:
             if engine.interrupted(err):
                 raise KeyboardInterrupt from err
             raise RestoreError(
-                f"restore into {database} failed, nothing was changed: {err}"
+                f"restore into {database_shown(database)} failed, nothing was changed: {err}"
             ) from err
     result = RestoreResult(
         backup=info,
@@ -210,7 +225,7 @@ def restore_backup(path, *, database=None, backups_folder=None, confirm=None):
     logger.info(
         "%s into %s in %.2f s (writers waited %.2f s of it)",
         result.summary(),
-        database,
+        database_shown(database),
         result.duration,
         locked,
         extra={
@@ -261,6 +276,18 @@ def record_restore(result=None, *, error=None, trigger="manual"):
         logger.warning("could not record the restore in the run history: %s", err)
         return None
     return run
+
+
+def _is_same_file(path, database):
+    try:
+        return database.exists() and Path(path).exists() and Path(path).samefile(database)
+    except OSError:
+        return False
+
+
+def database_shown(database):
+    """How messages name the database restored into: its file, or its name on the server."""
+    return database if database is not None else backups.name_prefix()
 
 
 def _scratch_dir_for(database):

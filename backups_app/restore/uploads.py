@@ -55,23 +55,15 @@ def upload_limit():
     if configured:
         limit = configured * MB
     else:
-        live = Path(backups.live_database_path())
-        size = sum(_size(Path(f"{live}{suffix}")) for suffix in ("", "-wal"))
+        size = backups.database_engine().database_size(backups.live_database())
         limit = max(2 * size, MIN_DEFAULT_LIMIT)
-    for folder in (backups.backups_dir(), conf.live_database_path().parent):
+    for folder in (backups.backups_dir(), conf.working_dir()):
         try:
             free = shutil.disk_usage(folder).free
         except (OSError, TypeError):
             continue
         limit = min(limit, max(0, free - restore.FREE_SPACE_MARGIN))
     return limit
-
-
-def _size(path):
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 def accept_upload(upload, folder=None, *, limit=None):

@@ -421,7 +421,7 @@ def restore_backup(request, backup):
             info=info,
             changes=restore.changes(info) if info else None,
             problem=problem,
-            database=backups.live_database_path(),
+            database=restore.database_shown(backups.live_database()),
             folder=backups.backups_dir(),
         ),
     )

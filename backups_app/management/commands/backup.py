@@ -12,6 +12,7 @@ from backups_app.engine.backups import (
     BackupError,
     BackupInterrupted,
     create_backup,
+    database_engine,
 )
 
 # Progress appears only for a backup that takes longer than this (seconds).
@@ -40,6 +41,16 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, output, compress, full_check, data_dir, **options):
+        if data_dir:
+            try:
+                engine = database_engine()
+            except BackupError as err:
+                raise CommandError(str(err)) from err
+            if not engine.IS_FILE:
+                raise CommandError(
+                    f"--data-dir backs up an SQLite file, and this site's database is "
+                    f"{engine.NAME}: back it up without --data-dir"
+                )
         source = data_dir / DATABASE_FILENAME if data_dir else None
         progress = Progress(self.stderr) if sys.stderr.isatty() else None
         backup = None

@@ -64,7 +64,12 @@ class Command(BaseCommand):
             raise CommandError(f"restore failed: {type(err).__name__}: {err}") from err
 
     def restore(self, backup, data_dir, yes):
-        database = data_dir / DATABASE_FILENAME if data_dir else backups.live_database_path()
+        if data_dir and not backups.database_engine().IS_FILE:
+            raise CommandError(
+                "--data-dir restores into an SQLite file, and this site's database is "
+                f"{backups.database_engine().NAME}: restore without --data-dir"
+            )
+        database = data_dir / DATABASE_FILENAME if data_dir else backups.live_database()
         folder = data_dir / "backups" if data_dir else backups.backups_dir()
         if not yes and not sys.stdin.isatty():
             raise CommandError("not restoring without confirmation: no terminal; pass --yes")
@@ -77,7 +82,8 @@ class Command(BaseCommand):
             backups_folder=folder,
             confirm=None if yes else lambda info: self.ask(info, database),
         )
-        self.stdout.write(f"Restored {restore.describe(result.backup)} into {result.database}")
+        into = restore.database_shown(result.database)
+        self.stdout.write(f"Restored {restore.describe(result.backup)} into {into}")
         self.report(result)
 
     def restore_at(self, at, backup, data_dir, yes, from_offsite):
@@ -126,7 +132,7 @@ class Command(BaseCommand):
 
     def ask(self, info, database):
         self.stdout.write(f"Restore {restore.describe(info)}")
-        self.stdout.write(f"into {database}?")
+        self.stdout.write(f"into {restore.database_shown(database)}?")
         return self.confirm()
 
     def confirm(self):

@@ -1,0 +1,236 @@
+"""The database seam for PostgreSQL (see backups_app.db for the functions every engine offers).
+
+A backup is `pg_dump`'s custom format of the live database (`DBNAME.{timestamp}.dump`), taken
+in a snapshot our own connection exports, so the row counts its `NAME.json` records are the
+dump's own. Quick check: `pg_restore --list` reads the whole table of contents, with a table for
+every table counted. Full check: the dump restored into a scratch database on the same server
+(the site's user needs CREATEDB), read there, and dropped whatever happens. A restore swaps a
+checked scratch database in for the live one (postgres_scratch). The client side (who the site
+is, pg_dump and pg_restore, passfiles) is postgres_client.
+"""
+
+import errno
+from pathlib import Path
+
+from backups_app.db.facts import BadFile, FileFacts
+from backups_app.db.postgres_carry import carry, columns, kept_rows
+from backups_app.db.postgres_client import (
+    NeedsCreatedb,
+    PostgresError,
+    applied_migrations,
+    dump,
+    list_contents,
+    live_server,
+    psycopg,
+    row_counts,
+    tables,
+)
+from backups_app.db.postgres_scratch import SCRATCH_RE, drop_database, scratch_restore, swap_in
+
+NAME = "PostgreSQL"
+SUFFIX = ".dump"
+A_BACKUP = "a PostgreSQL dump"
+# The database is on a server, maybe another machine: lock files and uploads go in the
+# backups folder (which a PostgreSQL site must set).
+IS_FILE = False
+Error = (PostgresError, psycopg.Error) if psycopg else PostgresError
+# The full check restores into a scratch database: a restore checks the database it restored
+# (`restore_live(checked=...)`) rather than restoring twice.
+CHECKS_WHILE_RESTORING = True
+HEADER = b"PGDMP"
+# The row counts of dumps this process made, read in the dump's own snapshot: {path: counts}.
+_counted = {}
+
+
+# --- the seam: names --------------------------------------------------------------------------
+
+
+def base_name(database=None):
+    """Backup names start with the database's name on the server (`shop.` for `shop`).
+
+    A restore's swapped-out database (`shop__stanza_old_...`) is named as the live one: its
+    dump is the live database's `pre-restore` safety backup.
+    """
+    name = database or live_server().name
+    match = SCRATCH_RE.search(name)
+    return name[: match.start()] if match else name
+
+
+def database_size(database=None):
+    """The database's size on the server, in bytes (0 when it cannot be read)."""
+    try:
+        with live_server().connect(database, autocommit=True) as conn:
+            return conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+    except Error:
+        return 0
+
+
+def is_backup_header(header):
+    return header[: len(HEADER)] == HEADER
+
+
+def declared_size(header):
+    """A dump does not declare its size."""
+    return None
+
+
+def source_problem(database=None):
+    """Why the database cannot be backed up (the server cannot be reached), or None."""
+    server = live_server()
+    if not server.name:
+        return "DATABASES['default'] names no database"
+    try:
+        server.connect(database).close()
+    except PostgresError as err:
+        return str(err)
+    return None
+
+
+# --- the seam: copying ------------------------------------------------------------------------
+
+
+def copy_live(dest, *, database=None, progress=None, flush=True):
+    """`pg_dump -Fc` of the database into `dest`; return its tables (see postgres_client.dump).
+
+    The counts, read in the dump's snapshot, wait for check_file's quick check of `dest`.
+    """
+    counts = dump(live_server(), dest, Path(dest).parent, dbname=database)
+    _counted[str(dest)] = counts
+    if progress:
+        size = Path(dest).stat().st_size
+        progress(size, size)
+    return frozenset(counts)
+
+
+def error_kind(err):
+    """What a failed copy_live met, as backups_app.db lists them, or None."""
+    message = str(err)
+    if "No space left" in message or getattr(err, "errno", None) == errno.ENOSPC:
+        return "disk-full"
+    if "could not open output file" in message or "Permission denied" in message:
+        return "cannot-open"
+    return None
+
+
+def interrupted(err):
+    """A signal stops pg_dump/pg_restore with us (same process group): no error of theirs
+    stands for it; the KeyboardInterrupt is Python's own."""
+    return False
+
+
+# --- the seam: checking a backup file ---------------------------------------------------------
+
+
+def check_file(path, kind="quick", *, cancel=None):
+    """(problems, {table: rows}) of the dump at `path`.
+
+    "quick": its table of contents reads whole and has every table its dump counted (the
+    counts are those copy_live read; {} for a dump this process did not make). "full": it
+    restores into a scratch database, whose rows are counted (and compared with the dump's).
+    """
+    counted = _counted.pop(str(path), None)
+    try:
+        if kind == "quick":
+            contents = list_contents(path)
+            missing = sorted(set(counted or ()) - contents.tables)
+            problems = [f"tables missing: {', '.join(missing[:5])}"] if missing else []
+            return problems, dict(counted or {})
+        facts = read_file(path)
+    except (PostgresError, BadFile) as err:
+        return [str(err)], {}
+    problems = [
+        f"table {t}: {facts.counts.get(t)} rows restored, {n} at the backup's moment"
+        for t, n in sorted((counted or {}).items())
+        if facts.counts.get(t) != n
+    ]
+    return problems, facts.counts
+
+
+def read_file(path):
+    """The full check (restored into a scratch database), then what the restore compares.
+
+    BadFile, in words that follow the file's name, when it is not a dump that restores.
+    """
+    try:
+        list_contents(path)
+    except PostgresError as err:
+        raise BadFile(str(err)) from err
+    server = live_server()
+    try:
+        with (
+            scratch_restore(server, path, Path(path).parent) as (name, _kept),
+            server.connect(name, autocommit=True) as conn,
+        ):
+            return _facts(conn)
+    except NeedsCreatedb:
+        raise
+    except PostgresError as err:
+        raise BadFile(str(err)) from err
+
+
+def _facts(conn):
+    found = tables(conn)
+    shape = {key: tuple(columns(conn, t)) for key, (_s, t) in found.items()}
+    migrations = applied_migrations(conn)
+    return FileFacts(
+        columns=shape,
+        counts=row_counts(conn),
+        migrations=None if migrations is None else frozenset(migrations),
+    )
+
+
+# --- the seam: the drill's scratch restore ----------------------------------------------------
+
+
+def restore_scratch(plain, folder):
+    """Restore `plain` into a scratch database as a restore would; (problems, counts)."""
+    try:
+        facts = read_file(plain)
+    except BadFile as err:
+        return [f"the backup could not be restored into a scratch database: {err}"], {}
+    return [], facts.counts
+
+
+# --- the seam: restoring ----------------------------------------------------------------------
+
+
+def restore_live(plain, *, keep, database=None, before=None, checked=None):
+    """Replace the live database with the backup `plain`; ({what was kept: rows}, [notes]).
+
+    The backup is restored into a new database (`checked(facts)` may refuse it there, raising),
+    the product's records (`keep`) are carried into it from the live one, and the two swap
+    names in one transaction. Then `before(old)` dumps the swapped-out database, which holds
+    every write committed before the swap, as the safety backup, and it is dropped. If that
+    dump fails, the old database is kept under its name and the error says so.
+    """
+    server = live_server()
+    folder = Path(plain).parent
+    with server.maintenance() as admin:
+        with scratch_restore(server, plain, folder, kind="restore") as (new, kept_names):
+            with server.connect(new) as dst:
+                if checked is not None:
+                    checked(_facts(dst))
+                with server.connect(database) as src:
+                    kept, notes = carry(src, dst, keep)
+                dst.commit()
+            old = swap_in(server, admin, new)
+            kept_names.add(new)
+        if before is not None:
+            try:
+                before(old)
+            except BaseException as err:
+                raise PostgresError(
+                    f"the backup was restored, but the safety backup of the previous data "
+                    f"failed ({err}); the previous data is kept in database {old}"
+                ) from err
+        drop_database(admin, old)
+    return kept, notes
+
+
+def kept_now(keep, database=None):
+    """(tables, {what: rows}) of the live database: what a restore would carry forward."""
+    try:
+        with live_server().connect(database, autocommit=True) as conn:
+            return kept_rows(conn, keep)
+    except Error:
+        return None

@@ -1,0 +1,307 @@
+"""PostgreSQL's client side: who the site is on the server, and pg_dump/pg_restore run safely.
+
+Credentials reach the client programs through a 0600 passfile and their environment, never
+their command line (`ps` shows it) nor a message. Errors are PostgresError, in words. Imports
+nothing of the app but core.files. psycopg is imported when there: an SQLite site needs none.
+"""
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from backups_app.core.files import create_locked, temp_path
+
+try:
+    import psycopg
+    from psycopg import errors, sql
+except ImportError:  # pragma: no cover -- no `postgres` extra: an SQLite site never calls here
+    psycopg = errors = sql = None
+
+# pg_dump's own default (gzip level 6): the size of django-dbbackup's dumps, which use it too.
+COMPRESSION = 6
+CONNECT_TIMEOUT = 10
+# The maintenance databases a role may connect to for CREATE/DROP/ALTER DATABASE.
+MAINTENANCE = ("postgres", "template1")
+# How many lines of a client program's error output a message quotes.
+ERROR_LINES = 2
+
+
+class PostgresError(Exception):
+    """Something PostgreSQL or its tools refused, said in words a hurried admin understands."""
+
+
+class NeedsCreatedb(PostgresError):
+    """The full check needs a scratch database, and the site's user may not create one."""
+
+
+@dataclass(frozen=True)
+class Server:
+    """Where the live database is and who the site is there: DATABASES["default"]."""
+
+    name: str
+    user: str = ""
+    password: str = ""
+    host: str = ""
+    port: str = ""
+    sslmode: str = ""
+
+    @classmethod
+    def from_settings(cls, database):
+        options = database.get("OPTIONS") or {}
+        return cls(
+            name=str(database.get("NAME") or ""),
+            user=str(database.get("USER") or ""),
+            password=str(database.get("PASSWORD") or ""),
+            host=str(database.get("HOST") or ""),
+            port=str(database.get("PORT") or ""),
+            sslmode=str(options.get("sslmode") or ""),
+        )
+
+    def __repr__(self):  # never the password, wherever a Server is shown
+        return f"Server(name={self.name!r}, user={self.user!r}, host={self.host!r})"
+
+    def connect(self, dbname=None, **kwargs):
+        """A psycopg connection (in this process: the password never leaves it)."""
+        if psycopg is None:
+            raise PostgresError(
+                "PostgreSQL needs psycopg 3: install the app with its postgres extra "
+                "(pip install 'stanza-backups[postgres]')"
+            )
+        params = {
+            "dbname": dbname or self.name,
+            "user": self.user or None,
+            "password": self.password or None,
+            "host": self.host or None,
+            "port": self.port or None,
+            "sslmode": self.sslmode or None,
+            "connect_timeout": CONNECT_TIMEOUT,
+            "application_name": "stanza-backups",
+        }
+        try:
+            return psycopg.connect(**{k: v for k, v in params.items() if v is not None}, **kwargs)
+        except psycopg.OperationalError as err:
+            raise PostgresError(
+                f"cannot connect to database {dbname or self.name}: {first_line(err)}"
+            ) from err
+
+    def maintenance(self):
+        """An autocommit connection to a database other than the live one (for DDL on it)."""
+        failure = None
+        for dbname in MAINTENANCE:
+            try:
+                return self.connect(dbname, autocommit=True)
+            except PostgresError as err:
+                failure = err
+        raise failure
+
+    def role(self):
+        return self.user or os.environ.get("PGUSER") or "the database user"
+
+
+def live_server():
+    """The site's DATABASES["default"] as a Server (it must be PostgreSQL)."""
+    from django.conf import settings
+
+    return Server.from_settings(settings.DATABASES["default"])
+
+
+def first_line(err):
+    text = str(getattr(err, "diag", None) and err.diag.message_primary or err).strip()
+    return text.splitlines()[0] if text else "no reason given"
+
+
+# --- the client programs -------------------------------------------------------------------
+
+
+def client(name):
+    """The path of `pg_dump`, `pg_restore` or `psql`; PostgresError when not installed."""
+    found = shutil.which(name)
+    if not found:
+        raise PostgresError(f"{name} is not installed (it comes with PostgreSQL's client package)")
+    return found
+
+
+@contextlib.contextmanager
+def client_env(server, folder, dbname=None):
+    """The environment of a client program: who and where, and the password in a passfile.
+
+    The passfile is a 0600 file in `folder` (the backups folder), locked like a backup's
+    temporary file, so the engine's clean-up removes it if this process is killed.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(
+        {
+            key: value
+            for key, value in (
+                ("PGDATABASE", dbname or server.name),
+                ("PGUSER", server.user),
+                ("PGHOST", server.host),
+                ("PGPORT", server.port),
+                ("PGSSLMODE", server.sslmode),
+                ("PGCONNECT_TIMEOUT", str(CONNECT_TIMEOUT)),
+                ("PGAPPNAME", "stanza-backups"),
+            )
+            if value
+        }
+    )
+    if not server.password:
+        yield env
+        return
+    if "\n" in server.password or "\r" in server.password:
+        raise PostgresError("the database password holds a line break, which a passfile cannot")
+    path = temp_path(folder)
+    fd = create_locked(path)
+    try:
+        escaped = server.password.replace("\\", "\\\\").replace(":", "\\:")
+        os.write(fd, f"*:*:*:*:{escaped}\n".encode())
+        env["PGPASSFILE"] = str(path)
+        yield env
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _complaint(stderr, returncode):
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    # "pg_dump: error: connection to server ...": the program's name says nothing to a reader.
+    lines = [re.sub(r"\A(pg_dump|pg_restore|psql): (error: |detail: )?", "", x) for x in lines]
+    if not lines and returncode < 0:
+        return f"stopped by signal {-returncode}"
+    return "; ".join(lines[:ERROR_LINES]) or f"exit status {returncode}"
+
+
+# --- tables and row counts -----------------------------------------------------------------
+
+TABLES_SQL = """
+    SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+      AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp%%'
+    ORDER BY 1, 2
+"""
+
+
+def table_key(schema, table):
+    """How NAME.json names a table: `item` in the public schema, `shop.item` elsewhere."""
+    return table if schema == "public" else f"{schema}.{table}"
+
+
+def tables(conn):
+    """{key: (schema, table)} of the ordinary tables of a connection's database."""
+    rows = conn.execute(TABLES_SQL).fetchall()
+    return {table_key(schema, table): (schema, table) for schema, table in rows}
+
+
+def row_counts(conn):
+    """{table: rows} for every table (see table_key), in the connection's snapshot."""
+    return {
+        key: conn.execute(
+            sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(s), sql.Identifier(t))
+        ).fetchone()[0]
+        for key, (s, t) in sorted(tables(conn).items())
+    }
+
+
+def applied_migrations(conn):
+    """{(app, name)} of the database's django_migrations; None when it has no such table."""
+    if "django_migrations" not in tables(conn):
+        return None
+    rows = conn.execute("SELECT app, name FROM django_migrations").fetchall()
+    return {(str(app), str(name)) for app, name in rows}
+
+
+# --- dump and table of contents -------------------------------------------------------
+
+
+def dump(server, dest, folder, *, dbname=None, compression=COMPRESSION):
+    """`pg_dump -Fc` of the database into `dest`; return its {table: rows} at the dump's moment.
+
+    The counts are read in a snapshot this connection exports and pg_dump imports, so they are
+    exactly the dump's. The caller owns `dest` (a locked temporary file, removed on failure).
+    """
+    dbname = dbname or server.name
+    with server.connect(dbname) as conn:
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        (snapshot,) = conn.execute("SELECT pg_export_snapshot()").fetchone()
+        with client_env(server, folder, dbname) as env:
+            args = [
+                client("pg_dump"),
+                "--format=custom",
+                f"--compress={int(compression)}",
+                f"--snapshot={snapshot}",
+                "--no-password",
+                f"--file={dest}",
+            ]
+            child = start(args, env)
+            try:
+                counts = row_counts(conn)  # while pg_dump writes, on the other core
+            except BaseException:
+                stop(child)
+                raise
+            finish(child, "pg_dump failed")
+        conn.rollback()
+    return counts
+
+
+def start(args, env):
+    try:
+        return subprocess.Popen(
+            args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+    except OSError as err:
+        raise PostgresError(f"{Path(args[0]).name} failed: {err.strerror or err}") from err
+
+
+def stop(child):
+    with contextlib.suppress(ProcessLookupError):
+        child.send_signal(signal.SIGTERM)
+    child.communicate()
+
+
+def finish(child, failed):
+    """Wait for a client program; PostgresError("{failed}: what it said") when it failed."""
+    try:
+        _out, stderr = child.communicate()
+    except BaseException:
+        stop(child)
+        raise
+    if child.returncode != 0:
+        raise PostgresError(f"{failed}: {_complaint(stderr, child.returncode)}")
+
+
+@dataclass(frozen=True)
+class Contents:
+    """What `pg_restore --list` read in an archive's table of contents."""
+
+    dbname: str
+    tables: frozenset  # table keys with a TABLE entry
+    data: frozenset  # table keys with a TABLE DATA entry
+
+
+TOC_LINE = re.compile(r"\A\d+; \d+ \d+ (?P<kind>TABLE DATA|TABLE) (?P<schema>\S+) (?P<name>\S+) ")
+
+
+def list_contents(path):
+    """Read a dump's table of contents (no server needed); PostgresError when it is no dump."""
+    done = subprocess.run(
+        [client("pg_restore"), "--list", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PG")},
+    )
+    if done.returncode != 0:
+        raise PostgresError(
+            f"is not a readable PostgreSQL dump: {_complaint(done.stderr, done.returncode)}"
+        )
+    dbname, found = "", {"TABLE": set(), "TABLE DATA": set()}
+    for line in done.stdout.splitlines():
+        if line.startswith(";     dbname: "):
+            dbname = line.split(": ", 1)[1].strip()
+        elif match := TOC_LINE.match(line):
+            found[match["kind"]].add(table_key(match["schema"], match["name"]))
+    return Contents(dbname, frozenset(found["TABLE"]), frozenset(found["TABLE DATA"]))

@@ -1,0 +1,345 @@
+"""Benchmark PostgreSQL backups and restores against bare pg_dump/pg_restore and django-dbbackup.
+
+    .venv/bin/python bench/postgres.py [--megabytes 1000] [--repeat 1] [--workdir DIR]
+
+Starts a throwaway PostgreSQL cluster (tests/pgcluster.py: initdb as the postgres user, a port
+of its own, fsync on), migrates a site database and fills it with a table of about
+--megabytes (rows and three indexes, made here), then measures, in one run:
+
+- `manage.py backup` (pg_dump -Fc, the quick check, SHA-256, NAME.json) against a bare
+  `pg_dump -Fc` at the same compression, and against django-dbbackup's `dbbackup` (which runs
+  `pg_dump --format=custom` too; it runs from a venv of its own made in --workdir, as
+  bench/backup.py does);
+- `manage.py restore --yes` (the checks, the swap, the pre-restore safety backup) against a bare
+  `pg_restore` into an empty database, while a writer in another process commits small
+  transactions: the longest time it could not commit is the writers' pause;
+- the peak RSS of each (wait4: the largest process of the command's tree).
+
+Prints medians and the ratios of issue 21's targets. The machine may be shared: read ratios
+from one run, and the load average printed with them.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+MANAGE = REPO_DIR / "manage.py"
+PYTHON = sys.executable
+sys.path.insert(0, str(REPO_DIR))
+
+from tests.pgcluster import SITE_ROLE, start_cluster  # noqa: E402
+
+SITE = "benchshop"
+COMPRESSION = "6"  # the app's (backups_app.db.postgres_client.COMPRESSION) and pg_dump's default
+JOBS = str(max(1, min(4, os.cpu_count() or 1)))  # the app's restore runs pg_restore with these
+
+
+# --- the database -----------------------------------------------------------------------------
+
+
+def build(cluster, megabytes, workdir):
+    cluster.create_database(SITE)
+    env = site_env(cluster, workdir)
+    run([PYTHON, str(MANAGE), "migrate", "--no-input", "-v0"], env=env)
+    with cluster.connect(SITE, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE bench_order (id bigserial PRIMARY KEY, customer text, status text, "
+            "amount integer, created timestamptz, note text)"
+        )
+        batch = 200_000
+        n = 0
+        while True:
+            conn.execute(
+                "INSERT INTO bench_order (customer, status, amount, created, note) "
+                "SELECT 'customer ' || (g % 50000), "
+                "(ARRAY['pending','approved','shipped','refunded'])[1 + g % 4], g % 10007, "
+                "now() - (g || ' seconds')::interval, "
+                "repeat(md5(g::text), 2) || ' order note for delivery to warehouse ' || g "
+                "FROM generate_series(%s, %s) g",
+                (n + 1, n + batch),
+            )
+            n += batch
+            if n == batch:
+                conn.execute("CREATE INDEX bench_order_customer ON bench_order (customer)")
+                conn.execute("CREATE INDEX bench_order_created ON bench_order (created)")
+                conn.execute("CREATE INDEX bench_order_status ON bench_order (status, amount)")
+            (size,) = conn.execute("SELECT pg_database_size(%s)", (SITE,)).fetchone()
+            if size >= megabytes * 1024 * 1024:
+                break
+        conn.execute("VACUUM ANALYZE bench_order")
+    return size, n
+
+
+def site_env(cluster, workdir):
+    return {
+        **cluster.env(SITE),
+        "PYTHONPATH": str(REPO_DIR),
+        "STANZA_DATA_DIR": str(workdir / "data"),
+        "STANZA_BACKUPS_DIR": str(workdir / "backups"),
+        "DJANGO_SECRET_KEY": "bench",
+        "STANZA_LOG_FORMAT": "json",
+    }
+
+
+def pg_env(cluster, dbname=SITE):
+    s = cluster.settings(dbname)
+    return {
+        "PGHOST": s["HOST"],
+        "PGPORT": s["PORT"],
+        "PGUSER": SITE_ROLE,
+        "PGPASSWORD": s["PASSWORD"],  # the bench's own baselines; the app never does this
+        "PGDATABASE": dbname,
+    }
+
+
+# --- running and measuring ----------------------------------------------------------------------
+
+
+def run(args, *, env=None, stdout=subprocess.DEVNULL):
+    """Run a command; return (seconds, peak RSS in MB, stderr) from wait4's rusage."""
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        args, env={**os.environ, **(env or {})}, stdout=stdout, stderr=subprocess.PIPE
+    )
+    stderr = proc.stderr.read().decode()
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.monotonic() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{args[:3]} failed: {stderr[-2000:]}")
+    return elapsed, usage.ru_maxrss / 1024, stderr
+
+
+class Writer:
+    """Another process's writes: one small transaction at a time, reconnecting on errors;
+    records when each commit returned, so the longest gap is the writers' pause."""
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.stop = threading.Event()
+        self.commits, self.errors = [], 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        with self.cluster.connect(SITE, autocommit=True) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS bench_writes (id serial PRIMARY KEY, at text)")
+        self.thread.start()
+        return self
+
+    def _run(self):
+        import psycopg
+
+        conn = None
+        while not self.stop.is_set():
+            try:
+                if conn is None:
+                    conn = self.cluster.connect(SITE, autocommit=True)
+                conn.execute("INSERT INTO bench_writes (at) VALUES (now()::text)")
+                self.commits.append(time.monotonic())
+                time.sleep(0.002)
+            except psycopg.Error:
+                self.errors += 1
+                conn = None
+                time.sleep(0.01)
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+    def longest_pause(self):
+        gaps = [b - a for a, b in zip(self.commits, self.commits[1:], strict=False)]
+        return max(gaps, default=0.0)
+
+
+# --- the methods ---------------------------------------------------------------------------------
+
+
+def bare_pg_dump(cluster, out):
+    t, rss, _ = run(
+        ["pg_dump", "--format=custom", f"--compress={COMPRESSION}", f"--file={out}"],
+        env=pg_env(cluster),
+    )
+    return {"time": t, "rss": rss, "size": out.stat().st_size}
+
+
+def app_backup(cluster, out, workdir):
+    args = [PYTHON, str(MANAGE), "backup", "--output", str(out)]
+    t, rss, stderr = run(args, env=site_env(cluster, workdir))
+    result = {"time": t, "rss": rss, "size": out.stat().st_size}
+    for line in stderr.splitlines():
+        if line.startswith("{") and '"event": "backup"' in line:
+            result["engine"] = json.loads(line).get("duration")
+    for sidecar in (f"{out}.sha256", f"{out}.json"):
+        Path(sidecar).unlink(missing_ok=True)
+    return result
+
+
+DBBACKUP_REQUIREMENTS = ("django-dbbackup>=5.4,<5.5", "Django>=5.2,<5.3", "psycopg[binary]>=3.2,<4")
+DBBACKUP_SETTINGS = """
+import os
+SECRET_KEY = "bench"
+USE_TZ = True
+INSTALLED_APPS = ["dbbackup"]
+DATABASES = {"default": {
+    "ENGINE": "django.db.backends.postgresql", "NAME": os.environ["BENCH_NAME"],
+    "USER": os.environ["BENCH_USER"], "PASSWORD": os.environ["BENCH_PASSWORD"],
+    "HOST": os.environ["BENCH_HOST"], "PORT": os.environ["BENCH_PORT"],
+}}
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "dbbackup": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": os.environ["BENCH_OUT"]},
+    },
+}
+"""
+
+
+def dbbackup_python(workdir):
+    """The python of a throwaway venv holding django-dbbackup (made once, in the workdir)."""
+    venv = workdir / "dbbackup-venv"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        print(f"installing django-dbbackup into {venv} (once)...", file=sys.stderr, flush=True)
+        subprocess.run([PYTHON, "-m", "venv", str(venv)], check=True)
+        pip = [str(python), "-m", "pip", "install", "-q", *DBBACKUP_REQUIREMENTS]
+        subprocess.run(pip, check=True)
+    (workdir / "dbbackup_pg_settings.py").write_text(DBBACKUP_SETTINGS)
+    return python
+
+
+def dbbackup(cluster, out, workdir, python):
+    s = cluster.settings(SITE)
+    env = {
+        "PYTHONPATH": str(workdir),
+        "DJANGO_SETTINGS_MODULE": "dbbackup_pg_settings",
+        "BENCH_NAME": SITE,
+        "BENCH_USER": SITE_ROLE,
+        "BENCH_PASSWORD": s["PASSWORD"],
+        "BENCH_HOST": s["HOST"],
+        "BENCH_PORT": s["PORT"],
+        "BENCH_OUT": str(out.parent),
+    }
+    args = [str(python), "-m", "django", "dbbackup", "--noinput", "-o", out.name]
+    t, rss, _ = run(args, env=env)
+    return {"time": t, "rss": rss, "size": out.stat().st_size}
+
+
+def bare_pg_restore(cluster, dump, n):
+    name = f"bench_empty_{n}"
+    cluster.create_database(name)
+    try:
+        t, rss, _ = run(
+            [
+                "pg_restore",
+                "--no-owner",
+                "--no-acl",
+                "--exit-on-error",
+                f"--jobs={JOBS}",
+                f"--dbname={name}",
+                str(dump),
+            ],
+            env=pg_env(cluster, name),
+        )
+    finally:
+        cluster.drop_database(name)
+    return {"time": t, "rss": rss}
+
+
+def app_restore(cluster, dump, workdir):
+    args = [PYTHON, str(MANAGE), "restore", str(dump), "--yes"]
+    with Writer(cluster) as writer:
+        time.sleep(1)
+        t, rss, stderr = run(args, env=site_env(cluster, workdir))
+        time.sleep(1)
+    result = {"time": t, "rss": rss, "pause": writer.longest_pause(), "errors": writer.errors}
+    for line in stderr.splitlines():
+        if line.startswith("{") and '"event": "restore"' in line:
+            result["locked"] = json.loads(line).get("locked")
+    for safety in (workdir / "backups").glob("*.pre-restore.dump*"):
+        safety.unlink()
+    return result
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+def median(results, key):
+    values = [r[key] for r in results if r.get(key) is not None]
+    return statistics.median(values) if values else float("nan")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--megabytes", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--port", type=int, default=55432)
+    options = parser.parse_args()
+    workdir = options.workdir or Path(tempfile.mkdtemp(prefix="stanza-bench-pg-"))
+    (workdir / "backups").mkdir(parents=True, exist_ok=True)
+    (workdir / "out").mkdir(exist_ok=True)
+    python = dbbackup_python(workdir)
+    cluster = start_cluster(options.port, durable=True)
+    try:
+        started = time.monotonic()
+        size, rows = build(cluster, options.megabytes, workdir)
+        print(
+            f"database: {size / 1024 / 1024:.0f} MB ({rows} rows of bench_order, 3 indexes), "
+            f"built in {time.monotonic() - started:.0f} s",
+            flush=True,
+        )
+        results = {k: [] for k in ("pg_dump", "backup", "dbbackup", "pg_restore", "restore")}
+        out = workdir / "out"
+        for n in range(options.repeat):
+            for path in out.iterdir():
+                path.unlink()
+            results["pg_dump"].append(bare_pg_dump(cluster, out / "bare.dump"))
+            results["backup"].append(app_backup(cluster, out / f"{SITE}.app.dump", workdir))
+            results["dbbackup"].append(dbbackup(cluster, out / "dbbackup.dump", workdir, python))
+            results["pg_restore"].append(bare_pg_restore(cluster, out / "bare.dump", n))
+            results["restore"].append(app_restore(cluster, out / f"{SITE}.app.dump", workdir))
+            print(f"run {n + 1}: " + json.dumps({k: v[-1] for k, v in results.items()}), flush=True)
+        report(results, os.getloadavg())
+    finally:
+        cluster.remove()
+
+
+def report(results, load):
+    print(f"\nmedians ({len(results['backup'])} run(s)); load average {load[0]:.2f} {load[1]:.2f}")
+    print(f"{'method':<12} {'time s':>8} {'RSS MB':>8} {'size MB':>9}")
+    for method, rows in results.items():
+        size = median(rows, "size")
+        shown = f"{size / 1024 / 1024:9.1f}" if size == size else f"{'':>9}"
+        print(f"{method:<12} {median(rows, 'time'):8.2f} {median(rows, 'rss'):8.0f} {shown}")
+    backup, bare = median(results["backup"], "time"), median(results["pg_dump"], "time")
+    dbb = median(results["dbbackup"], "time")
+    restore, bare_restore = (
+        median(results["restore"], "time"),
+        median(results["pg_restore"], "time"),
+    )
+    print(f"- backup / bare pg_dump -Z{COMPRESSION}: {backup / bare:.2f}x (target <= 1.2)")
+    sizes = median(results["backup"], "size") / median(results["dbbackup"], "size")
+    print(f"- backup / dbbackup: {backup / dbb:.2f}x (target < 1), size {sizes:.3f}x (target <= 1)")
+    print(f"- restore / bare pg_restore: {restore / bare_restore:.2f}x (target <= 2)")
+    print(
+        f"- writers' longest pause during the restore: {median(results['restore'], 'pause'):.2f} s "
+        f"(target < 2), the swap itself {median(results['restore'], 'locked') or 0:.2f} s; "
+        f"{median(results['restore'], 'errors'):.0f} failed commits retried"
+    )
+    print(
+        f"- peak RSS: backup {median(results['backup'], 'rss'):.0f} MB, restore "
+        f"{median(results['restore'], 'rss'):.0f} MB (target < 100); dbbackup "
+        f"{median(results['dbbackup'], 'rss'):.0f} MB"
+    )
+
+
+if __name__ == "__main__":
+    main()
