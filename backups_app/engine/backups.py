@@ -83,6 +83,7 @@ def create_backup(
     compress=False,
     progress=None,
     check="quick",
+    on_published=None,
 ):
     """Copy the database at `source` into a verified backup file and return it.
 
@@ -93,7 +94,7 @@ def create_backup(
     `output` the exact path is written; otherwise a standard name in `folder` (the backups
     folder). `progress(phase, done, total)` is called from time to time during long steps
     (phases "copy", "verify", "compress", and "done" once at the end); it may be called from
-    another thread.
+    another thread. `on_published(path)` is called the moment the backup has its name.
 
     A signal whose Python handler raises (Ctrl-C, or SIGTERM turned into KeyboardInterrupt)
     stops the backup even inside SQLite; the temporary files are removed and the exception
@@ -153,6 +154,7 @@ def create_backup(
                 label=label,
                 compress=compress,
                 media_list=None if media is None else media_record.staged_list(partial),
+                on_published=on_published,
             )
         except engine.Error as err:
             _raise_if_interrupted(err)

@@ -18,7 +18,16 @@ from backups_app.engine.sidecars import checksum_line, manifest_text
 
 
 def publish(
-    temp, digest, manifest, *, folder, target=None, label="", compress=False, media_list=None
+    temp,
+    digest,
+    manifest,
+    *,
+    folder,
+    target=None,
+    label="",
+    compress=False,
+    media_list=None,
+    on_published=None,
 ):
     """Give a finished backup its name, its sidecars first; return the backup's path.
 
@@ -28,7 +37,8 @@ def publish(
     second each get their own name (`...Z-2.bak`) without a lock between them, and a signal or
     a crash at any moment leaves either no backup or a backup with both sidecars (at worst
     sidecars without a backup, which the next backup's clean-up removes). `media_list`, the
-    site files' list (a staged file), is linked as `NAME.media` with them.
+    site files' list (a staged file), is linked as `NAME.media` with them. `on_published(path)`
+    is called the moment the backup has its name (a command stops treating signals as a stop).
     """
     if target:
         candidates = [Path(target)]
@@ -39,36 +49,51 @@ def publish(
             for seq in range(1, 1000)
         )
     staged = {MEDIA_SUFFIX: Path(media_list)} if media_list else {}
+    final = None
+
+    def interrupted(err):
+        """A signal at any moment after the backup got its name says so (BackupInterrupted)."""
+        if isinstance(err, BackupInterrupted) or final is None or not _is_same_file(final, temp):
+            return err
+        return BackupInterrupted(final)
+
     try:
-        for final in candidates:
-            if digest:
-                staged[CHECKSUM_SUFFIX] = _stage(
-                    temp, CHECKSUM_SUFFIX, checksum_line(final.name, digest)
-                )
-            if manifest:
-                staged[MANIFEST_SUFFIX] = _stage(
-                    temp, MANIFEST_SUFFIX, manifest_text(final.name, manifest)
-                )
-            try:
-                for suffix, path in staged.items():
-                    os.link(path, final.with_name(final.name + suffix))
-                os.link(temp, final)
-                files.fsync_dir(folder)
-            except FileExistsError:
-                _take_back(final, staged)
-                if target:
-                    raise BackupError(f"{target} already exists; nothing was overwritten") from None
-                continue
-            except BaseException as err:
-                if not _is_same_file(final, temp):  # not published: take the sidecars back
+        try:
+            for final in candidates:
+                if digest:
+                    staged[CHECKSUM_SUFFIX] = _stage(
+                        temp, CHECKSUM_SUFFIX, checksum_line(final.name, digest)
+                    )
+                if manifest:
+                    staged[MANIFEST_SUFFIX] = _stage(
+                        temp, MANIFEST_SUFFIX, manifest_text(final.name, manifest)
+                    )
+                try:
+                    for suffix, path in staged.items():
+                        os.link(path, final.with_name(final.name + suffix))
+                    os.link(temp, final)
+                    if on_published:
+                        on_published(final)
+                    files.fsync_dir(folder)
+                except FileExistsError:
                     _take_back(final, staged)
+                    if target:
+                        raise BackupError(
+                            f"{target} already exists; nothing was overwritten"
+                        ) from None
+                    continue
+                except BaseException:
+                    if not _is_same_file(final, temp):  # not published: take the sidecars back
+                        _take_back(final, staged)
                     raise
-                if isinstance(err, KeyboardInterrupt) and not isinstance(err, BackupInterrupted):
-                    raise BackupInterrupted(final) from err
-                raise
-            return final
-    finally:
-        _unlink_all(staged.values())
+                return final
+        finally:
+            _unlink_all(staged.values())
+    except KeyboardInterrupt as err:
+        written = interrupted(err)
+        if written is err:
+            raise
+        raise written from err
     raise BackupError(f"too many backups in the same second in {folder}")
 
 

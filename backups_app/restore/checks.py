@@ -228,13 +228,20 @@ def judge(info, facts, name=None):
             f"{name} comes from a newer version of this project: it has migrations this "
             f"code does not know ({shown}{more}); upgrade the code first"
         )
-    missing = sorted(schema.expected_tables(applied) - {table.lower() for table in facts.columns})
+    expected = schema.expected_schema(applied)
+    missing = sorted(set(expected) - {table.lower() for table in facts.columns})
     if missing:
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        shown = ", ".join(missing[:5]) + more
         raise RestoreError(
             f"{name} is not a complete backup: its own migrations say it must have tables "
-            f"it lacks ({shown})"
+            f"it lacks ({_some(missing)})"
+        )
+    # A table with a column dropped passes every check but the pages that read it (a login
+    # without auth_user.password is a 500 nobody can log in to undo).
+    lacking = schema.missing_columns(expected, facts.columns)
+    if lacking:
+        raise RestoreError(
+            f"{name} is not a complete backup: its own migrations say its tables must have "
+            f"columns it lacks ({_some([f'{table}.{column}' for table, column in lacking])})"
         )
     return dataclasses.replace(
         info,
@@ -242,3 +249,9 @@ def judge(info, facts, name=None):
         migrations=frozenset(applied),
         pending_migrations=tuple(sorted(pending)),
     )
+
+
+def _some(names, shown=5):
+    """The first few names, and how many more."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more

@@ -30,11 +30,17 @@ def compare_migrations(applied):
 
 
 def expected_tables(applied):
-    """The tables (lower case) a database must have once `applied` migrations ran.
+    """The tables (lower case) a database must have once `applied` migrations ran."""
+    return set(expected_schema(applied))
 
-    Django's migration loader projects the installed apps' models at that state; their
-    db_table names, with the many-to-many tables Django creates for them, are what a
-    complete backup holds. Unmanaged and proxy models have no table of their own.
+
+def expected_schema(applied):
+    """{table: {column, ...}} (lower case) a database must have once `applied` migrations ran.
+
+    Django's migration loader projects the installed apps' models at that state (the
+    backup's own, not this code's); their db_table names, with the many-to-many tables Django
+    creates for them, and each one's concrete columns, are what a complete backup holds.
+    Unmanaged and proxy models have no table of their own.
     """
     loader = _migration_loader()
     graph = loader.graph
@@ -43,10 +49,24 @@ def expected_tables(applied):
         if key in graph.nodes and migration.replaces and set(migration.replaces) <= applied:
             nodes.add(key)  # a squash whose replaced migrations were all applied
     if not nodes:
-        return set()
+        return {}
     state = graph.make_state(nodes=sorted(nodes), at_end=True, real_apps=loader.unmigrated_apps)
     return {
-        model._meta.db_table.lower()
+        model._meta.db_table.lower(): {
+            field.column.lower() for field in model._meta.local_concrete_fields if field.column
+        }
         for model in state.apps.get_models(include_auto_created=True)
         if model._meta.managed and not model._meta.proxy and not model._meta.swapped
     }
+
+
+def missing_columns(expected, columns):
+    """[(table, column)] that `expected` (expected_schema) promises and `columns` ({table:
+    (column, ...)}, what a backup holds) lacks, sorted; tables it lacks altogether aside."""
+    held = {table.lower(): {c.lower() for c in cols} for table, cols in columns.items()}
+    return sorted(
+        (table, column)
+        for table, wanted in expected.items()
+        if table in held
+        for column in wanted - held[table]
+    )
