@@ -18,6 +18,9 @@ class CronRunQuerySet(models.QuerySet):
     def latest_per_job(self, job_names, status=None):
         """{job name: its newest run (of that `status`, if given)} for the named jobs, in one query.
 
+        A skipped run is not a run of the job (it only notes that one was due while the job
+        was still running): the run before it is the newest, unless `status` asks for skipped.
+
         Each `id = (SELECT ...)` is uncorrelated, so SQLite evaluates it once on the
         (job_name, started_at) index read backwards (job_name, status, started_at with a
         status): one index entry per job, whatever the history's size (a correlated subquery
@@ -28,6 +31,8 @@ class CronRunQuerySet(models.QuerySet):
             newest = CronRun.objects.filter(job_name=name)
             if status is not None:
                 newest = newest.filter(status=status)
+            else:
+                newest = newest.exclude(status=CronRun.Status.SKIPPED)
             newest = newest.order_by("-started_at", "-id")
             condition |= Q(id=Subquery(newest.values("id")[:1]))
         if not condition:
@@ -51,7 +56,7 @@ class CronRunQuerySet(models.QuerySet):
         In one write transaction (so two processes cannot both start the job): runs of the
         job whose process died are closed first; a second run for the same due time is
         refused (None); a run while another run of the job is still going is recorded as a
-        failure that says so and returned finished: the caller must not do the work then.
+        skipped run that says so and returned finished: the caller must not do the work then.
         """
         with transaction.atomic():
             self.close_interrupted(job_name)
@@ -73,7 +78,7 @@ class CronRunQuerySet(models.QuerySet):
                 if previous
                 else f"skipped: the previous run of {job_name} was still running"
             )
-            run.finish(CronRun.Status.FAILURE, error=message)
+            run.finish(CronRun.Status.SKIPPED, result=message)
         return run
 
     def close_own_runs(self, reason):
@@ -94,6 +99,8 @@ class CronRun(models.Model):
         RUNNING = "running"
         SUCCESS = "success"
         FAILURE = "failure"
+        # Due while the previous run of the job was still going: not run, and not a failure.
+        SKIPPED = "skipped"
 
     job_name = models.CharField(max_length=100)
     started_at = models.DateTimeField(default=timezone.now)

@@ -1,6 +1,13 @@
 from django.urls import path
 
-from backups_app.web import health_views, metrics_views, offsite_views, replication_views, views
+from backups_app.web import (
+    health_views,
+    media_views,
+    metrics_views,
+    offsite_views,
+    replication_views,
+    views,
+)
 
 app_name = "backups"
 
@@ -14,6 +21,12 @@ urlpatterns = [
     # GET: the confirmation page; POST: delete the backup and its sidecars.
     path("admin/backups/delete/<path:filename>", views.delete_backup, name="delete"),
     path("admin/backups/upload", views.upload_backup, name="upload"),
+    # The site files of a backup (before the download's `path`, which would take it whole).
+    path(
+        "admin/database/backups/<str:filename>/media.tar",
+        media_views.download_media,
+        name="media-download",
+    ),
     # `path`, not `str`: a name holding "/" (even %2F-encoded) still reaches the view, which
     # answers 400 for anything that is not a backup file name.
     path("admin/database/backups/<path:filename>", views.download_backup, name="download"),

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import urllib.request
 from pathlib import Path
 
@@ -461,6 +462,13 @@ def moto_s3(tmp_path):
 
     The dict holds the AWS_* variables that point a client (boto3, Litestream) at it.
     """
+    with moto_server(tmp_path) as env:
+        yield env
+
+
+@contextlib.contextmanager
+def moto_server(folder):
+    """moto's S3 server as a real subprocess (its log in `folder`), for any fixture scope."""
     import shutil
     import urllib.request
 
@@ -470,7 +478,7 @@ def moto_s3(tmp_path):
     if not server:
         pytest.skip('moto_server is not installed (pip install "moto[server]")')
     port = free_port()
-    with open(tmp_path / "moto.log", "wb") as log:  # the child keeps its own copy
+    with open(Path(folder) / "moto.log", "wb") as log:  # the child keeps its own copy
         proc = subprocess.Popen(
             [str(server), "-H", "127.0.0.1", "-p", str(port)],
             stdout=log,
@@ -669,4 +677,41 @@ def hanging_server():
             listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() above
         listener.close()
         for conn in held:
+            conn.close()
+
+
+@pytest.fixture
+def hanging_store(monkeypatch):
+    """An S3 endpoint on loopback that accepts connections and never answers (a hung store, or
+    a broken network), with the AWS_* variables pointing at it; `.accepted` counts the
+    connections made to it."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    accepted = []
+
+    def serve():
+        while True:
+            try:
+                conn, _address = server.accept()
+            except OSError:  # closed: the test is over
+                return
+            accepted.append(conn)  # held open, never read, never answered
+
+    thread = threading.Thread(target=serve, name="hanging-store", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"
+    env = {
+        "AWS_ENDPOINT_URL": url,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    try:
+        yield types.SimpleNamespace(url=url, env=env, accepted=accepted)
+    finally:
+        server.close()
+        for conn in accepted:
             conn.close()

@@ -22,6 +22,7 @@ from tests.conftest import MANAGE, hold_jobs, live_env, manage, read_runs, relea
 pytestmark = pytest.mark.django_db
 
 FAILURE, RUNNING, SUCCESS = CronRun.Status.FAILURE, CronRun.Status.RUNNING, CronRun.Status.SUCCESS
+SKIPPED = CronRun.Status.SKIPPED
 
 
 def dead_pid():
@@ -256,10 +257,10 @@ def test_it_skips_a_run_while_the_previous_one_is_still_going(data_dir, backups_
 
     run = jobs.run_job("purge-old-backups")
 
-    assert run.status == FAILURE
-    assert run.error.startswith("skipped: the previous run of purge-old-backups (started ")
-    assert run.error.endswith(f"pid {os.getpid()} on {socket.gethostname()}) is still running")
-    assert run.error_summary == run.error
+    assert run.status == SKIPPED  # not a failure: nothing failed
+    assert run.result.startswith("skipped: the previous run of purge-old-backups (started ")
+    assert run.result.endswith(f"pid {os.getpid()} on {socket.gethostname()}) is still running")
+    assert run.error == ""
     assert old.exists()  # the job did not run
     previous.refresh_from_db()
     assert previous.status == RUNNING
@@ -295,8 +296,8 @@ def test_it_records_a_skipped_due_time_once(data_dir):
 
     skipped = CronRun.objects.record_skipped("purge-old-backups", "scheduler", due)
 
-    assert skipped.status == FAILURE
-    assert "still running" in skipped.error
+    assert skipped.status == SKIPPED
+    assert "still running" in skipped.result
     assert CronRun.objects.record_skipped("purge-old-backups", "scheduler", due) is None
 
 
@@ -395,7 +396,7 @@ def test_a_killed_run_is_closed_as_interrupted_when_the_job_runs_again(live_data
 
 
 @pytest.mark.slow  # real runjob processes
-def test_a_run_while_another_process_runs_the_job_is_skipped_as_a_failure(live_data):
+def test_a_run_while_another_process_runs_the_job_is_skipped_not_failed(live_data):
     fifo = hold_jobs(live_data / "backups")
     held = start_runjob(live_data, "purge-old-backups")
     wait_until(lambda: running(live_data))
@@ -406,14 +407,14 @@ def test_a_run_while_another_process_runs_the_job_is_skipped_as_a_failure(live_d
 
     assert second.returncode == 1
     assert second.stderr.splitlines()[-1].startswith(
-        "CommandError: purge-old-backups failed: skipped: the previous run of "
+        "CommandError: purge-old-backups did not run: skipped: the previous run of "
         "purge-old-backups (started "
     )
     assert f"pid {held.pid} on" in second.stderr
     assert held.returncode == 0
     first, skipped = read_runs(live_data)
     assert (first["status"], first["pid"]) == ("success", held.pid)
-    assert skipped["status"] == "failure"
+    assert skipped["status"] == "skipped"
     assert not fifo.exists()
 
 

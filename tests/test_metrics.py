@@ -1,5 +1,6 @@
 """GET /metrics: Prometheus text, read back with prometheus_client's own parser."""
 
+import os
 import time
 
 import pytest
@@ -176,9 +177,36 @@ def test_it_counts_the_site_files_kept_with_the_backups(
     (media / "photos").mkdir(parents=True)
     (media / "photos" / "a.jpg").write_bytes(b"a" * 1000)
     (media / "b.txt").write_bytes(b"b" * 234)
-    (media / "copy-of-b.txt").write_bytes(b"b" * 234)  # the same content is kept once
     settings.STANZA_MEDIA_DIR = str(media)
 
     jobs.run_job("daily-backup")
 
     assert value(scrape(client), "stanza_media_size_bytes") == 1234
+
+
+def test_it_never_asks_the_offsite_store(
+    client, metrics_on, settings, backups_folder, hanging_store
+):
+    """The store hangs: a scrape answers from what the offsite jobs recorded, at once."""
+    from datetime import UTC, datetime
+
+    from backups_app.offsite import state as offsite_state
+    from backups_app.offsite.copies import OffsiteCopy
+
+    settings.STANZA_OFFSITE_URL = "s3://stanza-hung/site-a"
+    old = write_backup_file(backups_folder, "database.sqlite.20260201T020000Z.bak")
+    new = write_backup_file(backups_folder, "database.sqlite.20260202T020000Z.bak")
+    for path, hours_ago in ((old, 50), (new, 26)):
+        when = time.time() - hours_ago * 3600
+        os.utime(path, (when, when))
+    now = datetime.now(UTC)
+    with offsite_state.recording() as record:
+        record.copied(OffsiteCopy(old.name, old.name, 12, now, now))
+
+    metrics = scrape(client)
+
+    assert value(metrics, "stanza_offsite_last_copy_timestamp_seconds") == (
+        datetime(2026, 2, 1, 2, tzinfo=UTC).timestamp()
+    )
+    assert "stanza_replication_lag_seconds" not in metrics  # replication is off
+    assert hanging_store.accepted == []

@@ -1,11 +1,13 @@
 """Offsite copies against a real S3 API: moto's server on loopback, real boto3, django-storages."""
 
+import contextlib
 import hashlib
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import timedelta
@@ -160,7 +162,7 @@ def test_it_copies_every_backup_with_its_sidecars_and_is_idempotent(
     run = jobs.run_job("copy-offsite")
 
     assert run.status == CronRun.Status.SUCCESS, run.error
-    assert run.result.startswith("copied 2 backup(s)")
+    assert run.result.startswith("copied 2 backups (")
     names = [older.name, newer.name]
     assert keys(s3, offsite_on) == sorted(
         f"site-a/{n}{s}" for n in names for s in ("", ".json", ".sha256")
@@ -175,7 +177,7 @@ def test_it_copies_every_backup_with_its_sidecars_and_is_idempotent(
     again = jobs.run_job("copy-offsite")
 
     assert again.status == CronRun.Status.SUCCESS
-    assert again.result.startswith("copied 0 backup(s)") and "2 already there" in again.result
+    assert again.result.startswith("copied 0 backups (") and "2 already there" in again.result
 
 
 @pytest.mark.django_db
@@ -214,6 +216,101 @@ def test_it_uploads_in_parts_each_confirmed_and_leaves_no_upload_open(
     assert head["ContentLength"] == backup.size
     assert body(s3, offsite_on, f"site-a/{backup.name}") == backup.path.read_bytes()
     assert not s3.list_multipart_uploads(Bucket=offsite_on).get("Uploads")
+
+
+class CuttableProxy:
+    """A TCP proxy in front of moto's server that cuts: once `cut_after` bytes went up, it
+    closes every connection and answers none again (the store went away mid-upload)."""
+
+    def __init__(self, upstream, cut_after):
+        self.upstream, self.cut_after = upstream, cut_after
+        self.sent, self.cut, self.sockets = 0, False, []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.cut:
+                client.close()
+                continue
+            server = socket.create_connection(self.upstream)
+            self.sockets += [client, server]
+            threading.Thread(target=self.pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self.pump, args=(server, client, False), daemon=True).start()
+
+    def pump(self, source, dest, up):
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if up:
+                    self.sent += len(data)
+                    if self.sent > self.cut_after:
+                        self.cut = True
+                        for sock in self.sockets:
+                            with contextlib.suppress(OSError):
+                                sock.shutdown(socket.SHUT_RDWR)
+                        return
+                dest.sendall(data)
+
+    def close(self):
+        self.listener.close()
+        for sock in self.sockets:
+            sock.close()
+
+
+@pytest.mark.django_db
+def test_an_upload_the_store_cut_is_aborted_by_the_next_run(
+    offsite_on, s3, s3_server, data_dir, backups_folder, monkeypatch
+):
+    monkeypatch.setattr(offsite_store, "PART_SIZE", 5 * 1024 * 1024)  # S3's smallest part
+    backup = make_backup(make_large_database(data_dir / "database.sqlite", 12), backups_folder)
+    foreign = s3.create_multipart_upload(Bucket=offsite_on, Key="site-a/notes.txt")["UploadId"]
+    port = int(s3_server.rsplit(":", 1)[1])
+    proxy = CuttableProxy(("127.0.0.1", port), cut_after=7 * 1024 * 1024)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+
+    cut = jobs.run_job("copy-offsite")
+    proxy.close()
+
+    assert cut.status == CronRun.Status.FAILURE and proxy.cut
+    assert "closed the connection while trying to store" in cut.error_summary
+    left = s3.list_multipart_uploads(Bucket=offsite_on)["Uploads"]
+    assert sorted(u["Key"] for u in left) == sorted(["site-a/notes.txt", f"site-a/{backup.name}"])
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)  # the store is back
+    monkeypatch.setattr(upload, "STALE_UPLOAD_AGE", timedelta(0))  # as if an hour had passed
+
+    again = jobs.run_job("copy-offsite")
+
+    assert again.status == CronRun.Status.SUCCESS, again.error
+    assert "aborted 1 unfinished upload" in again.result
+    [still] = s3.list_multipart_uploads(Bucket=offsite_on)["Uploads"]  # not ours: left alone
+    assert (still["Key"], still["UploadId"]) == ("site-a/notes.txt", foreign)
+    assert body(s3, offsite_on, f"site-a/{backup.name}") == backup.path.read_bytes()
+
+
+@pytest.mark.django_db
+def test_finding_one_copy_is_one_request_for_its_own_objects(offsite_on, s3, live, backups_folder):
+    made = [make_backup(live, backups_folder, age=timedelta(hours=h)) for h in (3, 2, 1)]
+    jobs.run_job("copy-offsite")
+    client = offsite_store.storage().client
+    sent = []
+
+    def count(params, **kwargs):
+        sent.append(params)
+
+    client.meta.events.register("before-call.s3", count)
+    try:
+        copy = copies.find_copy(made[1].name)
+    finally:
+        client.meta.events.unregister("before-call.s3", count)
+
+    assert copy.name == made[1].name and copy.complete
+    assert len(sent) == 1
+    assert sent[0]["query_string"]["prefix"] == f"site-a/{made[1].name}"
 
 
 @pytest.mark.django_db

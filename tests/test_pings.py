@@ -48,7 +48,7 @@ def test_it_pings_start_then_success_or_fail_with_the_runs_rid(settings, http_re
     assert received[3][3].decode().rstrip().endswith("DrillError: no backup to verify")
 
 
-def test_a_fail_ping_carries_the_last_10_kB_of_the_error(settings, http_recorder):
+def test_it_sends_the_last_10_kB_of_the_error_in_a_fail_ping(settings, http_recorder):
     settings.STANZA_PING_URL = http_recorder.url + "/{job}"
     run = CronRun.objects.create(job_name="daily-backup", status="failure")
     run.error = "Traceback\n" + "x" * 30_000 + "\nOSError: the disk is full\n"
@@ -73,6 +73,17 @@ def test_it_retries_a_ping_once(settings, http_recorder):
     assert paths == ["/purge-old-cron-runs/start"] * 2 + ["/purge-old-cron-runs"]
 
 
+def test_it_sends_nothing_for_a_run_skipped_while_the_job_runs(settings, http_recorder):
+    settings.STANZA_PING_URL = http_recorder.url + "/{job}"
+    CronRun.start("purge-old-cron-runs", "scheduler")  # this process: still going
+
+    run = jobs.run_job("purge-old-cron-runs")
+    assert pings.flush(10)
+
+    assert run.status == CronRun.Status.SKIPPED
+    assert http_recorder.received == []
+
+
 def test_it_keeps_the_urls_own_query_and_quotes_the_job(settings, http_recorder):
     url = pings.ping_url("https://hc-ping.com/KEY/{job}?create=1", "copy offsite", "start", "R")
 
@@ -89,7 +100,7 @@ def test_it_sends_nothing_while_unset(settings, http_recorder):
     assert http_recorder.received == []
 
 
-def test_a_dead_ping_url_is_logged_and_changes_nothing(settings, caplog):
+def test_it_logs_a_dead_ping_url_and_changes_nothing(settings, caplog):
     settings.STANZA_PING_URL = f"http://127.0.0.1:{free_port()}/secret-key/{{job}}"
 
     with caplog.at_level(logging.WARNING, logger="backups_app.jobs.pings"):
@@ -103,7 +114,7 @@ def test_a_dead_ping_url_is_logged_and_changes_nothing(settings, caplog):
     assert not any("secret-key" in message for message in failures)
 
 
-def test_a_hanging_ping_url_does_not_delay_the_job(settings, hanging_server):
+def test_it_does_not_delay_the_job_for_a_hanging_ping_url(settings, hanging_server):
     """The server accepts and never answers: each ping waits out its timeout, in the
     background; the job's run and its recorded duration do not wait for them."""
     settings.STANZA_PING_URL = hanging_server + "/{job}"
@@ -118,7 +129,7 @@ def test_a_hanging_ping_url_does_not_delay_the_job(settings, hanging_server):
     assert not pings.flush(0.1)  # the start ping is still waiting for its answer
 
 
-def test_a_bad_ping_url_never_fails_the_job(settings):
+def test_it_never_fails_the_job_for_a_bad_ping_url(settings):
     settings.STANZA_PING_URL = "not a url"
 
     run = jobs.run_job("purge-old-cron-runs")
@@ -127,7 +138,7 @@ def test_a_bad_ping_url_never_fails_the_job(settings):
 
 
 @pytest.mark.slow
-def test_a_runjob_process_sends_its_pings_before_it_exits(live_data, http_recorder):
+def test_it_sends_a_runjob_process_pings_before_it_exits(live_data, http_recorder):
     """The sender is a daemon thread: the process waits (a few seconds at most) for the pings
     still queued when the job is done, or the end ping would die with it."""
     env = live_env(live_data, STANZA_PING_URL=http_recorder.url + "/{job}")

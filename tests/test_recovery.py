@@ -10,9 +10,9 @@ from django.core.management import call_command
 
 from backups_app.health import recovery
 from backups_app.jobs import jobs
-from backups_app.models import CronRun, DrillRun
+from backups_app.models import DrillRun
 from backups_app.replication import replication
-from tests.conftest import finished_run, write_backup_file
+from tests.conftest import write_backup_file
 
 pytestmark = pytest.mark.django_db
 
@@ -37,7 +37,7 @@ def card(html, card_id):
     return re.search(rf'<div[^>]*id="{card_id}".*?</div>', html, re.S).group(0)
 
 
-def test_the_page_states_both_numbers_in_plain_words(staff_client, backups_folder):
+def test_it_states_both_numbers_on_the_page_in_plain_words(staff_client, backups_folder):
     backup_made(backups_folder, 8)
     drill_passed()
 
@@ -52,7 +52,7 @@ def test_the_page_states_both_numbers_in_plain_words(staff_client, backups_folde
     assert "a backup of 120.0\xa0MB" in time
 
 
-def test_the_page_says_when_there_is_nothing_to_recover_from(staff_client, backups_folder):
+def test_it_says_on_the_page_when_there_is_nothing_to_recover_from(staff_client, backups_folder):
     backup_made(backups_folder, 1, label="uploaded")  # not the site's own data
 
     html = staff_client.get(URL).content.decode()
@@ -63,27 +63,40 @@ def test_the_page_says_when_there_is_nothing_to_recover_from(staff_client, backu
     assert "not measured" in card(html, "recovery-time")
 
 
-def test_a_failed_drill_is_no_recovery_time(staff_client, backups_folder):
+def test_it_takes_no_recovery_time_from_a_failed_drill(staff_client, backups_folder):
     drill_passed(seconds=3)
     DrillRun.objects.create(backup_name="x", backup_size=1, ok=False, restore_seconds=None)
 
     assert recovery.state().time_seconds == 3  # the last drill that passed
 
 
-def test_the_freshest_of_backup_offsite_copy_and_replica_is_the_point(
+def copied_offsite(*backup_paths):
+    """Record copies in the offsite state as copy-offsite does after a run."""
+    from backups_app.offsite import state as offsite_state
+    from backups_app.offsite.copies import OffsiteCopy
+
+    now = datetime.now(UTC)
+    with offsite_state.recording() as record:
+        for path in backup_paths:
+            record.copied(OffsiteCopy(path.name, path.name, 1, now, now))
+
+
+def test_it_takes_the_freshest_of_backup_offsite_copy_and_replica(
     settings, backups_folder, tmp_path, monkeypatch
 ):
     from backups_app import conf
 
-    backup_made(backups_folder, 30)
+    settings.STANZA_OFFSITE_URL = "s3://bucket-name/site"  # never reached: the record tells
+    older = backup_made(backups_folder, 30)
+    copied_offsite(older, backup_made(backups_folder, 2, label="uploaded"))
     backup_made(backups_folder, 5)
-    settings.STANZA_OFFSITE_URL = "s3://bucket-name/site"  # never reached: the runs tell
-    finished_run("copy-offsite", datetime.now(UTC) - timedelta(hours=20))
 
     offsite_only = recovery.state()
 
     assert offsite_only.point_seconds == pytest.approx(5 * 3600, abs=60)
-    assert offsite_only.offsite_at < datetime.now(UTC) - timedelta(hours=29)
+    assert offsite_only.offsite_at == datetime.strptime(
+        older.name.split(".")[2], "%Y%m%dT%H%M%SZ"
+    ).replace(tzinfo=UTC)
     assert "the newest offsite copy is 30 hours old" in offsite_only.point_sentence()
 
     database = tmp_path / "live.sqlite"
@@ -107,10 +120,9 @@ def test_the_freshest_of_backup_offsite_copy_and_replica_is_the_point(
     assert "the replica is 3 seconds behind" in with_replica.point_sentence()
 
 
-def test_offsite_copies_that_never_succeeded_are_none_yet(settings, backups_folder):
+def test_it_says_when_there_is_no_offsite_copy_yet(settings, backups_folder):
     backup_made(backups_folder, 2)
     settings.STANZA_OFFSITE_URL = "s3://bucket-name/site"
-    finished_run("copy-offsite", datetime.now(UTC), status=CronRun.Status.FAILURE, error="x")
 
     state = recovery.state()
 
@@ -118,7 +130,7 @@ def test_offsite_copies_that_never_succeeded_are_none_yet(settings, backups_fold
     assert "the newest offsite copy: none yet" in state.point_sentence()
 
 
-def test_checkbackups_states_both_after_the_verdict(
+def test_it_states_both_in_checkbackups_after_the_verdict(
     backups_folder, data_dir, live_database, capsys
 ):
     jobs.run_job("daily-backup")
@@ -154,3 +166,29 @@ def test_checkbackups_states_both_after_the_verdict(
 )
 def test_it_says_a_length_of_time_in_plain_words(seconds, words):
     assert recovery.age_words(seconds) == words
+
+
+def test_it_warns_when_the_backups_share_the_databases_disk(staff_client, backups_folder):
+    backup_made(backups_folder, 8)
+
+    html = staff_client.get(URL).content.decode()
+
+    assert recovery.state().same_disk is True  # the test's data folder holds both
+    assert "stanza-card-warn" in card(html, "recovery-point")  # nothing off this disk
+    assert "losing that disk loses the backups too" in card(html, "recovery-point")
+    assert "losing that disk loses the backups too" in recovery.state().point_sentence()
+
+
+def test_it_does_not_warn_when_the_backups_are_on_another_disk(
+    staff_client, settings, data_dir, mount_point
+):
+    other_disk = mount_point("size=1m")
+    settings.STANZA_BACKUPS_DIR = other_disk
+    backup_made(other_disk, 8)
+
+    html = staff_client.get(URL).content.decode()
+
+    assert recovery.state().same_disk is False
+    assert "stanza-card-warn" not in card(html, "recovery-point")
+    assert "the newest backup is 8 hours old" in card(html, "recovery-point")
+    assert "losing that disk" not in card(html, "recovery-point")

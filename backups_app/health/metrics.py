@@ -2,7 +2,7 @@
 
 A custom collector (`StanzaCollector`) gathers at scrape time from what the jobs recorded: the
 backups folder's listing (reused while the folder is unchanged), the newest runs of each job,
-the last drill's record, the offsite copies' run history and `replicate`'s status file. No
+the last drill's record, the offsite jobs' record of the store and `replicate`'s status file. No
 network, and no file opened per backup. Names in base units (`_seconds`, `_bytes`, timestamps in
 seconds since the epoch); a time that never happened is 0. `job` labels from the job registry.
 """
@@ -19,7 +19,6 @@ from backups_app.health import health, recovery
 from backups_app.jobs import jobs
 from backups_app.media import store as media_store
 from backups_app.models import CronRun
-from backups_app.offsite import upload as offsite_upload
 from backups_app.restore import drill
 
 
@@ -47,9 +46,7 @@ class StanzaCollector:
         registry = jobs.registry()
         succeeded = CronRun.objects.latest_per_job(registry, status=CronRun.Status.SUCCESS)
         drills = verdict.drills or drill.recent_drills()
-        state = recovery.state(
-            now, listed=listed, copied=succeeded.get(offsite_upload.JOB_NAME), drills=drills
-        )
+        state = recovery.state(now, listed=listed, drills=drills)
         yield from backup_metrics(listed)
         yield from job_metrics(verdict.jobs, succeeded)
         yield from drill_metrics(drills)

@@ -5,11 +5,12 @@ data can come back from: the newest backup the site made, the newest of those co
 offsite, the replica. Recovery time: how long the last drill that passed took to read, restore
 and check its backup, with that backup's size.
 
-Read from what was recorded (the backups listing, the run history, the drill's record, the
-`replicate` command's status file): never the network. For the Backups page (which formats
-it), `checkbackups` (`sentences()`) and /metrics.
+Read from what was recorded (the backups listing, the drill's record, the offsite jobs' record
+of the store, the `replicate` command's status file): never the network. For the Backups page
+(which formats it), `checkbackups` (`sentences()`) and /metrics.
 """
 
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -18,9 +19,10 @@ from django.utils import timezone
 from backups_app.engine import backups
 from backups_app.engine.backups import BackupError
 from backups_app.health import health
-from backups_app.models import CronRun, DrillRun
+from backups_app.models import DrillRun
+from backups_app.offsite import copies as offsite_copies
+from backups_app.offsite import state as offsite_state
 from backups_app.offsite import store as offsite_store
-from backups_app.offsite import upload as offsite_upload
 from backups_app.replication import replication
 from backups_app.restore import drill
 
@@ -34,6 +36,7 @@ class Recovery:
     replica_on: bool = False
     replica_at: datetime | None = None  # every commit before it is in the replica
     drill: DrillRun | None = None  # the last drill that passed
+    same_disk: bool | None = None  # the backups folder is on the live database's file system
 
     @property
     def sources(self):
@@ -73,9 +76,26 @@ class Recovery:
                 "all the data."
             )
         point = age_words(self.point_seconds)
-        return (
+        sentence = (
             f"Recovery point: {point}. Losing the disk now would lose up to {point} of data "
             f"({'; '.join(self.source_lines)})."
+        )
+        if self.same_disk:
+            sentence += f" {self.same_disk_words}."
+        return sentence
+
+    @property
+    def only_on_this_disk(self):
+        """Whether every copy to restore from is on the database's disk (no offsite, no replica)."""
+        return bool(self.same_disk) and not any(
+            at for what, at in self.sources if what != "the newest backup"
+        )
+
+    @property
+    def same_disk_words(self):
+        return (
+            "The backups folder is on the database's disk: losing that disk loses the backups "
+            "too, and only an offsite copy or the replica would be left"
         )
 
     @property
@@ -104,12 +124,11 @@ class Recovery:
         )
 
 
-def state(now=None, *, listed=None, copied=None, drills=None):
+def state(now=None, *, listed=None, drills=None):
     """The recovery point and time as recorded now.
 
     What the caller has already read is not read again: `listed` (the backups folder's
-    `scan_backups()`), `copied` (the newest successful copy-offsite run), `drills` (the
-    verdict's `drill.recent_drills()`).
+    `scan_backups()`) and `drills` (the verdict's `drill.recent_drills()`).
     """
     now = now or timezone.now()
     if listed is None:
@@ -124,28 +143,33 @@ def state(now=None, *, listed=None, copied=None, drills=None):
         checked_at=now,
         backup_at=_time(newest.mtime) if newest else None,
         offsite_on=offsite_on,
-        offsite_at=offsite_point(listed, copied) if offsite_on else None,
+        offsite_at=offsite_point() if offsite_on else None,
         replica_on=replica is not None,
         replica_at=replica.last_sync if replica is not None else None,
         drill=(drills or drill.recent_drills()).passed,
+        same_disk=backups_on_database_disk(),
     )
 
 
-def offsite_point(listed, copied=None):
-    """When the newest backup known to be offsite was made: the newest the site made itself
-    before the last successful copy-offsite run started (that run copied every backup the
-    folder held). From the run history: no request to the store."""
-    if copied is None:
-        copied = (
-            CronRun.objects.filter(job_name=offsite_upload.JOB_NAME, status=CronRun.Status.SUCCESS)
-            .order_by("-started_at", "-id")
-            .first()
-        )
-    if copied is None:
+def backups_on_database_disk():
+    """Whether the backups folder is on the live database's file system (two stats); None
+    when that cannot be told (a PostgreSQL database lives on its server)."""
+    try:
+        database = backups.live_database_path()
+        return os.stat(backups.backups_dir()).st_dev == os.stat(database.parent).st_dev
+    except (BackupError, OSError):
         return None
-    started = copied.started_at.timestamp()
-    newest = health.newest_own([item for item in listed if item.mtime <= started])
-    return _time(newest.mtime) if newest else None
+
+
+def offsite_point():
+    """When the data of the newest offsite copy of a backup the site made itself was captured
+    (the time in its name), from what the offsite jobs recorded: no request to the store."""
+    stamps = []
+    for name in offsite_copies.own_copies(offsite_state.recorded().copies):
+        parsed = backups.parse_backup_name(name)
+        if parsed is not None:
+            stamps.append(datetime.strptime(parsed["stamp"], backups.STAMP_FORMAT))
+    return max(stamps).replace(tzinfo=UTC) if stamps else None
 
 
 def _offsite_on():

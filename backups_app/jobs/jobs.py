@@ -21,6 +21,7 @@ from backups_app import conf, signals
 from backups_app.core.formatting import human_size
 from backups_app.cron import crontab_trigger
 from backups_app.engine import backups
+from backups_app.media import record as media_record
 from backups_app.media import store as media_store
 from backups_app.models import CronRun
 from backups_app.offsite import purge as offsite_purge
@@ -65,7 +66,9 @@ def daily_backup():
     with operations.exclusive("backup", by="the daily-backup job", wait=OPERATION_WAIT):
         backup = backups.create_backup()
     copy_offsite_soon()  # its own recorded run; an offsite failure never fails the backup
-    return f"{backup.name} ({human_size(backup.size)})"
+    return f"{backup.name} ({human_size(backup.size)})" + media_record.words(
+        (backups.read_manifest(backup.path) or {}).get("media"), human_size
+    )
 
 
 def purge_old_backups():
@@ -223,8 +226,9 @@ def run_job(name, trigger="manual", *, due_at=None):
     """Run one job now, recorded in CronRun like a scheduled run; return the finished run.
 
     A run while the previous run of the job is still going (in any process) does nothing and
-    is returned as a failure that says so. With `due_at` (the scheduler's runs), returns None
-    without running when that due time already has a run.
+    is returned as a skipped run that says so (CronRun.objects.begin decides, in its write
+    transaction, so two runs starting together cannot both run nor fail). With `due_at` (the
+    scheduler's runs), returns None without running when that due time already has a run.
     """
     job = registry()[name]
     run = CronRun.objects.begin(job.name, trigger=trigger, due_at=due_at)
@@ -276,7 +280,9 @@ def _log_run(job, run):
         "duration": round(seconds, 3),
         "due_at": run.due_at,
     }
-    if run.status == CronRun.Status.SUCCESS:
+    if run.status == CronRun.Status.SKIPPED:
+        logger.info("job %s %s", job.name, run.result, extra={**extra, "result": run.result})
+    elif run.status == CronRun.Status.SUCCESS:
         logger.info(
             "job %s succeeded in %.2f s: %s",
             job.name,

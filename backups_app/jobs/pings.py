@@ -3,10 +3,11 @@ ended, to `STANZA_PING_URL` with `{job}` replaced by the job's name.
 
 At the start of a run `GET URL/start?rid=UUID`; at its end `POST URL?rid=UUID` (body: the result
 line) or `POST URL/fail?rid=UUID` (body: the last 10 kB of the error); the `rid` is the run's
-own, so the monitor pairs the two. The pings go out from one background thread, in the order the
-runs made them, each with a short timeout and one retry. A ping that fails is logged; it never
-fails or delays the job, the page or the command that ran it (a process that exits waits a few
-seconds at most for the pings still queued).
+own, so the monitor pairs the two; a run skipped because the job was still running sends none.
+The pings go out from one background thread, in the order the runs made them, each with a
+short timeout and one retry. A ping that fails is logged; it never fails or delays the job, the
+page or the command that ran it (a process that exits waits a few seconds at most for the pings
+still queued).
 
 Connected to `signals.run_started` and `signals.run_finished` in `BackupsAppConfig.ready()`;
 imports only conf.
@@ -50,6 +51,8 @@ def on_run_started(sender=None, run=None, **kwargs):
 def on_run_finished(sender=None, run=None, **kwargs):
     """`POST URL?rid=...` with the result line, or `POST URL/fail?rid=...` with the error's
     end, for a run that ended (see signals.run_finished)."""
+    if run.status == "skipped":  # not a run: the one still going pings its own end
+        return
     if run.status == "success":
         ping(run, "success", (run.result or "").encode())
     else:

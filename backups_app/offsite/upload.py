@@ -13,6 +13,7 @@ import logging
 import time
 from datetime import timedelta
 
+from django.template.defaultfilters import pluralize
 from django.utils import timezone
 
 from backups_app.core.formatting import human_size
@@ -52,9 +53,7 @@ def copy_offsite():
     with state.recording() as record:
         copies = list_copies(store)
         record.listed(copies)
-        aborted = abort_stale_uploads(
-            store, started - STALE_UPLOAD_AGE, lambda name: backup_name_of(name) is not None
-        )
+        aborted = _abort_stale_uploads(store, started - STALE_UPLOAD_AGE)
         todo = [b for b in local if not (b.name in copies and copies[b.name].complete)]
         for backup in todo:
             try:
@@ -70,12 +69,29 @@ def copy_offsite():
             copied.append(backup.name)
     where = offsite_store.location()
     if problems:
-        raise BackupError(f"{len(problems)} backup(s) not copied to {where}: {problems[0]}")
+        count = len(problems)
+        raise BackupError(f"{count} backup{pluralize(count)} not copied to {where}: {problems[0]}")
     kept = len(local) - len(todo)
     result = (
-        f"copied {len(copied)} backup(s) ({human_size(total)}) to {where}; {kept} already there"
+        f"copied {len(copied)} backup{pluralize(len(copied))} ({human_size(total)}) "
+        f"to {where}; "
+        f"{kept} already there"
     )
-    return result + (f"; aborted {aborted} unfinished upload(s)" if aborted else "")
+    return result + (
+        f"; aborted {aborted} unfinished upload{pluralize(aborted)}" if aborted else ""
+    )
+
+
+def _abort_stale_uploads(store, started_before):
+    """Abort what cut runs left; a store (or a key) that does not allow listing unfinished
+    uploads only loses that clean-up, never the copies."""
+    try:
+        return abort_stale_uploads(
+            store, started_before, lambda name: backup_name_of(name) is not None
+        )
+    except OffsiteError as err:
+        logger.warning("could not abort unfinished uploads in the offsite store: %s", err)
+        return 0
 
 
 def copy_backup(backup, *, store=None, encrypt_to=None):

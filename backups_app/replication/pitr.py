@@ -29,7 +29,7 @@ from backups_app.replication.config import (
     write_config,
 )
 from backups_app.replication.positions import Tracker, files_span, replica_files
-from backups_app.replication.status import status, window_from
+from backups_app.replication.status import name_restore, status, window_from
 
 
 def window(database=None, now=None):
@@ -88,7 +88,9 @@ def restore_at(when, *, trigger, by="", confirm=None, database=None):
         result = restore.restore_and_record(
             copy, trigger=trigger, by=by, database=database, confirm=confirm
         )
-    return _renamed(result, f"the replica at {format_time(when)}")
+    label = f"the replica at {when.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"  # the one format
+    name_restore(label, database)  # the history names what was chosen, not the scratch file
+    return _renamed(result, label)
 
 
 def _renamed(result, label):

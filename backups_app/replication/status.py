@@ -8,6 +8,7 @@ wait on them, and never talk to Litestream.
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -72,6 +73,22 @@ def note_restore(result, database=None):
         write_private(folder / HISTORY_NAME, json.dumps(record) + "\n")
     except OSError:
         logger.warning("could not note the restore for replication", exc_info=True)
+
+
+def name_restore(label, database=None):
+    """Name the newest restore for what the user chose ("the replica at ...") instead of the
+    scratch file a point-in-time restore went through. The record keeps its time (what
+    `replicate` goes by) and its file its modification time: it is not another restore."""
+    path = history_path(live_database(database))
+    record = read_json(path)
+    if not record or "began_at" not in record:
+        return
+    try:
+        stamp = path.stat()
+        write_private(path, json.dumps({**record, "restored": label}) + "\n")
+        os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    except OSError:
+        logger.warning("could not name the restore for replication", exc_info=True)
 
 
 def history(database=None):

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from backups_app.engine import backups
 from backups_app.engine.backups import BackupError, read_manifest, write_manifest
+from backups_app.media import checks as media_checks
 from backups_app.models import DrillRun
 from backups_app.restore import restore
 
@@ -74,6 +75,8 @@ def verify_latest_backup(folder=None):
         raise DrillError("no backup to verify" + (" (only uploaded ones)" if listed else ""))
     started = time.monotonic()
     problems, notes, counts = _drill(backup)
+    if folder is None:  # the backups folder's own store (an offsite drill fetched the backup)
+        media_checks.check_into(backup.path, backup.path.parent, problems, notes)
     seconds = time.monotonic() - started
     result = {"at": timezone.now().isoformat(), "ok": not problems, "problems": problems}
     write_manifest(backup.path, drill=result)

@@ -19,6 +19,7 @@ from backups_app import db, signals
 from backups_app.core.formatting import human_size
 from backups_app.engine import backups
 from backups_app.engine.backups import BackupError
+from backups_app.media import put_back as media_put_back
 from backups_app.restore.checks import (  # noqa: F401 (the restore's checks, as restore.NAME)
     FREE_SPACE_MARGIN,
     BackupInfo,
@@ -137,8 +138,13 @@ def product_records():
 # --- restoring ----------------------------------------------------------------------------
 
 
-def restore_and_record(path, *, trigger, by="", database=None, backups_folder=None, confirm=None):
+def restore_and_record(
+    path, *, trigger, by="", database=None, backups_folder=None, confirm=None, media=True
+):
     """The one way to restore: under the operation lock, recorded in the run history.
+
+    Into the live database, with `media`, the site files the backup lists are restored too,
+    after the safety backup recorded the present ones (backups_app.media.put_back).
 
     The restore is recorded (job "restore", success or failure) in the database it went
     into when that is the live database; a cancelled restore is not recorded. Raises
@@ -151,9 +157,12 @@ def restore_and_record(path, *, trigger, by="", database=None, backups_folder=No
     is_live = database == live or database.resolve() == Path(live).resolve()
     with operations.exclusive("restore", by=by, database=None if is_live else database):
         try:
+            files = media_put_back.plan(path, backups.backups_dir()) if is_live and media else None
             result = restore_backup(
                 path, database=database, backups_folder=backups_folder, confirm=confirm
             )
+            if files is not None and (note := files.put_back(result.safety_backup)):
+                result = dataclasses.replace(result, notes=(*result.notes, note))
         except RestoreCancelled:
             raise
         except BackupError as err:
@@ -195,8 +204,18 @@ def restore_backup(path, *, database=None, backups_folder=None, confirm=None):
         def before(source=None, paused=None):
             under_lock["at"] = time.monotonic()
             under_lock["paused"] = paused
-            safety = _safety_backup(source or database, folder) if existed else None
-            under_lock["safety"] = safety
+            if source is None:
+                under_lock["safety"] = _safety_backup(database, folder) if existed else None
+                return
+            try:  # the swapped-out database, after the swap (see CHECKS_WHILE_RESTORING)
+                under_lock["safety"] = backups.create_backup(
+                    source, folder=folder, label="pre-restore"
+                )
+            except BackupError as err:
+                raise RestoreError(
+                    f"the backup was restored, but the safety backup of the previous data "
+                    f"failed ({err}); the previous data is kept in database {source}"
+                ) from err
 
         extra = {"checked": checked} if while_restoring else {}
         try:

@@ -69,8 +69,11 @@ TIME_FORMAT = f"{DATE_FORMAT} {CLOCK_FORMAT}"
 def as_datetime(value):
     """A datetime, or one written in ISO 8601 (as a manifest or status file records it)."""
     if isinstance(value, str):
+        text = value.strip()
+        if text.endswith(" UTC"):  # time_text's own format, in UTC
+            text = text[:-4] + "+00:00"
         try:
-            value = parse_datetime(value.strip())
+            value = parse_datetime(text)
         except ValueError:
             return None
     if not isinstance(value, datetime):
@@ -161,6 +164,9 @@ def restored_words(name):
         return format_html('<code class="stanza-name">{}</code>', name_breaks(name))
     if not name or str(name).startswith("."):
         return "a point in time from the replica"
+    prefix, _, at = str(name).partition(" at ")
+    if prefix == "the replica" and as_datetime(at):
+        return format_html("the replica at {}", when(at, False))
     return name
 
 

@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin.models import LogEntry
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
@@ -31,6 +32,8 @@ from backups_app.core.formatting import human_size
 from backups_app.engine import backups
 from backups_app.health import failures, health, recovery
 from backups_app.jobs import jobs, scheduler_lock
+from backups_app.media import put_back as media_put_back
+from backups_app.media import store as media_store
 from backups_app.models import CronRun
 from backups_app.offsite import state as offsite_state
 from backups_app.offsite import store as offsite_store
@@ -235,6 +238,7 @@ def backups_page(request):
                 {
                     "backup": backup,
                     "drill": drill_status(backup),
+                    "files": media_summary(backup),
                     "fate": fates.get(backup.name),
                     "sha256": backups.read_checksum(backup.path) if backup.has_checksum else "",
                     "urls": {view: link(backup.name) for view, link in links.items()},
@@ -244,6 +248,7 @@ def backups_page(request):
             folder=folder,
             problem=problem,
             total_size=sum(b.size for b in found),
+            media_store=None if problem else media_store.page_stats(folder),
             free_space=free,
             newest=newest,
             stale=own is None or health.too_old(own, now),
@@ -278,6 +283,12 @@ def backup_link(view):
     of rows instead of one per row (300 reverses were ~15 ms of the Backups page)."""
     prefix = reverse(f"backups:{view}", args=["-"])[:-1]  # the name is the link's last part
     return lambda name: prefix + quote(name, safe=RFC3986_SUBDELIMS + "/~:@")  # as reverse()
+
+
+def media_summary(backup):
+    """The backup's site files for its row ({"files", "bytes", "new_bytes"}), or None."""
+    summary = (backups.read_manifest(backup.path) or {}).get("media")
+    return summary if isinstance(summary, dict) and "files" in summary else None
 
 
 def drill_status(backup):
@@ -420,6 +431,7 @@ def restore_backup(request, backup):
             form=form,
             info=info,
             changes=restore.changes(info) if info else None,
+            files=media_put_back.confirm_facts(backup.path) if info else None,
             problem=problem,
             database=restore.database_shown(backups.live_database()),
             folder=backups.backups_dir(),
@@ -475,6 +487,8 @@ def restored(request, result, named=None):
     if safety:
         text += f" The database as it was before is in the safety backup {safety}."
     messages.success(request, text)
+    for note in filter(media_put_back.is_files_note, result.notes):
+        messages.info(request, failures.capital(note) + ".")
     pending = len(result.backup.pending_migrations)
     if pending:
         messages.warning(
@@ -491,15 +505,16 @@ def restored(request, result, named=None):
 
 def point_in_time_changes(when):
     """(what a restore to `when` keeps, the migrations applied since `when`), from the live
-    database alone (nothing is restored to show the confirmation page).
+    database alone: nothing is restored to show the confirmation page.
 
     The replica's state at `when` has the live database's tables unless a migration ran since:
-    those migrations are named, newest last.
+    those migrations are named, oldest first.
     """
-    tables = connection.introspection.table_names()
-    changes = restore.changes(SimpleNamespace(row_counts=dict.fromkeys(tables, 0)))
+    records = [*restore.product_tables(), LogEntry._meta.db_table]
+    info = SimpleNamespace(row_counts=dict.fromkeys(records, 0))
+    kept = restore.changes(info, backups.live_database_path()).kept
     later = MigrationRecorder(connection).migration_qs.filter(applied__gt=when).order_by("applied")
-    return changes, list(later)
+    return restore.Changes(kept=kept), list(later)
 
 
 @csrf_exempt  # checked below, after the staff check, so nobody else can make us read a body

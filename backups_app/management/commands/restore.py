@@ -8,6 +8,7 @@ from backups_app import conf
 from backups_app.core.interrupts import on_stop_signals
 from backups_app.engine import backups
 from backups_app.engine.backups import DATABASE_FILENAME, BackupError
+from backups_app.media import put_back as media_put_back
 from backups_app.offsite import fetch as offsite_fetch
 from backups_app.offsite import store as offsite_store
 from backups_app.replication import replication
@@ -42,18 +43,44 @@ class Command(BaseCommand):
             dest="from_offsite",
             help="BACKUP is the name of an offsite copy: fetch (and decrypt) it first",
         )
+        files = parser.add_mutually_exclusive_group()
+        files.add_argument(
+            "--no-media", action="store_true", help="restore the database alone, not the site files"
+        )
+        files.add_argument(
+            "--media-only",
+            action="store_true",
+            help="restore the site files alone (after a pre-restore safety backup)",
+        )
 
-    def handle(self, *args, backup, data_dir, yes, at=None, from_offsite=False, **options):
+    def handle(
+        self,
+        *args,
+        backup,
+        data_dir,
+        yes,
+        at=None,
+        from_offsite=False,
+        no_media=False,
+        media_only=False,
+        **options,
+    ):
         try:
             # SIGTERM too stops the restore cleanly: rolled back, temporary files removed.
             with on_stop_signals(), contextlib.ExitStack() as stack:
                 if at is not None:
+                    if media_only:
+                        raise CommandError("--at restores the database alone: no --media-only")
                     return self.restore_at(at, backup, data_dir, yes, from_offsite)
+                if data_dir and media_only:
+                    raise CommandError("--media-only restores the site's files: no --data-dir")
                 if not backup:
                     raise CommandError("name a backup to restore (or --at TIME)")
                 if from_offsite:  # fetched into the data folder's tmp, removed after
                     backup = stack.enter_context(fetch_offsite(backup))
-                self.restore(backup, data_dir, yes)
+                if media_only:
+                    return self.restore_files(backup, yes)
+                self.restore(backup, data_dir, yes, media=not no_media)
         except CommandError:
             raise
         except (BackupError, conf.ConfigError) as err:
@@ -63,7 +90,7 @@ class Command(BaseCommand):
         except Exception as err:  # one line, never a traceback, never exit status 0
             raise CommandError(f"restore failed: {type(err).__name__}: {err}") from err
 
-    def restore(self, backup, data_dir, yes):
+    def restore(self, backup, data_dir, yes, media=True):
         if data_dir and not backups.database_engine().IS_FILE:
             raise CommandError(
                 "--data-dir restores into an SQLite file, and this site's database is "
@@ -80,7 +107,8 @@ class Command(BaseCommand):
             by="the restore command",
             database=database,
             backups_folder=folder,
-            confirm=None if yes else lambda info: self.ask(info, database),
+            confirm=None if yes else lambda info: self.ask(info, database, media),
+            media=media,
         )
         into = restore.database_shown(result.database)
         self.stdout.write(f"Restored {restore.describe(result.backup)} into {into}")
@@ -103,6 +131,23 @@ class Command(BaseCommand):
         )
         self.stdout.write(f"Restored {result.backup.name} into {result.database}")
         self.report(result)
+        self.stdout.write(f"Note: {media_put_back.AT_TIME}")
+
+    def restore_files(self, backup, yes):
+        path = find_backup(backup, backups.backups_dir())
+        if not yes:
+            if not sys.stdin.isatty():
+                raise CommandError("not restoring without confirmation: no terminal; pass --yes")
+            facts = media_put_back.confirm_facts(path)
+            self.stdout.write(f"Restore the site files of {path.name} ({facts_words(facts)})?")
+            self.stdout.write("A pre-restore safety backup records the present files first.")
+            if not self.confirm_only():
+                raise CommandError("restore cancelled; nothing was changed")
+        safety, line = media_put_back.restore_files_only(
+            path, trigger="command", by="the restore command"
+        )
+        self.stdout.write(f"Restored: {line}")
+        self.stdout.write(f"Safety backup of the previous files: {safety.path}")
 
     def ask_at(self, info, when):
         self.stdout.write(
@@ -130,18 +175,28 @@ class Command(BaseCommand):
                 "run `python manage.py migrate` next."
             )
 
-    def ask(self, info, database):
+    def ask(self, info, database, media=False):
         self.stdout.write(f"Restore {restore.describe(info)}")
         self.stdout.write(f"into {restore.database_shown(database)}?")
+        if media and database == backups.live_database():
+            facts = media_put_back.confirm_facts(info.path)
+            self.stdout.write(f"Site files: {facts_words(facts)}")
         return self.confirm()
 
     def confirm(self):
         self.stdout.write("A pre-restore safety backup of the current database is made first;")
         self.stdout.write("the run history, alert state, job store and audit are kept.")
+        return self.confirm_only()
+
+    def confirm_only(self):
         self.stdout.write("Restore? [y/N] ", ending="")
         self.stdout.flush()
         answer = sys.stdin.readline().strip().lower()
         return answer in ("y", "yes")
+
+
+def facts_words(facts):
+    return facts if isinstance(facts, str) else facts.words(done=False)
 
 
 @contextlib.contextmanager

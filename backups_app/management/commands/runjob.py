@@ -29,6 +29,8 @@ class Command(BaseCommand):
                 run = jobs.run_job(name, trigger="runjob")
         except KeyboardInterrupt:
             raise CommandError(f"{name} was interrupted") from None
+        if run.status == run.Status.SKIPPED:
+            raise CommandError(f"{name} did not run: {run.result}")
         if run.status != run.Status.SUCCESS:
             raise CommandError(f"{name} failed: {run.error_summary}")
         self.stdout.write(f"{name}: {run.result} ({run.duration.total_seconds():.2f} s)")
