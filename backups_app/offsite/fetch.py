@@ -22,6 +22,7 @@ from django.utils import timezone
 from backups_app.core.files import scratch_file
 from backups_app.engine import backups
 from backups_app.engine.backups import CHECKSUM_SUFFIX, MANIFEST_SUFFIX, BackupError
+from backups_app.media import offsite as media_offsite
 from backups_app.offsite import store as offsite_store
 from backups_app.offsite.copies import find_copy
 from backups_app.offsite.multipart import HashingWriter
@@ -85,6 +86,7 @@ def fetched(name, store=None):
         manifest = offsite_store.read_small(store, name + MANIFEST_SUFFIX)
         if manifest:
             path.with_name(name + MANIFEST_SUFFIX).write_bytes(manifest)
+        media_offsite.fetch_files(store, name, path, backups.backups_dir())  # checked, each
         yield path
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -19,6 +19,7 @@ from django.utils import timezone
 from backups_app.core.formatting import human_size
 from backups_app.engine import backups
 from backups_app.engine.backups import MANIFEST_SUFFIX, BackupError
+from backups_app.media import offsite as media_offsite
 from backups_app.offsite import state
 from backups_app.offsite import store as offsite_store
 from backups_app.offsite.copies import ENCRYPTED_SUFFIX, OffsiteCopy, backup_name_of, list_copies
@@ -113,6 +114,7 @@ def copy_backup(backup, *, store=None, encrypt_to=None):
     manifest = backup.path.with_name(name + MANIFEST_SUFFIX)
     with contextlib.suppress(FileNotFoundError):
         offsite_store.put_small(store, name + MANIFEST_SUFFIX, manifest.read_bytes())
+    media_offsite.copy_files(backup, store, encrypt_to, _upload_data)  # objects, then NAME.media
     # Last: from now on the copy counts as offsite.
     offsite_store.put_small(store, name + backups.CHECKSUM_SUFFIX, f"{digest}  {name}\n".encode())
     seconds = time.monotonic() - started
