@@ -242,3 +242,13 @@ def test_it_does_not_back_up_the_backups_folder_inside_the_media_folder(
     backup = backups.create_backup(label="manual")
 
     assert all(not line["path"].startswith("backups/") for line in raw_lines(backup))
+
+
+def test_the_daily_backup_says_how_many_files_it_recorded_and_what_was_new(
+    db, live_database, backups_folder, media
+):
+    from backups_app.jobs import jobs
+
+    result = jobs.daily_backup()
+
+    assert result.endswith("; 4 site files (295.9 KB new)")

@@ -92,3 +92,17 @@ def test_the_restore_page_says_a_backup_without_files_restores_the_database_alon
     html = staff_client.get(f"/admin/backups/restore/{backup.name}").content.decode()
 
     assert "has no list of site files" in html and "database alone would be restored" in html
+
+
+def test_the_backups_page_shows_each_backups_files_and_what_storing_each_content_once_saved(
+    staff_client, backup
+):
+    second = backups.create_backup(label="manual")  # the same files again: nothing new
+
+    html = staff_client.get("/admin/backups/").content.decode().replace("\xa0", " ")
+
+    assert "3 site files, 585.9 KB (585.9 KB new)" in html
+    assert "3 site files, 585.9 KB (0 bytes new)" in html
+    assert f'href="/admin/database/backups/{second.name}/media.tar"' in html
+    assert "site files: 585.9 KB stored for 1.1 MB listed by the backups" in html
+    assert "(each content once saved 585.9 KB)" in html

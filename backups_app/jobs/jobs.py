@@ -20,6 +20,7 @@ from django_apscheduler.models import DjangoJobExecution
 from backups_app import conf, signals
 from backups_app.cron import crontab_trigger
 from backups_app.engine import backups
+from backups_app.media import record as media_record
 from backups_app.media import store as media_store
 from backups_app.models import CronRun
 from backups_app.offsite import purge as offsite_purge
@@ -64,7 +65,9 @@ def daily_backup():
     with operations.exclusive("backup", by="the daily-backup job", wait=OPERATION_WAIT):
         backup = backups.create_backup()
     copy_offsite_soon()  # its own recorded run; an offsite failure never fails the backup
-    return f"{backup.name} ({backups.human_size(backup.size)})"
+    return f"{backup.name} ({backups.human_size(backup.size)})" + media_record.words(
+        (backups.read_manifest(backup.path) or {}).get("media"), backups.human_size
+    )
 
 
 def purge_old_backups():

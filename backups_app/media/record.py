@@ -72,6 +72,16 @@ class Summary:
         logger.warning("site file %s not backed up: %s", name, reason)
 
 
+def words(summary, size=str):
+    """'; 1234 site files (12.0 MB new)' for a job's result line, from NAME.json's summary."""
+    if not isinstance(summary, dict) or "files" not in summary:
+        return ""
+    text = f"; {summary['files']} site files ({size(summary.get('new_bytes', 0))} new"
+    if summary.get("unreadable_count"):
+        text += f"; {summary['unreadable_count']} could not be read: {summary['unreadable'][0]}"
+    return text + ")"
+
+
 def stat_cache(list_path):
     """{path: Entry} from the last list, for the entries whose stat can be trusted."""
     cache = {}

@@ -181,6 +181,25 @@ def write_all(fd, data):
         view = view[os.write(fd, view) :]
 
 
+def page_stats(backups_folder):
+    """For the Backups page: {"objects", "bytes", "listed_bytes", "saved"} as the last backup
+    or clean-up recorded them (one small file read), or None before any file was stored."""
+    stats = Store(backups_folder).stats()
+    if not stats:
+        return None
+    try:
+        stored, listed = int(stats.get("bytes", 0)), int(stats.get("listed_bytes", 0))
+        objects = int(stats.get("objects", 0))
+    except (TypeError, ValueError):
+        return None
+    return {
+        "objects": objects,
+        "bytes": stored,
+        "listed_bytes": listed,
+        "saved": max(0, listed - stored),
+    }
+
+
 def _load_syncfs():
     try:
         libc = ctypes.CDLL(None, use_errno=True)

@@ -29,6 +29,7 @@ class MultipartUpload:
 
     def __init__(self, store, name):
         self.client, self.bucket, self.key = store.client, store.bucket, store.key(name)
+        self.completing = store.completing or store.client
         self.upload_id = self.client.create_multipart_upload(
             Bucket=self.bucket, Key=self.key, ChecksumAlgorithm="SHA256"
         )["UploadId"]
@@ -93,7 +94,7 @@ class MultipartUpload:
             self.chunks, self.buffered = [], 0
         while self.pending:
             self._wait_oldest()
-        self.client.complete_multipart_upload(
+        self.completing.complete_multipart_upload(
             Bucket=self.bucket,
             Key=self.key,
             UploadId=self.upload_id,

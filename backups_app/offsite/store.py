@@ -44,6 +44,11 @@ CHUNK = 1024 * 1024
 CONNECT_TIMEOUT = 5
 READ_TIMEOUT = 10
 ATTEMPTS = 2
+# The one call that may take long before its first byte: a store assembles the whole object
+# before it answers CompleteMultipartUpload (S3 sends spaces meanwhile; moto and some
+# S3-compatible stores send nothing, ~10-40 s for 1 GB under load). Tried once: a retry of a
+# completion that did succeed is refused (NoSuchUpload), and the copy is simply made again.
+COMPLETE_TIMEOUT = 120
 
 
 class OffsiteError(BackupError):
@@ -88,13 +93,15 @@ def identities():
 
 @dataclass(frozen=True)
 class Store:
-    """Where the copies are: a bucket and prefix behind one boto3 client, or a Django storage."""
+    """Where the copies are: a bucket and prefix behind one boto3 client (and one more for the
+    slow completion of uploads), or a Django storage."""
 
     where: str  # the endpoint or location, in words
     client: Any = None  # a boto3 S3 client; None for another django-storages backend
     bucket: str = ""
     prefix: str = ""  # without a trailing "/"
     storage: Any = None  # the Django storage, when it is not S3
+    completing: Any = None  # the client for CompleteMultipartUpload alone (COMPLETE_TIMEOUT)
 
     def key(self, name):
         """The S3 key of `name` under the prefix."""
@@ -129,16 +136,20 @@ def _made_from():
     return ("url", location(), *(os.environ.get(name, "") for name in names))
 
 
-def _client_config(**extra):
+def _client_configs(base=None, **extra):
+    """(the config of every request, the config of CompleteMultipartUpload), over `base`."""
     from botocore.config import Config
 
-    return Config(
+    ours = Config(
         connect_timeout=CONNECT_TIMEOUT,
         read_timeout=READ_TIMEOUT,
         retries={"total_max_attempts": ATTEMPTS, "mode": "standard"},
         max_pool_connections=PARTS_IN_FLIGHT + 2,
         **extra,
     )
+    ours = base.merge(ours) if base is not None else ours
+    slow = Config(read_timeout=COMPLETE_TIMEOUT, retries={"total_max_attempts": 1})
+    return ours, ours.merge(slow)
 
 
 def _make_store():
@@ -153,16 +164,21 @@ def _make_store():
         if not isinstance(site_storage, S3Storage):
             return Store(where=location(), storage=site_storage)
         # The site's S3 settings, as S3Storage makes its own client, with our timeouts.
-        client = site_storage._create_session().client(
-            "s3",
-            region_name=site_storage.region_name,
-            use_ssl=site_storage.use_ssl,
-            endpoint_url=site_storage.endpoint_url,
-            config=site_storage.client_config.merge(_client_config()),
-            verify=site_storage.verify,
+        session = site_storage._create_session()
+        client, completing = (
+            session.client(
+                "s3",
+                region_name=site_storage.region_name,
+                use_ssl=site_storage.use_ssl,
+                endpoint_url=site_storage.endpoint_url,
+                config=config,
+                verify=site_storage.verify,
+            )
+            for config in _client_configs(site_storage.client_config)
         )
         prefix = (site_storage.location or "").strip("/")
-        return Store(client.meta.endpoint_url, client, site_storage.bucket_name, prefix)
+        where = client.meta.endpoint_url
+        return Store(where, client, site_storage.bucket_name, prefix, completing=completing)
     url = conf.get("STANZA_OFFSITE_URL")  # ConfigError (one line) when it is not s3://...
     if not url:
         raise OffsiteError("offsite copies are off: STANZA_OFFSITE_URL is not set")
@@ -172,7 +188,7 @@ def _make_store():
     endpoint = os.environ.get("AWS_ENDPOINT_URL", "").strip() or None
     # Path-style addressing: an endpoint such as http://127.0.0.1:9000 has no DNS names
     # for buckets.
-    config = _client_config(s3={"addressing_style": "path" if endpoint else "auto"})
+    configs = _client_configs(s3={"addressing_style": "path" if endpoint else "auto"})
     # Keys from the environment given as such (as django-storages does): boto3 then neither
     # searches for them nor logs where it found them on every command's output.
     keys = {
@@ -181,8 +197,9 @@ def _make_store():
         "aws_session_token": os.environ.get("AWS_SESSION_TOKEN") or None,
     }
     session = boto3.session.Session(**keys)
-    client = session.client("s3", endpoint_url=endpoint, config=config)
-    return Store(client.meta.endpoint_url, client, parts.netloc, parts.path.strip("/"))
+    client, completing = (session.client("s3", endpoint_url=endpoint, config=c) for c in configs)
+    where, prefix = client.meta.endpoint_url, parts.path.strip("/")
+    return Store(where, client, parts.netloc, prefix, completing=completing)
 
 
 @contextlib.contextmanager

@@ -471,8 +471,18 @@ def restore_backup(path, *, database=None, backups_folder=None, confirm=None):
         def before(source=None, paused=None):
             under_lock["at"] = time.monotonic()
             under_lock["paused"] = paused
-            safety = _safety_backup(source or database, folder) if existed else None
-            under_lock["safety"] = safety
+            if source is None:
+                under_lock["safety"] = _safety_backup(database, folder) if existed else None
+                return
+            try:  # the swapped-out database, after the swap (see CHECKS_WHILE_RESTORING)
+                under_lock["safety"] = backups.create_backup(
+                    source, folder=folder, label="pre-restore"
+                )
+            except BackupError as err:
+                raise RestoreError(
+                    f"the backup was restored, but the safety backup of the previous data "
+                    f"failed ({err}); the previous data is kept in database {source}"
+                ) from err
 
         extra = {"checked": checked} if while_restoring else {}
         try:

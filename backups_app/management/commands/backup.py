@@ -87,7 +87,12 @@ class Command(BaseCommand):
 class Progress:
     """One self-rewriting line on a terminal: bytes written against the expected size."""
 
-    VERBS = {"copy": "Copying", "verify": "Verifying", "compress": "Compressing"}
+    VERBS = {
+        "copy": "Copying",
+        "verify": "Verifying",
+        "compress": "Compressing",
+        "files": "Recording site files",
+    }
 
     def __init__(self, stream):
         self.stream = stream
@@ -102,7 +107,9 @@ class Progress:
         if time.monotonic() - self.started < PROGRESS_DELAY:
             return
         verb = self.VERBS.get(phase, phase)
-        if total:
+        if phase == "files":  # counted as they are recorded: the total is not known ahead
+            text = f"{verb}: {done} so far"
+        elif total:
             text = f"{verb}: {human_size(done)} of {human_size(total)} ({100 * done // total}%)"
         else:
             text = f"{verb}..."
