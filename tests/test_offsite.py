@@ -342,7 +342,7 @@ def test_the_store_down_fails_the_run_in_one_line_and_leaves_the_backup_alone(
 
     assert run.status == CronRun.Status.FAILURE
     summary = run.error_summary
-    assert "OffsiteError: the offsite store at http://127.0.0.1:" in summary
+    assert summary.startswith("the offsite store at http://127.0.0.1:")  # no class name
     assert "unreachable" in summary and "\n" not in summary
     assert backup.path.read_bytes() == before
     assert backups.list_backups(backups_folder)[0].name == backup.name
