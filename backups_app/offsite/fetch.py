@@ -36,10 +36,10 @@ FETCH_LEFTOVER_AGE = timedelta(hours=6)
 
 def stored_checksum(copy, store):
     """The SHA-256 of the unencrypted backup, from the copy's `.sha256` object."""
-    text = offsite_store.read_small(store, copy.name + CHECKSUM_SUFFIX) or b""
-    words = text.split()
-    digest = words[0].decode("ascii", "replace").lower() if words else ""
-    if not backups.SHA256_RE.match(digest):
+    digest = backups.parse_checksum(
+        offsite_store.read_small(store, copy.name + CHECKSUM_SUFFIX) or b""
+    )
+    if not digest:
         raise OffsiteError(f"the offsite {copy.name}.sha256 holds no SHA-256")
     return digest
 
