@@ -145,8 +145,7 @@ def _build(new, list_path, store, media_folder, known, folder_mode):
             for entry in lists.read(list_path):
                 parent = entry.path.rpartition(b"/")[0]
                 if parent not in made:
-                    os.makedirs(os.path.join(top, parent), mode=folder_mode, exist_ok=True)
-                    made.add(parent)
+                    _make_folders(top, parent, made, folder_mode)
                 dest = os.path.join(top, entry.path)
                 if not _link_unchanged(entry, known.get(entry.path), present_top, dest):
                     pending.append(pool.submit(_copy, store.path(entry.sha256), dest, entry))
@@ -158,6 +157,17 @@ def _build(new, list_path, store, media_folder, known, folder_mode):
             for future in pending:
                 future.cancel()
             raise
+
+
+def _make_folders(top, folder, made, mode):
+    """mkdir `folder` and the parents it lacks (in the new tree: no stat needed to know)."""
+    missing = []
+    while folder not in made:
+        missing.append(folder)
+        folder = folder.rpartition(b"/")[0]
+    for folder in reversed(missing):
+        os.mkdir(os.path.join(top, folder), mode)
+        made.add(folder)
 
 
 def _copy(source, dest, entry):
