@@ -59,8 +59,8 @@ def build(cluster, megabytes, workdir):
         while True:
             conn.execute(
                 "INSERT INTO bench_order (customer, status, amount, created, note) "
-                "SELECT 'customer ' || (g % 50000), "
-                "(ARRAY['pending','approved','shipped','refunded'])[1 + g % 4], g % 10007, "
+                "SELECT 'customer ' || (g %% 50000), "
+                "(ARRAY['pending','approved','shipped','refunded'])[1 + g %% 4], g %% 10007, "
                 "now() - (g || ' seconds')::interval, "
                 "repeat(md5(g::text), 2) || ' order note for delivery to warehouse ' || g "
                 "FROM generate_series(%s, %s) g",
@@ -75,6 +75,8 @@ def build(cluster, megabytes, workdir):
             if size >= megabytes * 1024 * 1024:
                 break
         conn.execute("VACUUM ANALYZE bench_order")
+        # The restore's writer commits here (in the backups too, so it goes on after the swap).
+        conn.execute("CREATE TABLE bench_writes (id serial PRIMARY KEY, at text)")
     return size, n
 
 
@@ -128,8 +130,6 @@ class Writer:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self):
-        with self.cluster.connect(SITE, autocommit=True) as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS bench_writes (id serial PRIMARY KEY, at text)")
         self.thread.start()
         return self
 

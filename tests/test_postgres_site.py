@@ -31,9 +31,10 @@ def backups_in(site):
 def test_it_backs_up_into_the_backups_folder_with_its_sidecars(pg_site):
     add_items(pg_site, 25)
 
-    result = pg_site.manage("runjob", "daily-backup")
+    result = pg_site.manage("runjob", "daily-backup", env={"STANZA_LOG_FORMAT": "json"})
 
     assert result.returncode == 0, result.stderr
+    assert pg_site.cluster.passwords["stanza_site"] not in result.stdout + result.stderr
     [name] = backups_in(pg_site)
     assert name.startswith(f"{pg_site.name}.") and name.endswith("Z.dump")
     check = subprocess.run(
@@ -107,6 +108,23 @@ def test_it_restores_a_backup_keeping_a_safety_backup_and_the_run_history(pg_sit
     assert f"Safety backup of the previous database: {pg_site.backups / safety}" in result.stdout
     manifest = json.loads((pg_site.backups / f"{safety}.json").read_text())
     assert manifest["tables"]["item"] == 17
+    secret = pg_site.cluster.passwords["stanza_site"]
+    assert secret not in result.stdout + result.stderr  # the output and the log
     jobs = [job for (job,) in pg_site.query("SELECT job_name FROM cron_runs ORDER BY id")]
     assert jobs == ["daily-backup", "restore"]  # the backup's run carried, the restore's added
     assert {d for d in pg_site.cluster.databases() if "__stanza_" in d} == set()
+
+
+def test_migrate_backs_up_a_migrated_database_first(pg_site):
+    applied = pg_site.query(
+        "SELECT name FROM django_migrations WHERE app = 'backups_app' ORDER BY name"
+    )
+    previous = applied[-2][0]
+
+    back = pg_site.manage("migrate", "backups_app", previous)
+    forward = pg_site.manage("migrate")
+
+    assert back.returncode == 0 and forward.returncode == 0, back.stderr + forward.stderr
+    made = sorted(p.name for p in pg_site.backups.iterdir() if p.name.endswith(".dump"))
+    assert len(made) == 2 and all(".pre-migrate.dump" in name for name in made)
+    assert f"Backed up the database before migrating: {pg_site.backups / made[0]}" in back.stdout

@@ -47,7 +47,7 @@ def test_it_swaps_in_the_backup_and_keeps_the_product_records(pg_live, tmp_path)
     add_run(pg_live)
     safety = {}
 
-    def before(old):
+    def before(old, paused=None):
         safety["path"] = dump_to(tmp_path / "s", database=old)
         safety["base"] = postgres.base_name(old)
 
@@ -104,7 +104,7 @@ def test_no_write_committed_during_the_restore_is_lost(pg_live, tmp_path):
 
     in_old = {}
 
-    def before(old):
+    def before(old, paused=None):
         with pg_live.cluster.connect(old) as conn:
             in_old["names"] = {r[0] for r in conn.execute("SELECT name FROM item")}
 

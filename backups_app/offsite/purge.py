@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from backups_app import conf
 from backups_app.engine.backups import CHECKSUM_SUFFIX
+from backups_app.media import offsite as media_offsite
 from backups_app.offsite import state
 from backups_app.offsite import store as offsite_store
 from backups_app.offsite.copies import list_copies, newest_copy, own_copies
@@ -45,6 +46,8 @@ def purge_old_copies(now=None, retention_days=None):
                 offsite_store.delete(store, member)
                 record.deleted(copy.name)
             removed.append(copy.name)
+        # Their NAME.media, then the site file objects no remaining copy names.
+        media_offsite.purge(store, set(copies) - set(removed), now)
     logger.info(
         "purged %d offsite cop(ies) older than %d day(s)",
         len(removed),

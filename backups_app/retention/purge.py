@@ -50,13 +50,10 @@ def purge_old_backups(folder, rules, now):
     for fate in fates:
         if fate.keep:
             continue
-        path = folder / fate.name
-        try:
-            path.unlink()
-        except FileNotFoundError:  # deleted meanwhile by hand or by another purge
+        try:  # with its sidecars, as every delete
+            backups.delete_backup(fate.name, folder)
+        except backups.BackupError:  # deleted meanwhile by hand or by another purge
             continue
-        for sidecar in backups.sidecars(path):
-            sidecar.unlink(missing_ok=True)
         removed.append(fate.name)
     temp_files = backups.remove_abandoned_temp_files(folder)
     line = policy.summary(fates, rules)

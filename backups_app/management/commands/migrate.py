@@ -9,6 +9,9 @@ from django.db.models.signals import pre_migrate
 
 from backups_app.engine import backups
 
+# The database is DATABASES["default"] on its server (not a file): create_backup(None) backs it up.
+ON_SERVER = "on its server"
+
 
 class Command(migrate.Command):
     help = (
@@ -27,8 +30,14 @@ class Command(migrate.Command):
             pre_migrate.disconnect(dispatch_uid="backups_app.pre_migrate_backup")
 
     def database_file(self, alias):
-        """The database's file if it exists with content; None for a new or in-memory one."""
+        """The database's file if it exists with content; None for a new or in-memory one.
+
+        For the live database on a server (PostgreSQL): ON_SERVER once it has been migrated.
+        """
         settings_dict = connections[alias].settings_dict
+        if alias == "default" and not backups.database_engine().IS_FILE:
+            tables = connections[alias].introspection.table_names()
+            return ON_SERVER if "django_migrations" in tables else None
         if settings_dict["ENGINE"] != "django.db.backends.sqlite3":
             return None
         path = Path(str(settings_dict["NAME"]))
@@ -47,7 +56,8 @@ class Command(migrate.Command):
             return
         self.backed_up = True
         try:
-            backup = backups.create_backup(self.source, label="pre-migrate")
+            source = None if self.source == ON_SERVER else self.source
+            backup = backups.create_backup(source, label="pre-migrate")
         except backups.BackupError as err:
             raise CommandError(
                 f"the pre-migrate backup failed, so nothing was migrated: {err}"
