@@ -76,12 +76,7 @@ def purge_old_backups():
     result = purge.purge_job(now)
     result += media_store.clean_up_words(backups.backups_dir(), backups.is_backup_name, human_size)
     if offsite_store.enabled():  # after the local purge, which a store down must not stop
-        offsite_days = conf.get("STANZA_OFFSITE_RETENTION_DAYS")
-        purged = offsite_purge.purge_old_copies(now, offsite_days)
-        result += (
-            f"; removed {plural(len(purged), 'offsite copy', 'offsite copies')} older than "
-            f"{plural(offsite_days, 'day')}"
-        )
+        result += f"; offsite: {offsite_purge.purge_old_copies(now).line}"
     return result
 
 

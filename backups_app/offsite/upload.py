@@ -20,7 +20,7 @@ from backups_app.core.formatting import human_size
 from backups_app.engine import backups
 from backups_app.engine.backups import MANIFEST_SUFFIX, BackupError
 from backups_app.media import offsite as media_offsite
-from backups_app.offsite import state
+from backups_app.offsite import lock, state
 from backups_app.offsite import store as offsite_store
 from backups_app.offsite.copies import ENCRYPTED_SUFFIX, OffsiteCopy, backup_name_of, list_copies
 from backups_app.offsite.multipart import (
@@ -47,6 +47,8 @@ def copy_offsite():
     """
     started = timezone.now()
     store = offsite_store.storage()
+    with store_errors(store, "read the bucket's Object Lock settings"):
+        lock.check_bucket(store)  # with STANZA_OFFSITE_LOCK_DAYS: nothing is written unlocked
     encrypt_to = offsite_store.recipients()
     backups.remove_abandoned_temp_files(offsite_store.scratch_dir())  # spools of dead copies
     local = sorted(backups.list_backups(), key=lambda b: (b.modified, b.name))
