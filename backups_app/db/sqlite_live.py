@@ -52,7 +52,12 @@ def restore_live(plain, *, keep, database=None, before=None):
             live.execute("PRAGMA journal_mode = WAL")
         with scratch_file(database.parent) as scratch:
             load_into(plain, scratch, page_size=pragma(live, "page_size"))
-            return _copy_onto(scratch, live, database, keep, before)
+            kept = _copy_onto(scratch, live, database, keep, before)
+        # The restored pages are in the WAL: move them into the database file here, after the
+        # lock, rather than in the next writer's commit (a checkpoint that is running makes the
+        # writers' own automatic ones give way at once; this one waits for no writer).
+        live.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        return kept
     except BaseException:
         if not existed:
             live.close()
