@@ -12,6 +12,7 @@ lost; readers see the old data until the commit, then the new, never a mix. Any 
 the copy, which rolls the live database back.
 """
 
+import contextlib
 import sqlite3
 import time
 from pathlib import Path
@@ -118,7 +119,9 @@ def _carry(source, database, keep):
             kept = put_back_product_records(source, saved, keep)
             source.execute("COMMIT")
         except BaseException:
-            source.execute("ROLLBACK")
+            if source.in_transaction:  # an interrupted statement may have rolled it back
+                with contextlib.suppress(sqlite3.OperationalError):
+                    source.execute("ROLLBACK")
             raise
     finally:
         source.execute("DETACH DATABASE live")
