@@ -97,7 +97,7 @@ def test_without_createdb_the_full_check_fails_with_one_line_saying_so(
 
 
 def test_scratch_databases_a_killed_process_left_are_dropped_by_the_next_full_check(
-    pg_live, tmp_path
+    pg_live, tmp_path, caplog
 ):
     dest, _tables = make_dump(tmp_path)
     gone_pid = _a_dead_pid()
@@ -114,6 +114,7 @@ def test_scratch_databases_a_killed_process_left_are_dropped_by_the_next_full_ch
     assert leftover not in databases
     assert alive in databases  # a process still running owns it
     assert old in databases  # the only copy of a swapped-out database: never dropped here
+    assert f"database {old} holds the data a restore replaced" in caplog.text
 
 
 def _a_dead_pid():
