@@ -80,6 +80,14 @@ def choice_parser(*choices):
     return parse_choice
 
 
+def parse_lock_mode(name, raw):
+    """S3 Object Lock's retention mode: GOVERNANCE or COMPLIANCE (any case)."""
+    text = str(raw).strip().upper()
+    if text not in ("GOVERNANCE", "COMPLIANCE"):
+        raise ConfigError(f"{name}={str(raw).strip()!r} must be GOVERNANCE or COMPLIANCE")
+    return text
+
+
 def parse_time_zone(name, raw):
     text = str(raw).strip()
     try:
@@ -273,6 +281,10 @@ SETTINGS = {
     "STANZA_OFFSITE_URL": ("", parse_s3_url),
     "STANZA_OFFSITE_SCHEDULE": ("*/15 * * * *", parse_cron),
     "STANZA_OFFSITE_RETENTION_DAYS": (30, int_parser(0, MAX_DAYS)),
+    # S3 Object Lock on every object of a copy, retained this many days (0: off); S3 allows
+    # at most 100 years.
+    "STANZA_OFFSITE_LOCK_DAYS": (0, int_parser(0, MAX_DAYS)),
+    "STANZA_OFFSITE_LOCK_MODE": ("GOVERNANCE", parse_lock_mode),
     "STANZA_OFFSITE_AGE_RECIPIENTS": ((), parse_age_recipients),
     "STANZA_OFFSITE_AGE_IDENTITY": (None, parse_age_identity),
     "STANZA_REPLICA_URL": ("", parse_replica_url),

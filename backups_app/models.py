@@ -1,17 +1,11 @@
 import os
-import re
 
 from django.db import models, transaction
 from django.db.models import Q, Subquery
 from django.utils import timezone
 
 from backups_app.core.processes import process_identity, process_is_alive, this_host
-
-
-def last_line(text):
-    """The last line of an error (the exception below its traceback), without its module path."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return re.sub(r"^(?:\w+\.)+(\w+: )", r"\1", lines[-1]) if lines else ""
+from backups_app.health import failures
 
 
 class CronRunQuerySet(models.QuerySet):
@@ -178,8 +172,9 @@ class CronRun(models.Model):
 
     @property
     def error_summary(self):
-        """The last line of the error (the exception below its traceback), without module path."""
-        return last_line(self.error)
+        """The error in one line as a person reads it: the last exception's message, without
+        its class name, module path or a URL's query string (health.failures)."""
+        return failures.split_details(failures.message_of(self.error))[0]
 
     def process_is_gone(self):
         """Whether the process that made this run has certainly ended (only known on its host)."""

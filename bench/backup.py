@@ -434,7 +434,7 @@ def tune(db, workdir):
     import django
 
     django.setup()
-    from backups_app.engine import backups
+    from backups_app.engine import compress
 
     plain = workdir / "tune.bak"
     plain.unlink(missing_ok=True)
@@ -453,12 +453,12 @@ def tune(db, workdir):
     for lib_name, lib, chosen in (("zlib-ng", zlib_ng, 3), ("zlib", zlib, 4)):
         combos = [(level, 4) for level in range(1, 7)] + [(chosen, 1), (chosen, 16)]
         for level, block in combos:
-            backups.deflate, backups.GZIP_LEVEL = lib, level
-            backups.GZIP_BLOCK = block * 1024 * 1024
+            compress.deflate, compress.GZIP_LEVEL = lib, level
+            compress.GZIP_BLOCK = block * 1024 * 1024
             out = workdir / "tune.gz"
             out.unlink(missing_ok=True)
             started = time.monotonic()
-            backups._gzip(plain, out)
+            compress._gzip(plain, out)
             elapsed = time.monotonic() - started
             mb = out.stat().st_size / 1e6
             ratio = out.stat().st_size / ref.stat().st_size

@@ -36,7 +36,7 @@ from django.db import connection  # noqa: E402
 from django.test import Client  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 
-from backups_app.engine import backups  # noqa: E402
+from backups_app.engine import backups, listing  # noqa: E402
 
 
 def build():
@@ -98,7 +98,7 @@ def timed(client, url, repeat=5, status=200):
         times, cpu = [], []
         for _ in range(repeat):
             if fresh:
-                backups._listings.clear()
+                listing._listings.clear()
             started, started_cpu = time.monotonic(), time.process_time()
             response = client.get(url)
             times.append(time.monotonic() - started)

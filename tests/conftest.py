@@ -362,9 +362,11 @@ def file_state(folder):
 @pytest.fixture
 def live_database(monkeypatch, source_db):
     """The database the site backs up: a real file, since the test database lives in memory."""
-    from backups_app.engine import backups
+    from backups_app.engine import backups, names
 
-    monkeypatch.setattr(backups, "live_database_path", lambda: source_db)
+    # names holds it; backups.live_database_path is the same function under the engine's name
+    for module in (names, backups):
+        monkeypatch.setattr(module, "live_database_path", lambda: source_db)
     return source_db
 
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from backups_app.core import files
-from backups_app.engine import backups
+from backups_app.engine import backups, listing, names
 from backups_app.engine.backups import BackupError, create_backup, list_backups
 from tests.conftest import count_rows, make_database, make_large_database, write_backup_file
 
@@ -93,7 +93,7 @@ def test_listing_keeps_no_descriptor_open_whatever_happens(source_db, tmp_path, 
     def bad_setting():
         raise BackupError("Stanza Backups needs SQLite")
 
-    monkeypatch.setattr(backups, "live_database_path", bad_setting)
+    monkeypatch.setattr(names, "live_database_path", bad_setting)
     with pytest.raises(BackupError, match="needs SQLite"):
         list_backups(tmp_path)
 
@@ -107,7 +107,7 @@ def mtimes(folder, **kwargs):
 def test_a_settled_folders_listing_is_reused_until_the_folder_changes(tmp_path, monkeypatch):
     """Pages list 5000 backups in ~40 ms of stat calls; a folder that did not change since is
     not read again. A new, deleted or renamed backup changes the folder: read again."""
-    monkeypatch.setattr(backups, "SETTLED_SECONDS", 0)  # the guard has its own test below
+    monkeypatch.setattr(listing, "SETTLED_SECONDS", 0)  # the guard has its own test below
     first = write_backup_file(tmp_path, "database.sqlite.20261125T020000Z.bak")
     time.sleep(0.05)  # past the file system's time granularity, as SETTLED_SECONDS is
     read = mtimes(tmp_path, reuse=True)

@@ -44,7 +44,8 @@ TRACEBACK = 'Traceback (most recent call last):\n  File "backups_app/jobs.py", l
             'is unreachable: Could not connect to the endpoint URL: "http://127.0.0.1:9/b?list-type'
             '=2&prefix=site%2Fdb"',
             "The offsite store at s3://b/p is unreachable: Could not connect to the endpoint URL: "
-            '"http://127.0.0.1:9/b".',
+            '"http://127.0.0.1:9/b". Check that the store is up and that this machine reaches it '
+            "(AWS_ENDPOINT_URL), then run copy-offsite again.",
         ),
         (
             TRACEBACK + "backups_app.restore.restore.RestoreError: database.sqlite.20261206T101010Z"

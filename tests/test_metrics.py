@@ -210,3 +210,29 @@ def test_it_never_asks_the_offsite_store(
     )
     assert "stanza_replication_lag_seconds" not in metrics  # replication is off
     assert hanging_store.accepted == []
+
+
+def test_it_reads_the_replicas_lag_from_replicates_status_file(
+    client, metrics_on, settings, backups_folder, tmp_path
+):
+    from datetime import UTC, datetime, timedelta
+
+    from backups_app.replication import replication
+
+    settings.STANZA_REPLICA_URL = f"file://{tmp_path / 'replica'}"
+    now = datetime.now(UTC)
+    replication.write_status(
+        {
+            "pid": os.getpid(),
+            "litestream_running": True,
+            "heartbeat_at": now.isoformat(),
+            "synced_through": (now - timedelta(seconds=4)).isoformat(),
+        }
+    )
+
+    metrics = scrape(client)
+
+    assert 4 <= value(metrics, "stanza_replication_lag_seconds") < 60
+    assert value(metrics, "stanza_recovery_point_seconds") == pytest.approx(
+        value(metrics, "stanza_replication_lag_seconds"), abs=1
+    )

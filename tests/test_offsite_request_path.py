@@ -201,7 +201,7 @@ def test_two_runjobs_meet_a_hung_store_in_under_30_s_with_one_line(live_data, ha
     assert [p.returncode for p in processes] == [1, 1]
     lines = sorted(err.strip().splitlines()[-1] for _out, err in outputs)
     assert lines[0].startswith("CommandError: copy-offsite did not run: skipped: the previous")
-    assert lines[1].startswith("CommandError: copy-offsite failed: OffsiteError: the offsite ")
+    assert lines[1].startswith("CommandError: copy-offsite failed: the offsite ")
     assert "did not answer within" in lines[1]
     assert all("Traceback" not in err for _out, err in outputs)
     runs = read_runs(live_data, "copy-offsite")

@@ -190,6 +190,20 @@ def test_a_replica_that_lost_its_files_is_a_problem_at_once(replica_on):
     assert "new snapshot" in problem.advice
 
 
+def test_renaming_the_newest_restore_is_not_another_restore(replica_on):
+    from backups_app.replication import config, run, status
+
+    restored = type("R", (), {"backup": type("B", (), {"name": "x.bak"})()})()
+    status.note_restore(restored)
+    first = run._history_stamp(replica_on)
+    record = replication.read_json(status.history_path())
+    time.sleep(0.01)  # a rewrite a moment later has another modification time
+    config.write_private(status.history_path(), json.dumps({**record, "restored": "renamed"}))
+    assert run._history_stamp(replica_on) == first
+    status.note_restore(restored)
+    assert run._history_stamp(replica_on) != first
+
+
 def test_a_pid_reused_by_another_process_is_not_replicate(replica_on):
     write_status(replica_on, pid=os.getpid(), pid_identity="another-boot/12345")
     assert replication.problems()[0].startswith("replication stopped")

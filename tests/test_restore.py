@@ -205,7 +205,10 @@ def test_it_refuses_a_backup_from_a_newer_schema(live, backups_folder, tmp_path)
 
 def test_it_accepts_an_older_schema_and_names_the_pending_migrations(live, backups_folder):
     conn = sqlite3.connect(live, isolation_level=None)
-    conn.execute("CREATE TABLE cron_runs (id INTEGER PRIMARY KEY)")  # what 0001 created
+    conn.execute(  # what 0001 created (its columns too: the check reads them)
+        "CREATE TABLE cron_runs (id INTEGER PRIMARY KEY, job_name, started_at, finished_at, "
+        "duration, status, result, error, trigger, hostname, pid)"
+    )
     conn.close()
     add_migration(live, "backups_app", "0001_initial")
     add_migration(live, "some_removed_app", "0001_initial")  # not an app of this code

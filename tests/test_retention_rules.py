@@ -212,6 +212,8 @@ def test_the_page_shows_the_newest_kept_whatever_its_age(
         "STANZA_KEEP_YEARLY_YEARS",
         "STANZA_BACKUPS_MAX_MB",
         "STANZA_BACKUP_RETENTION_DAYS",
+        "STANZA_OFFSITE_RETENTION_DAYS",
+        "STANZA_OFFSITE_LOCK_DAYS",
     ],
 )
 @pytest.mark.parametrize("value", ["-1", "10000000000000", "two"])
@@ -223,6 +225,16 @@ def test_a_negative_or_absurd_retention_setting_is_an_error_naming_it(
     with pytest.raises(conf.ConfigError, match=f"^{name}="):
         conf.check_environment()
     assert [p for p in conf.check_all() if p.startswith(f"{name}=")]
+
+
+def test_the_lock_mode_is_governance_or_compliance(monkeypatch):
+    assert conf.get("STANZA_OFFSITE_LOCK_MODE") == "GOVERNANCE"
+    monkeypatch.setenv("STANZA_OFFSITE_LOCK_MODE", "compliance")
+    assert conf.get("STANZA_OFFSITE_LOCK_MODE") == "COMPLIANCE"
+    monkeypatch.setenv("STANZA_OFFSITE_LOCK_MODE", "forever")
+
+    with pytest.raises(conf.ConfigError, match="^STANZA_OFFSITE_LOCK_MODE='forever' must be "):
+        conf.check_environment()
 
 
 def test_the_retention_settings_default_to_the_seeds_rule(settings):

@@ -7,7 +7,7 @@ import tracemalloc
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from backups_app.engine import backups
+from backups_app.engine import backups, names
 from backups_app.engine.backups import create_backup
 from backups_app.restore import drill, restore
 from backups_app.restore.restore import RestoreError
@@ -171,9 +171,9 @@ def test_the_default_limit_follows_the_live_database_and_the_setting(
 ):
     small = make_database(tmp_path / "small.sqlite", rows=10, wal=False)
     big = make_large_database(tmp_path / "big.sqlite", 40, wal=False)
-    monkeypatch.setattr(backups, "live_database_path", lambda: small)
+    monkeypatch.setattr(names, "live_database_path", lambda: small)
     assert upload_limit() == 64 * 1024 * 1024  # a small database: the floor
-    monkeypatch.setattr(backups, "live_database_path", lambda: big)
+    monkeypatch.setattr(names, "live_database_path", lambda: big)
     assert upload_limit() == 2 * big.stat().st_size
     settings.STANZA_UPLOAD_MAX_MB = 3
     assert upload_limit() == 3 * 1024 * 1024

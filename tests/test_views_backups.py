@@ -10,7 +10,7 @@ from django.contrib.admin.models import LogEntry
 from django.test import Client
 from django.urls import reverse
 
-from backups_app.core import operations
+from backups_app.core import formatting, operations
 from backups_app.engine import backups
 from backups_app.restore import drill
 from tests.conftest import count_rows, write_backup_file
@@ -454,8 +454,8 @@ def test_it_shows_sizes_and_counts_in_plain_words(staff_client, backups_folder):
     assert '<span class="stanza-figure" id="backup-count">1 backup</span>' in html
     assert ">1.0\xa0MB<" in html
     assert "1000.0" not in html
-    assert backups.human_size(1_024_000) == "1.0 MB"
-    assert backups.human_size(1) == "1 byte"
+    assert formatting.human_size(1_024_000) == "1.0 MB"
+    assert formatting.human_size(1) == "1 byte"
 
 
 def test_each_row_links_to_its_own_download_restore_and_delete(staff_client, backups_folder):

@@ -1,8 +1,9 @@
 """The dashboard as a newcomer meets it (issue 19): no dead ends, failures in one sentence,
 times in one format, and words that match what happened."""
 
+import re
 import sqlite3
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.contrib.admin.models import LogEntry
@@ -10,7 +11,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from backups_app.engine import backups
 from backups_app.web.replication_views import parse_when
-from tests.conftest import make_database
+from tests.conftest import copy_database, make_database
 
 URL = "/admin/backups/"
 
@@ -184,3 +185,23 @@ def test_the_history_names_the_point_in_time_not_the_scratch_file(
         'datetime="2026-12-06T19:42:47+00:00"'
     ) in page
     assert ".stanza-tmp" not in page
+
+
+def test_the_point_in_time_confirmation_lists_what_the_backup_one_does(
+    staff_client, settings, tmp_path, migrated_database, site_database_file, data_dir
+):
+    from tests.test_views_replication import write_status
+
+    copy_database(migrated_database, site_database_file)
+    settings.STANZA_REPLICA_URL = f"file://{tmp_path / 'replica'}"
+    write_status(site_database_file)
+    at = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%d %H:%M:%S")
+
+    html = staff_client.get("/admin/backups/restore-at", {"at": at, "tz": "UTC"}).content.decode()
+
+    assert 'id="restore-kept">Kept as they are now' in html
+    assert "run history" in html
+    # The test database was migrated after that time: its migrations are named, five of them.
+    assert "<strong>Migrations applied since then</strong>" in html
+    assert re.search(r"and \d+ more\.</p>", html)
+    assert "pre-restore" in html

@@ -12,7 +12,7 @@ from django.contrib.sessions.models import Session
 from django.core.files.uploadedfile import SimpleUploadedFile, TemporaryUploadedFile
 from django.test import Client, RequestFactory
 
-from backups_app.core import operations
+from backups_app.core import formatting, operations
 from backups_app.engine import backups
 from backups_app.models import CronRun
 from backups_app.restore import drill, restore, uploads
@@ -360,7 +360,7 @@ def test_it_keeps_a_sound_upload_and_names_it(
     [message] = messages_of(response)
     assert message == (
         f"Uploaded my-backup.sqlite: it passed the checks and is kept as {kept.name} "
-        f"({backups.human_size(kept.size)})."
+        f"({formatting.human_size(kept.size)})."
     )
     assert LogEntry.objects.get().user == staff_user
     assert f"Uploaded my-backup.sqlite as {kept.name}" in response.content.decode().replace(

@@ -3,7 +3,7 @@
 Temporary files of the product start with TEMP_PREFIX and are named after a `.partial` file
 their process holds an flock on (see engine's remove_abandoned_temp_files): the kernel drops
 the lock when the process dies, so a clean-up can tell debris from work in progress.
-Imports nothing of the app.
+Imports only core.errors.
 """
 
 import contextlib
@@ -13,6 +13,8 @@ import os
 import secrets
 import stat
 from pathlib import Path
+
+from backups_app.core.errors import BackupError
 
 TEMP_PREFIX = ".stanza-tmp-"
 # What SQLite (or another tool) may leave beside a scratch file it opened.
@@ -40,10 +42,13 @@ def scratch_file(folder):
     """Yield the path of a new empty locked temporary file in `folder`; delete it (and
     SQLite's `-journal`, `-wal`, `-shm` beside it) after.
 
-    OSError when it cannot be created.
+    BackupError, naming the folder, when it cannot be created.
     """
     path = temp_path(folder)
-    fd = create_locked(path)
+    try:
+        fd = create_locked(path)
+    except OSError as err:
+        raise BackupError(f"cannot write a temporary file in {folder}: {err.strerror}") from err
     try:
         yield path
     finally:

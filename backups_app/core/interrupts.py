@@ -11,12 +11,13 @@ def _interrupt(signum, frame):
 
 
 @contextmanager
-def on_stop_signals(handler=_interrupt, signals=STOP_SIGNALS):
+def on_stop_signals(handler=_interrupt, signals=STOP_SIGNALS, *, restore=True):
     """Call `handler` on SIGINT and SIGTERM (default: raise KeyboardInterrupt) inside the block.
 
     Yields the list of signals received, newest last. A signal that was ignored when we
     started (a background job of a script) stays ignored, as Python itself does for SIGINT.
-    The previous handlers come back when the block ends.
+    The previous handlers come back when the block ends; with `restore=False` (a command run
+    from the command line, whose process ends with it) `handler` stays until the exit.
     """
     received = []
 
@@ -31,8 +32,15 @@ def on_stop_signals(handler=_interrupt, signals=STOP_SIGNALS):
     try:
         yield received
     finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
+        if restore:
+            for signum, old in previous.items():
+                signal.signal(signum, old)
+
+
+def ignore_stop_signals(signals=STOP_SIGNALS):
+    """Ignore SIGINT and SIGTERM from now on (main thread only), down to the process's exit."""
+    for signum in signals:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def signal_name(received, default=signal.SIGINT):

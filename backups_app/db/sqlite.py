@@ -237,10 +237,7 @@ def read_file(path):
             raise BadFile(f"failed the integrity check: {'; '.join(problems[:3])}")
         tables = table_names(conn)
         migrations = _applied_migrations(conn) if "django_migrations" in tables else None
-        columns = {
-            table: tuple(row[1] for row in conn.execute(f"PRAGMA table_info({q(table)})"))
-            for table in sorted(tables)
-        }
+        columns = {table: _columns(conn, table) for table in sorted(tables)}
         counts = row_counts(conn)
         page_size = pragma(conn, "page_size")
     except sqlite3.DatabaseError as err:
@@ -255,6 +252,13 @@ def read_file(path):
         migrations=migrations,
         details={"page_size": page_size},
     )
+
+
+def _columns(conn, table):
+    """A table's columns, generated ones too (table_xinfo; hidden columns of virtual tables,
+    hidden 1, are not the table's own)."""
+    rows = conn.execute(f"PRAGMA table_xinfo({q(table)})").fetchall()
+    return tuple(row[1] for row in rows if row[6] != 1)
 
 
 def _check_header(path):

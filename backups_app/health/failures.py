@@ -48,6 +48,18 @@ ADVICE = {
     ),
     r"is damaged": "Restore or upload another backup; this one cannot be used.",
     r"stopped during the run": "Run it again with Run now.",
+    r"nosuchbucket|bucket does not exist": (
+        "Create the bucket (the app never creates one) or fix STANZA_OFFSITE_URL, then run "
+        "copy-offsite again."
+    ),
+    r"accessdenied|invalidaccesskeyid|signaturedoesnotmatch|credentials": (
+        "Check the store's credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), then run "
+        "copy-offsite again."
+    ),
+    r"offsite store .*(unreachable|did not answer|timed out)|could not connect to the endpoint": (
+        "Check that the store is up and that this machine reaches it (AWS_ENDPOINT_URL), then "
+        "run copy-offsite again."
+    ),
     r"^interrupted:": ("The process was stopped during the run: run it again with Run now."),
     r"^skipped:": "Nothing to do unless the earlier run stays stuck.",
     r"database is locked|locked by another process": (

@@ -170,16 +170,12 @@ def backup_problems(check):
 def newest_own(listed):
     """The newest backup this site made itself (`listed` newest first): an uploaded file
     proves nothing about this machine's own backups."""
-    return next((item for item in listed if label_of(item.name) != "uploaded"), None)
+    return next((item for item in listed if item.own), None)
 
 
 def too_old(item, now):
     """Whether a listed backup is older than the 26 hours a healthy site allows."""
     return now.timestamp() - item.mtime > MAX_BACKUP_AGE.total_seconds()
-
-
-def label_of(name):
-    return backups.parse_backup_name(name)["label"] or ""
 
 
 def job_problem(job):

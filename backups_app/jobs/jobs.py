@@ -18,6 +18,7 @@ from django_apscheduler import util
 from django_apscheduler.models import DjangoJobExecution
 
 from backups_app import conf, signals
+from backups_app.core.formatting import human_size
 from backups_app.cron import crontab_trigger
 from backups_app.engine import backups
 from backups_app.media import record as media_record
@@ -65,24 +66,17 @@ def daily_backup():
     with operations.exclusive("backup", by="the daily-backup job", wait=OPERATION_WAIT):
         backup = backups.create_backup()
     copy_offsite_soon()  # its own recorded run; an offsite failure never fails the backup
-    return f"{backup.name} ({backups.human_size(backup.size)})" + media_record.words(
-        (backups.read_manifest(backup.path) or {}).get("media"), backups.human_size
+    return f"{backup.name} ({human_size(backup.size)})" + media_record.words(
+        (backups.read_manifest(backup.path) or {}).get("media"), human_size
     )
 
 
 def purge_old_backups():
     now = timezone.now()
     result = purge.purge_job(now)
-    result += media_store.clean_up_words(
-        backups.backups_dir(), backups.is_backup_name, backups.human_size
-    )
+    result += media_store.clean_up_words(backups.backups_dir(), backups.is_backup_name, human_size)
     if offsite_store.enabled():  # after the local purge, which a store down must not stop
-        offsite_days = conf.get("STANZA_OFFSITE_RETENTION_DAYS")
-        purged = offsite_purge.purge_old_copies(now, offsite_days)
-        result += (
-            f"; removed {plural(len(purged), 'offsite copy', 'offsite copies')} older than "
-            f"{plural(offsite_days, 'day')}"
-        )
+        result += f"; offsite: {offsite_purge.purge_old_copies(now).line}"
     return result
 
 

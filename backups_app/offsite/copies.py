@@ -82,11 +82,7 @@ def newest_copy(copies):
 
 def own_copies(copies):
     """The copies of backups this site made itself: any label but `uploaded`."""
-    return {
-        name: copy
-        for name, copy in copies.items()
-        if (backups.parse_backup_name(name) or {}).get("label") != "uploaded"
-    }
+    return {name: copy for name, copy in copies.items() if backups.is_own_name(name)}
 
 
 def find_copy(name, store=None):

@@ -22,6 +22,7 @@ from django.utils import timezone
 from backups_app.core.files import scratch_file
 from backups_app.engine import backups
 from backups_app.engine.backups import CHECKSUM_SUFFIX, MANIFEST_SUFFIX, BackupError
+from backups_app.media import offsite as media_offsite
 from backups_app.offsite import store as offsite_store
 from backups_app.offsite.copies import find_copy
 from backups_app.offsite.multipart import HashingWriter
@@ -35,10 +36,10 @@ FETCH_LEFTOVER_AGE = timedelta(hours=6)
 
 def stored_checksum(copy, store):
     """The SHA-256 of the unencrypted backup, from the copy's `.sha256` object."""
-    text = offsite_store.read_small(store, copy.name + CHECKSUM_SUFFIX) or b""
-    words = text.split()
-    digest = words[0].decode("ascii", "replace").lower() if words else ""
-    if not backups.SHA256_RE.match(digest):
+    digest = backups.parse_checksum(
+        offsite_store.read_small(store, copy.name + CHECKSUM_SUFFIX) or b""
+    )
+    if not digest:
         raise OffsiteError(f"the offsite {copy.name}.sha256 holds no SHA-256")
     return digest
 
@@ -85,6 +86,7 @@ def fetched(name, store=None):
         manifest = offsite_store.read_small(store, name + MANIFEST_SUFFIX)
         if manifest:
             path.with_name(name + MANIFEST_SUFFIX).write_bytes(manifest)
+        media_offsite.fetch_files(store, name, path, backups.backups_dir())  # checked, each
         yield path
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -8,6 +8,7 @@ import hashlib
 import logging
 import threading
 
+from backups_app.offsite import lock
 from backups_app.offsite import store as offsite_store
 from backups_app.offsite.store import OffsiteError, confirm, store_errors
 
@@ -30,8 +31,9 @@ class MultipartUpload:
     def __init__(self, store, name):
         self.client, self.bucket, self.key = store.client, store.bucket, store.key(name)
         self.completing = store.completing or store.client
+        self.store, self.name, self.lock = store, name, lock.put_args()
         self.upload_id = self.client.create_multipart_upload(
-            Bucket=self.bucket, Key=self.key, ChecksumAlgorithm="SHA256"
+            Bucket=self.bucket, Key=self.key, ChecksumAlgorithm="SHA256", **self.lock
         )["UploadId"]
         self.chunks, self.buffered = [], 0
         self.pending, self.parts, self.size, self.numbers = [], [], 0, 0
@@ -100,11 +102,13 @@ class MultipartUpload:
             UploadId=self.upload_id,
             MultipartUpload={"Parts": sorted(self.parts, key=lambda p: p["PartNumber"])},
         )
-        stored = self.client.head_object(Bucket=self.bucket, Key=self.key)["ContentLength"]
-        if stored != self.size:
+        head = self.client.head_object(Bucket=self.bucket, Key=self.key)
+        if head["ContentLength"] != self.size:
             raise OffsiteError(
-                f"the offsite store holds {stored} bytes of {self.key}, not {self.size}"
+                f"the offsite store holds {head['ContentLength']} bytes of {self.key}, "
+                f"not {self.size}"
             )
+        lock.lock_written(self.store, self.name, head, self.lock)
 
     def abort(self):
         """Give the parts back; when the store cannot be told now, the next run aborts it."""

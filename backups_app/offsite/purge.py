@@ -1,54 +1,84 @@
-"""Offsite retention: delete copies older than STANZA_OFFSITE_RETENTION_DAYS.
+"""Offsite retention: delete the copies no retention rule keeps (retention.purge.offsite_fates:
+the local daily, weekly, monthly and yearly rules, with STANZA_OFFSITE_RETENTION_DAYS as the
+keep-everything window), never one still under S3 Object Lock (offsite.lock).
 
 One listing of the store, grouped once into copies (each knows its own objects), so the purge
-is linear in the objects. Imports: conf, engine.backups, offsite.store, offsite.copies,
-offsite.state.
+is linear in the objects. Imports: conf, engine.backups, retention.purge, offsite.store,
+offsite.copies, offsite.state, offsite.lock.
 """
 
 import logging
-from datetime import timedelta
 
 from django.utils import timezone
 
 from backups_app import conf
 from backups_app.engine.backups import CHECKSUM_SUFFIX
-from backups_app.offsite import state
+from backups_app.media import offsite as media_offsite
+from backups_app.offsite import lock, state
 from backups_app.offsite import store as offsite_store
 from backups_app.offsite.copies import list_copies, newest_copy, own_copies
+from backups_app.offsite.store import store_errors
+from backups_app.retention import policy
+from backups_app.retention import purge as retention
 
 logger = logging.getLogger(__name__)
 
 
-def purge_old_copies(now=None, retention_days=None):
-    """Delete offsite copies older than STANZA_OFFSITE_RETENTION_DAYS; return their names.
+class Purged(list):
+    """The names of the copies deleted; `locked`: how many the purge had to leave under Object
+    Lock; `line`: what each rule kept, for the job's result."""
 
-    A copy's age is that of its newest object. The newest complete copy is always kept, and so
-    is the newest one of the site's own backups (as local retention does: an upload after a
-    run of failed copies must not leave the store without one), and only objects named like a
-    backup or its sidecars are ever deleted.
+    locked = 0
+    line = ""
+
+
+def purge_old_copies(now=None, retention_days=None):
+    """Delete the offsite copies no retention rule keeps; return their names (a Purged).
+
+    A copy is dated by its backup's name (when the data was captured: copies sent together
+    after an outage keep their own days). The newest complete copy is always kept, and so is
+    the newest one of the site's own backups (as local retention does: an upload after a run
+    of failed copies must not leave the store without one). A copy any of whose objects is
+    retained by Object Lock is left alone and counted. Only objects named like a backup or its
+    sidecars are ever deleted; on a locked bucket, every version of them.
     """
     now = now or timezone.now()
     if retention_days is None:
         retention_days = conf.get("STANZA_OFFSITE_RETENTION_DAYS")
     store = offsite_store.storage()
-    removed = []
+    removed = Purged()
     with state.recording() as record:
         copies = list_copies(store)
         record.listed(copies)
         keep = {c.name for c in (newest_copy(copies), newest_copy(own_copies(copies))) if c}
-        cutoff = now - timedelta(days=retention_days)
+        fates = retention.offsite_fates(copies.values(), now, retention_days)
+        for name in keep:  # the newest complete copies, whatever is newer but incomplete
+            fates[name] = fates[name] if fates[name].keep else policy.Fate(name, policy.NEWEST)
         for copy in sorted(copies.values(), key=lambda c: c.modified):
-            if copy.name in keep or (retention_days and copy.modified >= cutoff):
+            if fates[copy.name].keep:
                 continue
+            with store_errors(store, f"read the retention of {copy.name}"):
+                if lock.retained(store, copy.members, now):
+                    fates[copy.name] = policy.Fate(copy.name, "locked")  # not counted as kept
+                    removed.locked += 1
+                    continue
             # The .sha256 first: once it is gone the copy no longer counts, whatever happens next.
             for member in sorted(copy.members, key=lambda o: not o.endswith(CHECKSUM_SUFFIX)):
-                offsite_store.delete(store, member)
+                if lock.days():  # a bucket that locks keeps versions: delete them all
+                    with store_errors(store, f"delete {member}"):
+                        lock.delete_every_version(store, member)
+                else:
+                    offsite_store.delete(store, member)
                 record.deleted(copy.name)
             removed.append(copy.name)
+        # Their NAME.media, then the site file objects no remaining copy names.
+        media_offsite.purge(store, set(copies) - set(removed), now)
+    removed.line = policy.summary(fates.values()) + (
+        f"; left {removed.locked} locked until their retention ends" if removed.locked else ""
+    )
     logger.info(
-        "purged %d offsite cop(ies) older than %d day(s)",
-        len(removed),
-        retention_days,
-        extra={"event": "offsite_purge", "removed": len(removed)},
+        "offsite purge: %s",
+        removed.line,
+        extra={"event": "offsite_purge", "removed": len(removed), "locked": removed.locked},
     )
     return removed

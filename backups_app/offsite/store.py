@@ -30,6 +30,7 @@ from django.conf import settings
 from backups_app import conf
 from backups_app.core.files import scratch_file
 from backups_app.engine.backups import BackupError
+from backups_app.offsite import lock
 
 logger = logging.getLogger(__name__)
 
@@ -282,7 +283,11 @@ def put_small(store, name, data):
                 raise OffsiteError(f"the offsite store did not keep {name} intact")
             return
         response = store.client.put_object(
-            Bucket=store.bucket, Key=store.key(name), Body=data, ChecksumAlgorithm="SHA256"
+            Bucket=store.bucket,
+            Key=store.key(name),
+            Body=data,
+            ChecksumAlgorithm="SHA256",
+            **lock.put_args(),  # S3 Object Lock, when STANZA_OFFSITE_LOCK_DAYS is set
         )
         confirm(response, hashlib.sha256(data).digest(), name)
 

@@ -16,9 +16,11 @@ from datetime import timedelta
 from django.template.defaultfilters import pluralize
 from django.utils import timezone
 
+from backups_app.core.formatting import human_size
 from backups_app.engine import backups
 from backups_app.engine.backups import MANIFEST_SUFFIX, BackupError
-from backups_app.offsite import state
+from backups_app.media import offsite as media_offsite
+from backups_app.offsite import lock, state
 from backups_app.offsite import store as offsite_store
 from backups_app.offsite.copies import ENCRYPTED_SUFFIX, OffsiteCopy, backup_name_of, list_copies
 from backups_app.offsite.multipart import (
@@ -45,6 +47,8 @@ def copy_offsite():
     """
     started = timezone.now()
     store = offsite_store.storage()
+    with store_errors(store, "read the bucket's Object Lock settings"):
+        lock.check_bucket(store)  # with STANZA_OFFSITE_LOCK_DAYS: nothing is written unlocked
     encrypt_to = offsite_store.recipients()
     backups.remove_abandoned_temp_files(offsite_store.scratch_dir())  # spools of dead copies
     local = sorted(backups.list_backups(), key=lambda b: (b.modified, b.name))
@@ -72,7 +76,7 @@ def copy_offsite():
         raise BackupError(f"{count} backup{pluralize(count)} not copied to {where}: {problems[0]}")
     kept = len(local) - len(todo)
     result = (
-        f"copied {len(copied)} backup{pluralize(len(copied))} ({backups.human_size(total)}) "
+        f"copied {len(copied)} backup{pluralize(len(copied))} ({human_size(total)}) "
         f"to {where}; "
         f"{kept} already there"
     )
@@ -112,6 +116,7 @@ def copy_backup(backup, *, store=None, encrypt_to=None):
     manifest = backup.path.with_name(name + MANIFEST_SUFFIX)
     with contextlib.suppress(FileNotFoundError):
         offsite_store.put_small(store, name + MANIFEST_SUFFIX, manifest.read_bytes())
+    media_offsite.copy_files(backup, store, encrypt_to, _upload_data)  # objects, then NAME.media
     # Last: from now on the copy counts as offsite.
     offsite_store.put_small(store, name + backups.CHECKSUM_SUFFIX, f"{digest}  {name}\n".encode())
     seconds = time.monotonic() - started

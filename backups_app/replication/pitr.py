@@ -16,6 +16,7 @@ from datetime import UTC
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from backups_app.core import files
 from backups_app.db import sqlite
 from backups_app.replication.config import (
     RESTORE_TIMEOUT,
@@ -46,11 +47,9 @@ def window(database=None, now=None):
 def restored_copy(when=None, database=None):
     """Yield the path of a scratch file holding the replica's database at `when` (UTC), or
     its latest state when `when` is None. The file is deleted afterwards."""
-    from backups_app.restore import restore
-
     database = live_database(database)
     config = write_config(database=database)
-    with restore.scratch_file(database.parent) as scratch:
+    with files.scratch_file(database.parent) as scratch:
         scratch.unlink()  # Litestream writes the file itself (and refuses one that exists)
         args = ["restore"]
         if when is not None:

@@ -187,7 +187,6 @@ def _write_state(state, tracker, database):
 
 
 def _history_stamp(database):
-    try:
-        return history_path(database).stat().st_mtime_ns
-    except OSError:
-        return None
+    """Which restore the history names: when it began (renaming it is not another restore)."""
+    record = read_json(history_path(database))
+    return record.get("began_at") if record else None

@@ -77,8 +77,8 @@ def note_restore(result, database=None):
 
 def name_restore(label, database=None):
     """Name the newest restore for what the user chose ("the replica at ...") instead of the
-    scratch file a point-in-time restore went through. The record keeps its time and its file
-    its modification time, so `replicate` does not take it for another restore."""
+    scratch file a point-in-time restore went through. The record keeps its time (what
+    `replicate` goes by) and its file its modification time: it is not another restore."""
     path = history_path(live_database(database))
     record = read_json(path)
     if not record or "began_at" not in record:

@@ -60,7 +60,7 @@ def backup_to_drill(listed):
     """The newest backup this site made itself: any label but `uploaded` (pre-restore and
     pre-migrate copies are this site's data too), else None. An upload is checked when it
     arrives; the drill proves that the site's own backups restore."""
-    return next((b for b in listed if b.label != "uploaded"), None)
+    return next((b for b in listed if b.own), None)
 
 
 def verify_latest_backup(folder=None):
@@ -128,8 +128,6 @@ def _drill(backup):
                 problems, counts = [], dict(info.row_counts)
             else:
                 problems, counts = engine.restore_scratch(plain, path.parent)
-    except OSError as err:
-        return [f"cannot write a temporary file in {path.parent}: {err.strerror}"], notes, {}
     except BackupError as err:
         return [str(err)], notes, {}
     if problems:

@@ -12,6 +12,8 @@ import shutil
 from pathlib import Path
 
 from backups_app import conf
+from backups_app.core import files
+from backups_app.core.formatting import human_size
 from backups_app.engine import backups
 from backups_app.engine.backups import BackupError
 from backups_app.restore import restore
@@ -32,7 +34,7 @@ class UploadTooLarge(RestoreError):
     def __init__(self, limit):
         self.limit = limit
         super().__init__(
-            f"the upload is larger than the {backups.human_size(limit)} allowed "
+            f"the upload is larger than the {human_size(limit)} allowed "
             "(STANZA_UPLOAD_MAX_MB, and the free space of the backups folder); nothing was kept"
         )
 
@@ -81,7 +83,7 @@ def accept_upload(upload, folder=None, *, limit=None):
     limit = upload_limit() if limit is None else limit
     # Errors name what the admin uploaded, not the temporary file it was streamed into.
     shown = Path(getattr(upload, "name", "") or "the uploaded file").name
-    with restore.scratch_file(folder) as temp:
+    with files.scratch_file(folder) as temp:
         digest = _store(upload, temp, limit, folder)
         if temp.stat().st_size == 0:
             raise RestoreError("the uploaded file is empty")
@@ -89,7 +91,7 @@ def accept_upload(upload, folder=None, *, limit=None):
         if existing is not None:
             raise DuplicateUpload(existing)
         compressed = restore.is_gzip(temp)
-        with restore.scratch_file(folder) as plain:
+        with files.scratch_file(folder) as plain:
             if compressed:
                 restore.inflate(temp, plain, name=shown, limit=limit)
             info = restore.inspect(temp, plain if compressed else temp, compressed, False, shown)

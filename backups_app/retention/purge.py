@@ -4,8 +4,9 @@
 The rules come from the settings here (rules_from_settings); nothing else in the app reads them.
 """
 
+import dataclasses
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import NamedTuple
 
@@ -50,13 +51,10 @@ def purge_old_backups(folder, rules, now):
     for fate in fates:
         if fate.keep:
             continue
-        path = folder / fate.name
-        try:
-            path.unlink()
-        except FileNotFoundError:  # deleted meanwhile by hand or by another purge
+        try:  # with its sidecars, as every delete
+            backups.delete_backup(fate.name, folder)
+        except backups.BackupError:  # deleted meanwhile by hand or by another purge
             continue
-        for sidecar in backups.sidecars(path):
-            sidecar.unlink(missing_ok=True)
         removed.append(fate.name)
     temp_files = backups.remove_abandoned_temp_files(folder)
     line = policy.summary(fates, rules)
@@ -103,6 +101,23 @@ def describe_rules(rules=None):
 
 def _count(n, unit):
     return f"{n} {unit}{'' if n == 1 else 's'}"
+
+
+def offsite_fates(copies, now, recent_days=None):
+    """{name: policy.Fate} of offsite copies (each with `name` and `size`): the daily, weekly,
+    monthly and yearly rules, with STANZA_OFFSITE_RETENTION_DAYS (or `recent_days`) as the
+    keep-everything window and no size cap. A copy is dated by its backup's name, when its data
+    was captured: copies sent together after an outage keep their own days."""
+    rules = rules_from_settings("STANZA_OFFSITE_RETENTION_DAYS", cap=False)
+    if recent_days is not None:
+        rules = dataclasses.replace(rules, recent_days=recent_days)
+    items = [policy.Item(_captured(c.name), c.name, c.size) for c in copies]
+    return {fate.name: fate for fate in policy.decide(items, now, rules)}
+
+
+def _captured(name):
+    stamp = backups.parse_backup_name(name)["stamp"]
+    return datetime.strptime(stamp, backups.STAMP_FORMAT).replace(tzinfo=UTC).timestamp()
 
 
 # --- previews: the dry run and the Backups page -----------------------------------------------

@@ -13,6 +13,7 @@ from django.utils.dateparse import parse_datetime
 from django.utils.html import escape, format_html, format_html_join
 from django.utils.safestring import mark_safe
 
+from backups_app.core.formatting import human_size
 from backups_app.engine import backups
 from backups_app.health import failures
 
@@ -183,7 +184,7 @@ def size(value):
     """Bytes in human units: '1.0 MB' (never '1000.0 KB'); the same as the commands print."""
     if value is None:
         return ""
-    return backups.human_size(value, space="\xa0")
+    return human_size(value, space="\xa0")
 
 
 @register.filter

@@ -28,6 +28,7 @@ from django.views.decorators.http import require_http_methods, require_safe
 from backups_app import conf, upload_gate
 from backups_app.core import operations
 from backups_app.core.audit import CHANGE, DELETION, audit, recent_entries
+from backups_app.core.formatting import human_size
 from backups_app.engine import backups
 from backups_app.health import failures, health, recovery
 from backups_app.jobs import jobs, scheduler_lock
@@ -317,7 +318,7 @@ def backup_now(request):
         audit(request.user, f"Back up now failed: {headline(err)}")
         return failed(request, f"backup failed: {err}", 500)
     jobs.copy_offsite_soon()  # its own recorded run, in a thread: the answer does not wait
-    size = backups.human_size(backup.size)
+    size = human_size(backup.size)
     audit(request.user, f"Made backup {backup.name} ({size})")
     return done(
         request, {"file": backup.name, "size": backup.size}, f"Backup {backup.name} made ({size})."
@@ -362,7 +363,7 @@ def delete_backup(request, backup):
         if wants_json(request):
             return JsonResponse({"error": form.non_field_errors()[0]}, status=400)
         return delete_page(request, backup, form, listed)
-    size = backups.human_size(backup.size)
+    size = human_size(backup.size)
     logger.info("backup %s deleted by %s", backup.name, request.user.get_username())
     audit(request.user, f"Deleted backup {backup.name} ({size})", flag=DELETION)
     text = f"Deleted {backup.name} ({size})."
@@ -510,7 +511,8 @@ def point_in_time_changes(when):
     those migrations are named, oldest first.
     """
     records = [*restore.product_tables(), LogEntry._meta.db_table]
-    kept = restore.changes(SimpleNamespace(row_counts=dict.fromkeys(records, 0))).kept
+    info = SimpleNamespace(row_counts=dict.fromkeys(records, 0))
+    kept = restore.changes(info, backups.live_database_path()).kept
     later = MigrationRecorder(connection).migration_qs.filter(applied__gt=when).order_by("applied")
     return restore.Changes(kept=kept), list(later)
 
@@ -544,7 +546,7 @@ def _upload_backup(request):
         audit(request.user, f"Upload of {upload.name} refused: {headline(err)}")
         status = getattr(err, "status", 400)
         return failed(request, f"upload of {upload.name} refused: {err}", status)
-    size = backups.human_size(backup.size)
+    size = human_size(backup.size)
     audit(request.user, f"Uploaded {upload.name} as {backup.name} ({size})")
     text = f"Uploaded {upload.name}: it passed the checks and is kept as {backup.name} ({size})."
     return done(request, {"file": backup.name, "size": backup.size}, text)

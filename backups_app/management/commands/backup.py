@@ -5,14 +5,14 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from backups_app.core.interrupts import on_stop_signals, signal_name
+from backups_app.core.formatting import human_size
+from backups_app.core.interrupts import ignore_stop_signals, on_stop_signals, signal_name
 from backups_app.engine.backups import (
     DATABASE_FILENAME,
     BackupError,
     BackupInterrupted,
     create_backup,
     database_engine,
-    human_size,
 )
 
 # Progress appears only for a backup that takes longer than this (seconds).
@@ -23,6 +23,7 @@ class Command(BaseCommand):
     help = "Back up the database into one verified file (VACUUM INTO, written atomically)."
     # A backup must work even when the project has a check error (a half-done deploy).
     requires_system_checks = []
+    from_command_line = False  # run_from_argv: `manage.py backup`, not call_command
 
     def add_arguments(self, parser):
         parser.add_argument(
@@ -53,10 +54,22 @@ class Command(BaseCommand):
                 )
         source = data_dir / DATABASE_FILENAME if data_dir else None
         progress = Progress(self.stderr) if sys.stderr.isatty() else None
-        backup = None
-        # The result is printed inside the block, so a signal at any moment is reported by
-        # what is on disk: a backup that got its name is whole (with its sidecars).
-        with on_stop_signals() as received:
+        published = []
+
+        def stop(signum, frame):
+            if not published:  # once the backup has its name, a signal changes nothing of it
+                raise KeyboardInterrupt
+
+        def on_published(path):
+            published.append(path)
+            if self.from_command_line:  # the process ends with the command: ignore to the end
+                ignore_stop_signals()
+
+        # A signal at any moment is reported by what is on disk: a backup that got its name is
+        # whole (with its sidecars). From the command line the signals stay ignored until the
+        # process exits (Python restores the default action while it finalizes), so a late
+        # signal never ends it with a bare KeyboardInterrupt or a death by signal.
+        with on_stop_signals(stop, restore=not self.from_command_line) as received:
             try:
                 backup = create_backup(
                     source,
@@ -65,14 +78,13 @@ class Command(BaseCommand):
                     compress=compress,
                     progress=progress,
                     check="full" if full_check else "quick",
+                    on_published=on_published,
                 )
-                self.stdout.write(f"{backup.path} ({human_size(backup.size)}, {backup.size} bytes)")
             except BackupError as err:
                 raise CommandError(str(err)) from err
             except KeyboardInterrupt as err:
                 name, signum = signal_name(received)
                 written = err.path if isinstance(err, BackupInterrupted) else None
-                written = written or (backup and backup.path)
                 outcome = (
                     f"the backup was written: {written}" if written else "no backup was written"
                 )
@@ -82,6 +94,11 @@ class Command(BaseCommand):
             finally:
                 if progress:
                     progress.clear()
+            self.stdout.write(f"{backup.path} ({human_size(backup.size)}, {backup.size} bytes)")
+
+    def run_from_argv(self, argv):
+        self.from_command_line = True
+        super().run_from_argv(argv)
 
 
 class Progress:
