@@ -175,7 +175,9 @@ def app_backup(cluster, out, workdir):
     result = {"time": t, "rss": rss, "size": out.stat().st_size}
     for line in stderr.splitlines():
         if line.startswith("{") and '"event": "backup"' in line:
-            result["engine"] = json.loads(line).get("duration")
+            entry = json.loads(line)
+            result["engine"] = entry.get("duration")
+            result.update({f"t_{k}": v for k, v in entry.get("timings", {}).items()})
     for sidecar in (f"{out}.sha256", f"{out}.json"):
         Path(sidecar).unlink(missing_ok=True)
     return result
