@@ -252,3 +252,27 @@ def test_the_daily_backup_says_how_many_files_it_recorded_and_what_was_new(
     result = jobs.daily_backup()
 
     assert result.endswith("; 4 site files (295.9 KB new)")
+
+
+def test_it_is_off_by_default_when_the_default_storage_is_not_on_this_disk(
+    live_database, backups_folder, media, settings
+):
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {"BACKEND": "django.core.files.storage.InMemoryStorage"},
+    }
+
+    backup = backups.create_backup(label="manual")
+
+    assert not lists.list_path(backup.path).exists()
+
+
+def test_it_follows_the_setting_over_media_root(
+    live_database, backups_folder, media, settings, tmp_path
+):
+    elsewhere = make_files(tmp_path / "elsewhere", {"only-here.txt": b"x"})
+    settings.STANZA_MEDIA_DIR = str(elsewhere)
+
+    backup = backups.create_backup(label="manual")
+
+    assert [line["path"] for line in raw_lines(backup)] == ["only-here.txt"]

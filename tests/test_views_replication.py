@@ -169,9 +169,10 @@ def test_hostile_times_go_back_with_a_message(staff_client, replica_url, at):
 
 class FifoWatchdog:
     """After `after` seconds, keeps releasing whoever waits on the FIFO (opens it for writing
-    and closes it: the reader gets end of file), so a test that would hang fails instead."""
+    and closes it: the reader gets end of file), so a test that would hang fails instead.
+    Far longer than the requests take even on a loaded machine: a release means one waited."""
 
-    def __init__(self, path, after=5.0):
+    def __init__(self, path, after=30.0):
         self.path, self.after = path, after
         self.done = threading.Event()
         self.released = 0
@@ -205,7 +206,6 @@ def test_it_answers_at_once_with_a_fifo_as_a_state_file(
     folder.mkdir(mode=0o700, exist_ok=True)
     os.mkfifo(folder / name)
     watchdog = FifoWatchdog(folder / name)
-    started = time.monotonic()
     try:
         healthz = client.get("/healthz")
         page = staff_client.get("/admin/backups/")
@@ -214,7 +214,6 @@ def test_it_answers_at_once_with_a_fifo_as_a_state_file(
     finally:
         watchdog.stop()
     assert watchdog.released == 0, "a request waited on the FIFO until it was released"
-    assert time.monotonic() - started < 5
     assert healthz.status_code == 503 and "replication stopped" in healthz.content.decode()
     assert page.status_code == 200 and "Continuous replication" in page.content.decode()
     assert checked.value.code == 1 and "replication stopped" in capsys.readouterr().out

@@ -11,12 +11,14 @@ import gzip
 import io
 import json
 import os
+import re
 import stat
 import zlib
 from pathlib import Path
 from typing import NamedTuple
 
 SUFFIX = ".media"
+SHA256_RE = re.compile(r"\A[0-9a-f]{64}\Z")
 # One line per file; a line longer than this is no line of ours (a damaged or hostile list).
 MAX_LINE = 64 * 1024
 
@@ -32,6 +34,7 @@ class Entry(NamedTuple):
     mode: int  # permission bits
     sha256: str
     ino: int = 0  # 0: do not trust a stat cache for this file
+    line: bytes = b""  # as read from a list: written again as it is when nothing changed
 
     @property
     def name(self):
@@ -45,6 +48,8 @@ def list_path(backup_path):
 
 
 def encode(entry):
+    if entry.line:
+        return entry.line
     line = {
         "path": entry.name,
         "size": entry.size,
@@ -77,9 +82,10 @@ def decode(raw):
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeEncodeError) as err:
         raise ListError(f"a line of the list cannot be read ({err})") from None
     check_path(path)
-    if size < 0 or len(sha) != 64 or not all(c in "0123456789abcdef" for c in sha):
+    if size < 0 or not SHA256_RE.match(sha):
         raise ListError(f"the list's line for {path!r} is damaged")
-    return Entry(path, size, mtime_ns, mode, sha, ino)
+    line = raw if raw.endswith(b"\n") else raw + b"\n"
+    return Entry(path, size, mtime_ns, mode, sha, ino, line)
 
 
 def check_path(path):

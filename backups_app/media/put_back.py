@@ -15,6 +15,8 @@ import shutil
 import stat
 import tempfile
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,8 @@ from backups_app.media.store import Store
 
 logger = logging.getLogger(__name__)
 
+COPY_WORKERS = 4
+COPIES_IN_FLIGHT = 64
 RENAME_EXCHANGE = 2
 AT_FDCWD = -100
 
@@ -130,19 +134,36 @@ def put_back(list_path, backups_folder, media_folder, *, present_list=None):
 
 
 def _build(new, list_path, store, media_folder, known, folder_mode):
+    """Fill `new` with the listed files; copies run on a few threads (the kernel copies, so
+    they overlap), at most COPIES_IN_FLIGHT at a time."""
     top = os.fsencode(new)
     present_top = os.fsencode(media_folder)
     made = {b""}
-    for entry in lists.read(list_path):
-        parent = entry.path.rpartition(b"/")[0]
-        if parent not in made:
-            os.makedirs(os.path.join(top, parent), mode=folder_mode, exist_ok=True)
-            made.add(parent)
-        dest = os.path.join(top, entry.path)
-        if not _link_unchanged(entry, known.get(entry.path), present_top, dest):
-            shutil.copyfile(store.path(entry.sha256), dest)
-            os.chmod(dest, entry.mode)
-            os.utime(dest, ns=(entry.mtime_ns, entry.mtime_ns))
+    pending = deque()
+    with ThreadPoolExecutor(max_workers=COPY_WORKERS) as pool:
+        try:
+            for entry in lists.read(list_path):
+                parent = entry.path.rpartition(b"/")[0]
+                if parent not in made:
+                    os.makedirs(os.path.join(top, parent), mode=folder_mode, exist_ok=True)
+                    made.add(parent)
+                dest = os.path.join(top, entry.path)
+                if not _link_unchanged(entry, known.get(entry.path), present_top, dest):
+                    pending.append(pool.submit(_copy, store.path(entry.sha256), dest, entry))
+                while len(pending) > COPIES_IN_FLIGHT or (pending and pending[0].done()):
+                    pending.popleft().result()
+            while pending:
+                pending.popleft().result()
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+
+
+def _copy(source, dest, entry):
+    shutil.copyfile(source, dest)
+    os.chmod(dest, entry.mode)
+    os.utime(dest, ns=(entry.mtime_ns, entry.mtime_ns))
 
 
 def _link_unchanged(entry, known, present_top, dest):

@@ -97,6 +97,36 @@ def stat_cache(list_path):
     return cache
 
 
+def walk_key(path):
+    """Where `walk` yields `path`: a folder's files (by name) before its subfolders (by name)."""
+    *folders, name = path.split(b"/")
+    return (*((1, folder) for folder in folders), (0, name))
+
+
+class LastList:
+    """The last list, read alongside the walk in one pass: both are in walk order, so memory
+    stays flat whatever the number of files. A list in another order only costs reads."""
+
+    def __init__(self, list_path):
+        self.entries = lists.read(list_path) if list_path else iter(())
+        self.current = self.key = None
+        self._advance()
+
+    def _advance(self):
+        try:
+            self.current = next(self.entries, None)
+        except lists.ListError as err:  # from here on every file is read (nothing is lost)
+            logger.warning("the last list of site files cannot be read, reading the rest: %s", err)
+            self.current = None
+        self.key = walk_key(self.current.path) if self.current is not None else None
+
+    def get(self, path):
+        key = walk_key(path)
+        while self.current is not None and self.key < key:
+            self._advance()
+        return self.current if self.current is not None and self.current.path == path else None
+
+
 def walk(top, skip_dir, summary):
     """Yield (relative path bytes, absolute path bytes, lstat) of every regular file under top."""
     stack = [b""]
@@ -220,7 +250,7 @@ def record_files(media_folder, backups_folder, out, *, last_list=None, progress=
     """
     store = Store(backups_folder)
     summary = Summary()
-    cache = stat_cache(last_list)
+    cache = LastList(last_list)
     top = os.fsencode(media_folder)
     try:
         skip = os.stat(backups_folder)
@@ -261,7 +291,8 @@ def record_files(media_folder, backups_folder, out, *, last_list=None, progress=
                     item.cancel()
             raise
     writer.close()
-    store.flush()
+    if summary.new_objects:  # one syncfs: every object on disk before a list names it
+        store.flush()
     return summary
 
 
@@ -275,7 +306,8 @@ def _unchanged(known, st, store):
         return None
     if not store.has(known.sha256, known.size):
         return None
-    return known._replace(mode=stat.S_IMODE(st.st_mode))
+    mode = stat.S_IMODE(st.st_mode)
+    return known if mode == known.mode else known._replace(mode=mode, line=b"")
 
 
 def _ready(item):

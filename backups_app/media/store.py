@@ -53,6 +53,7 @@ class Store:
         self.backups_folder = Path(backups_folder)
         self.root = self.backups_folder / FOLDER
         self.objects = self.root / "objects"
+        self._objects = str(self.objects)
         self.tmp = self.root / "tmp"
         self._dirs = set()
 
@@ -61,8 +62,8 @@ class Store:
 
     def has(self, sha, size):
         """Whether the object is here whole (a crash before the flush can leave it short)."""
-        try:
-            st = os.stat(self.path(sha), follow_symlinks=False)
+        try:  # os.path, not pathlib: called once per file of every backup
+            st = os.stat(os.path.join(self._objects, sha[:2], sha), follow_symlinks=False)
         except OSError:
             return False
         return stat.S_ISREG(st.st_mode) and st.st_size == size

@@ -64,11 +64,7 @@ def purge_old_copies(now=None, retention_days=None):
                     continue
             # The .sha256 first: once it is gone the copy no longer counts, whatever happens next.
             for member in sorted(copy.members, key=lambda o: not o.endswith(CHECKSUM_SUFFIX)):
-                if lock.days():  # a bucket that locks keeps versions: delete them all
-                    with store_errors(store, f"delete {member}"):
-                        lock.delete_every_version(store, member)
-                else:
-                    offsite_store.delete(store, member)
+                offsite_store.delete(store, member)
                 record.deleted(copy.name)
             removed.append(copy.name)
         # Their NAME.media, then the site file objects no remaining copy names.

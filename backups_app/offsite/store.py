@@ -326,10 +326,12 @@ def open_object(store, name):
 
 
 def delete(store, name):
-    """Delete one object."""
+    """Delete one object (with Object Lock on, every version of it: see offsite.lock)."""
     with store_errors(store, f"delete {name}"):
         if store.client is None:
             store.storage.delete(name)
+        elif lock.days():
+            lock.delete_every_version(store, name)
         else:
             store.client.delete_object(Bucket=store.bucket, Key=store.key(name))
 
