@@ -358,9 +358,10 @@ def hash_stored(store, name):
 
 
 def scratch_dir():
-    """The data folder's tmp (beside the live database), or the site's FILE_UPLOAD_TEMP_DIR."""
+    """The data folder's tmp (beside the live database; in the backups folder for a database
+    on a server), or the site's FILE_UPLOAD_TEMP_DIR."""
     folder = getattr(settings, "FILE_UPLOAD_TEMP_DIR", None)
-    folder = Path(folder) if folder else conf.live_database_path().parent / "tmp"
+    folder = Path(folder) if folder else conf.working_dir() / "tmp"
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     return folder
 
