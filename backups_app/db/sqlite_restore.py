@@ -85,7 +85,9 @@ def _write_locked(database, plain, *, new_page_size=None, wal=False):
             yield conn
         except BaseException:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                # An interrupted statement may have rolled the transaction back already.
+                with contextlib.suppress(sqlite3.OperationalError):
+                    conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
     finally:
