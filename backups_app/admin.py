@@ -7,7 +7,13 @@ from django.utils.html import format_html
 
 from backups_app.jobs import jobs
 from backups_app.models import CronRun
-from backups_app.templatetags.backups_tags import duration, explain, trigger_words, when
+from backups_app.templatetags.backups_tags import (
+    duration,
+    explain,
+    name_words,
+    trigger_words,
+    when,
+)
 
 
 class JobFilter(admin.SimpleListFilter):
@@ -83,7 +89,7 @@ class CronRunAdmin(admin.ModelAdmin):
     def outcome(self, run):
         if run.status == CronRun.Status.FAILURE:
             return format_html('<span class="stanza-result">{}</span>', explain(run.error))
-        return format_html('<span class="stanza-result">{}</span>', run.result or "—")
+        return format_html('<span class="stanza-result">{}</span>', name_words(run.result or "—"))
 
     @admin.action(description="Run the selected runs’ jobs again now")
     def run_again(self, request, queryset):

@@ -175,7 +175,9 @@ def app_backup(cluster, out, workdir):
     result = {"time": t, "rss": rss, "size": out.stat().st_size}
     for line in stderr.splitlines():
         if line.startswith("{") and '"event": "backup"' in line:
-            result["engine"] = json.loads(line).get("duration")
+            entry = json.loads(line)
+            result["engine"] = entry.get("duration")
+            result.update({f"t_{k}": v for k, v in entry.get("timings", {}).items()})
     for sidecar in (f"{out}.sha256", f"{out}.json"):
         Path(sidecar).unlink(missing_ok=True)
     return result
@@ -263,6 +265,8 @@ def app_restore(cluster, dump, workdir):
     for line in stderr.splitlines():
         if line.startswith("{") and '"event": "restore"' in line:
             result["locked"] = json.loads(line).get("locked")
+        if line.startswith("{") and '"event": "swap"' in line:
+            result.update({f"t_{k}": v for k, v in json.loads(line)["timings"].items()})
     for safety in (workdir / "backups").glob("*.pre-restore.dump*"):
         safety.unlink()
     return result
@@ -333,6 +337,11 @@ def report(results, load):
         f"- writers' longest pause during the restore: {median(results['restore'], 'pause'):.2f} s "
         f"(target < 2), the swap itself {median(results['restore'], 'locked') or 0:.2f} s; "
         f"{median(results['restore'], 'errors'):.0f} failed commits retried"
+    )
+    steps = ("t_restore", "t_check", "t_swap", "t_safety")
+    print(
+        "- where the restore's time goes: "
+        + ", ".join(f"{k[2:]} {median(results['restore'], k):.1f} s" for k in steps)
     )
     print(
         f"- peak RSS: backup {median(results['backup'], 'rss'):.0f} MB, restore "

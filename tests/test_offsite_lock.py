@@ -2,6 +2,7 @@
 copy is written locked, a delete with the site's own credentials is refused, the purge leaves a
 locked copy and says so, and a bucket that cannot lock fails the copy with one line."""
 
+import io
 import time
 import uuid
 from datetime import timedelta
@@ -9,6 +10,7 @@ from datetime import timedelta
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from django.core.management import call_command
 from django.utils import timezone
 
 from backups_app.engine import backups
@@ -51,21 +53,33 @@ def copies_made(n, backups_folder):
     return made
 
 
+SUFFIXES = ("", ".json", ".media", ".sha256")  # a copy's objects (the site files aside)
+
+
+def copy_keys(s3, bucket):
+    found = s3.list_objects_v2(Bucket=bucket)["Contents"]
+    return sorted(o["Key"] for o in found if not o["Key"].startswith("site/media/"))
+
+
 def versions(s3, bucket, key):
     answer = s3.list_object_versions(Bucket=bucket, Prefix=key)
     return [v for v in answer.get("Versions", []) if v["Key"] == key]
 
 
 def test_every_object_of_a_copy_is_written_locked(
-    s3, locked_bucket, live_database, backups_folder, settings
+    s3, locked_bucket, live_database, backups_folder, settings, site_media_root
 ):
     settings.STANZA_OFFSITE_LOCK_MODE = "compliance"
+    site_media_root.mkdir(parents=True)
+    (site_media_root / "photo.jpg").write_bytes(b"a site file")
     (backup,) = copies_made(1, backups_folder)
     written = timezone.now()
 
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=locked_bucket)["Contents"])
 
-    assert keys == [f"site/{backup.name}{s}" for s in ("", ".json", ".sha256")]
+    copy = [f"site/{backup.name}{s}" for s in ("", ".json", ".media", ".sha256")]
+    assert [k for k in keys if not k.startswith("site/media/")] == copy
+    assert len([k for k in keys if k.startswith("site/media/objects/")]) == 1  # the site file
     for key in keys:
         head = s3.head_object(Bucket=locked_bucket, Key=key)
         assert head["ObjectLockMode"] == "COMPLIANCE", key
@@ -103,13 +117,13 @@ def test_the_purge_leaves_locked_copies_says_so_and_deletes_them_once_they_are_f
     assert purged == []
     assert purged.locked == 2
     assert purged.line == "kept 1 newest; deleted 0; left 2 locked until their retention ends"
-    assert len(s3.list_objects_v2(Bucket=locked_bucket)["Contents"]) == 9
+    assert len(copy_keys(s3, locked_bucket)) == 12  # 3 copies of 4 objects
 
     # The bucket's owner ends the lock of the two older copies early (GOVERNANCE allows it
     # with the bypass permission; the store's clock cannot be moved).
     free_at = timezone.now() + timedelta(seconds=2)
     for gone in (oldest, middle):
-        for suffix in ("", ".json", ".sha256"):
+        for suffix in SUFFIXES:
             for version in versions(s3, locked_bucket, f"site/{gone.name}{suffix}"):
                 s3.put_object_retention(
                     Bucket=locked_bucket,
@@ -124,14 +138,44 @@ def test_the_purge_leaves_locked_copies_says_so_and_deletes_them_once_they_are_f
 
     assert sorted(purged) == sorted([oldest.name, middle.name])
     assert (purged.locked, purged.line) == (0, "kept 1 newest; deleted 2")
-    left = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=locked_bucket)["Contents"])
-    assert left == [f"site/{newest.name}{s}" for s in ("", ".json", ".sha256")]
+    # The site files' lists of fresh copies are left to the media purge's grace (6 hours).
+    lists = [f"site/{gone.name}.media" for gone in (oldest, middle)]
+    assert copy_keys(s3, locked_bucket) == sorted(
+        lists + [f"site/{newest.name}{s}" for s in SUFFIXES]
+    )
     # Deleted means gone: no version of a purged copy's objects is left behind.
     for gone in (oldest, middle):
         for suffix in ("", ".json", ".sha256"):
             assert versions(s3, locked_bucket, f"site/{gone.name}{suffix}") == []
     all_versions = s3.list_object_versions(Bucket=locked_bucket)
     assert "DeleteMarkers" not in all_versions
+
+
+def test_the_dry_run_shows_the_offsite_decisions_and_the_locked_copies(
+    s3, locked_bucket, live_database, backups_folder, settings
+):
+    settings.STANZA_OFFSITE_RETENTION_DAYS = 0
+    settings.STANZA_BACKUP_RETENTION_DAYS = 30
+    oldest, middle, newest = copies_made(3, backups_folder)
+    before = copy_keys(s3, locked_bucket)
+    out = io.StringIO()
+
+    call_command("runjob", "purge-old-backups", "--dry-run", stdout=out)
+
+    lines = out.getvalue().splitlines()
+    offsite = lines[lines.index(f"offsite copies in s3://{locked_bucket}/site:") + 1 :]
+    assert [line.split()[:2] for line in offsite[:3]] == [
+        ["keep", newest.name],
+        ["keep", middle.name],
+        ["keep", oldest.name],
+    ]
+    assert offsite[0].endswith("the newest backup")
+    assert offsite[1].endswith("under Object Lock: left until its retention ends")
+    assert offsite[-1] == (
+        "offsite, a purge now would have kept 1 newest; deleted 0; left 2 locked until their "
+        "retention ends (dry run: nothing deleted)"
+    )
+    assert copy_keys(s3, locked_bucket) == before
 
 
 def test_a_bucket_without_object_lock_fails_the_copy_with_one_line(

@@ -97,7 +97,7 @@ def test_without_createdb_the_full_check_fails_with_one_line_saying_so(
 
 
 def test_scratch_databases_a_killed_process_left_are_dropped_by_the_next_full_check(
-    pg_live, tmp_path
+    pg_live, tmp_path, caplog
 ):
     dest, _tables = make_dump(tmp_path)
     gone_pid = _a_dead_pid()
@@ -114,6 +114,7 @@ def test_scratch_databases_a_killed_process_left_are_dropped_by_the_next_full_ch
     assert leftover not in databases
     assert alive in databases  # a process still running owns it
     assert old in databases  # the only copy of a swapped-out database: never dropped here
+    assert f"database {old} holds the data a restore replaced" in caplog.text
 
 
 def _a_dead_pid():
@@ -155,3 +156,27 @@ def test_the_password_is_never_on_a_command_line_nor_in_a_child_environment(pg_l
         assert password.encode() not in environ
         assert b"PGPASSFILE=" in environ
     assert password not in ps
+
+
+def test_the_counts_are_the_dumps_own_while_a_writer_commits(pg_live, tmp_path):
+    add_items(pg_live, 200_000)
+    stop = threading.Event()
+
+    def writer():
+        with pg_live.connect(autocommit=True) as conn:
+            while not stop.is_set():
+                conn.execute("INSERT INTO item (name) VALUES ('during')")
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        dest, _tables = make_dump(tmp_path)
+    finally:
+        stop.set()
+        thread.join()
+    counted = dict(postgres._counted[str(dest)])
+
+    problems, restored = postgres.check_file(dest, "full")
+
+    assert problems == []
+    assert restored["item"] == counted["item"] > 200_000

@@ -92,6 +92,8 @@ def test_the_drill_restores_the_newest_backup_into_a_scratch_database(pg_site):
     )
     assert status == "success" and "restored" in line
     assert {d for d in pg_site.cluster.databases() if "__stanza_" in d} == set()
+    healthy = pg_site.manage("checkbackups")
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
 
 
 def test_it_restores_a_backup_keeping_a_safety_backup_and_the_run_history(pg_site):

@@ -306,8 +306,9 @@ def test_a_restore_that_fills_the_disk_changes_nothing_and_keeps_no_lock(
     execute(small, "INSERT INTO auth_group (name) VALUES ('writable')")  # no lock left behind
     assert count_rows(small, "auth_group") == 2
     assert rows(small, "PRAGMA integrity_check") == [("ok",)]
-    [safety] = backups.list_backups(backups_folder)
-    assert count_rows(safety.path, "auth_group") == 1
+    # The restored copy is prepared in a scratch file before the lock: the disk fills there,
+    # before any safety backup was needed (issue 18 item 3).
+    assert backups.list_backups(backups_folder) == []
 
 
 def test_the_database_can_be_backed_up_after_restoring_one_without_autoincrement_tables(

@@ -10,6 +10,7 @@ is, pg_dump and pg_restore, passfiles) is postgres_client.
 """
 
 import errno
+import logging
 import time
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from backups_app.db.postgres_client import (
 from backups_app.db.postgres_scratch import SCRATCH_RE, drop_database, scratch_restore, swap_in
 
 NAME = "PostgreSQL"
+logger = logging.getLogger(__name__)
+
 SUFFIX = ".dump"
 A_BACKUP = "a PostgreSQL dump"
 # The database is on a server, maybe another machine: lock files and uploads go in the
@@ -220,21 +223,32 @@ def restore_live(plain, *, keep, database=None, before=None, checked=None):
     """
     server = live_server()
     folder = Path(plain).parent
+    timings, started = {}, time.monotonic()
     with server.maintenance() as admin:
         with scratch_restore(server, plain, folder, kind="restore") as (new, kept_names):
+            timings["restore"] = time.monotonic() - started
             with server.connect(new) as dst:
                 if checked is not None:
                     checked(_facts(dst))
+                timings["check"] = time.monotonic() - started - timings["restore"]
                 with server.connect(_dbname(database)) as src:
                     kept, notes = carry(src, dst, keep)
                 dst.commit()
             cut_off = time.monotonic()
             old = swap_in(server, admin, new)
-            paused = time.monotonic() - cut_off
+            timings["swap"] = time.monotonic() - cut_off
             kept_names.add(new)
         if before is not None:
-            before(old, paused=paused)  # on failure `old` stays: it holds the previous data
+            safety = time.monotonic()
+            before(old, paused=timings["swap"])  # on failure `old` stays: the previous data
+            timings["safety"] = time.monotonic() - safety
         drop_database(admin, old)
+    logger.info(
+        "restored into a new database in %.1f s, checked it in %.1f s, swapped it in in %.2f s, "
+        "safety backup of the old one in %.1f s",
+        *(timings.get(step, 0) for step in ("restore", "check", "swap", "safety")),
+        extra={"event": "swap", "timings": {k: round(v, 3) for k, v in timings.items()}},
+    )
     return kept, notes
 
 

@@ -9,6 +9,7 @@ it until it has been dumped as the `pre-restore` safety backup.
 """
 
 import contextlib
+import logging
 import os
 import re
 import secrets
@@ -27,6 +28,8 @@ from backups_app.db.postgres_client import (
     sql,
     start,
 )
+
+logger = logging.getLogger(__name__)
 
 # Scratch databases: DBNAME__stanza_{check,restore,old}_PID_HEX (63 bytes at most).
 SCRATCH_MARK = "__stanza_"
@@ -86,9 +89,16 @@ def drop_abandoned(server, conn, *, keep_old=True):
     dropped = []
     for name, kind in abandoned(server, conn).items():
         if kind == "old" and keep_old:
+            logger.warning(
+                "database %s holds the data a restore replaced (the restore was stopped before "
+                "its safety backup was written): back it up or drop it by hand",
+                name,
+            )
             continue
         drop_database(conn, name)
         dropped.append(name)
+    if dropped:
+        logger.info("dropped %d scratch database(s) of stopped checks or restores", len(dropped))
     return dropped
 
 

@@ -30,7 +30,8 @@ from backups_app.db.sqlite_base import (
     row_counts,
     table_names,
 )
-from backups_app.db.sqlite_restore import kept_now, load_into, restore_live
+from backups_app.db.sqlite_live import restore_live
+from backups_app.db.sqlite_restore import kept_now, load_into
 
 # What other modules use of this one besides the seam's functions (replication reads
 # Litestream's copies with them; the engine and the tests too).

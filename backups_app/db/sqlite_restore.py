@@ -1,12 +1,10 @@
-"""Restoring a backup file into an SQLite database (the seam's restore_live, kept_now, and the
-drill's load_into).
+"""The SQL copy of a backup into an SQLite file, and the product's records carried across it.
 
-The restore happens inside ONE write transaction of the database, taken before the safety
-backup and committed after the copy: writers wait (within their busy timeout) instead of
-committing rows that neither the safety backup nor the restored database would hold. The
-copy is SQL (the backup's schema, then its rows), so the live file keeps its own page size and
-journal mode, and open connections see either the old data or the restored data, never a mix.
-The product's own records (a `Keep`) are carried forward from the live database.
+load_into loads a backup into a new file as SQL (its schema, then its rows, then its indexes,
+views and triggers): the drill's scratch copy, and the scratch file a restore copies onto the
+live database (sqlite_live). save_product_records/put_back_product_records carry the product's
+own records (a `Keep`) from the live database into the restored content; kept_now counts them
+for the confirmation page.
 """
 
 import contextlib
@@ -15,40 +13,31 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
-from backups_app.db.sqlite_base import database_path, q, read_header, row_count, table_names
+from backups_app.db.sqlite_base import database_path, q, row_count, table_names
 
 # How long the restore waits for other connections to let go of the live database.
 LOCK_TIMEOUT = 60
 
 
-def restore_live(plain, *, keep, database=None, before=None):
-    """Replace the database's contents with the backup `plain`'s, under its write lock.
-
-    `before()` runs first under the lock (the safety backup). Returns ({what was kept: rows},
-    [what could not be kept, in words]). Any error rolls everything back; when there was no
-    database, the empty file the connection created is removed again.
-    """
-    database = database_path(database)
-    existed = database.exists() and database.stat().st_size > 0
-    header = read_header(plain)
-    page_size = int.from_bytes(header[16:18], "big") if len(header) >= 18 else 0
-    page_size = 65536 if page_size == 1 else page_size
-    try:
-        with _write_locked(database, plain, new_page_size=page_size, wal=True) as conn:
-            if before is not None:
-                before()
-            return replace_contents(conn, keep)
-    except BaseException:
-        if not existed:  # the connection created an empty file where there was none
-            for leftover in (database, *(Path(f"{database}{s}") for s in ("-wal", "-shm"))):
-                leftover.unlink(missing_ok=True)
-        raise
-
-
-def load_into(plain, database):
-    """Load a checked plain backup into `database` the way a restore does (the drill's copy)."""
-    with _write_locked(database, plain, wal=False) as conn:
+def load_into(plain, database, *, page_size=None):
+    """Load a checked plain backup into the new file `database` as SQL (its schema, rows and
+    indexes): the drill's copy, and the restore's scratch file (`page_size`: the live one's)."""
+    with _write_locked(database, plain, new_page_size=page_size, wal=False) as conn:
         replace_contents(conn, None)
+
+
+def restore_in_one_transaction(plain, database, *, keep, before=None):
+    """Restore into a live database that is not in WAL mode, in one write transaction.
+
+    With a rollback journal, the backup API's copy takes the exclusive lock at its first step,
+    so the safety backup (`before()`, another connection) could no longer read the database.
+    Here the write lock is BEGIN IMMEDIATE: readers, the safety backup among them, go on until
+    the commit. Returns what replace_contents returns.
+    """
+    with _write_locked(database, plain, wal=True) as conn:
+        if before is not None:
+            before()
+        return replace_contents(conn, keep)
 
 
 def kept_now(keep, database=None):
@@ -93,7 +82,11 @@ def _write_locked(database, plain, *, new_page_size=None, wal=False):
     conn = sqlite3.connect(uri, uri=True, timeout=LOCK_TIMEOUT, isolation_level=None)
     try:
         conn.set_progress_handler(lambda: 0, 100_000)  # let signal handlers run
-        conn.execute("PRAGMA cache_size = -65536")
+        # 16 MB of page cache (and of sorter memory for the indexes): the restore's memory
+        # stays flat whatever the database's size.
+        conn.execute("PRAGMA cache_size = -16384")
+        if not wal:  # a scratch file (the drill's, the restore's): nobody keeps it past a crash
+            conn.execute("PRAGMA synchronous = OFF")
         if conn.execute("PRAGMA page_count").fetchone()[0] == 0:  # a new database
             if new_page_size:
                 conn.execute(f"PRAGMA page_size = {int(new_page_size)}")
@@ -106,7 +99,9 @@ def _write_locked(database, plain, *, new_page_size=None, wal=False):
             yield conn
         except BaseException:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                # An interrupted statement may have rolled the transaction back already.
+                with contextlib.suppress(sqlite3.OperationalError):
+                    conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
     finally:
@@ -120,25 +115,28 @@ def replace_contents(conn, keep):
     entries of its apps); a `running` run that came with the backup is closed.
     Returns ({what was kept: rows}, [what could not be kept, in words]).
     """
-    saved = _save_product_records(conn, keep) if keep else {}
+    saved = save_product_records(conn, keep) if keep else {}
     _drop_everything(conn)
     _copy_schema_and_rows(conn)
     if not keep:
         return {}, []
-    return _put_back_product_records(conn, saved, keep)
+    return put_back_product_records(conn, saved, keep)
 
 
 def _columns(conn, schema, table):
     return [row[1] for row in conn.execute(f"PRAGMA {schema}.table_info({q(table)})")]
 
 
-def _save_product_records(conn, keep):
-    """Copy the product's records of the live database into temp tables; return what was saved."""
-    tables = table_names(conn)
+def save_product_records(conn, keep, schema="main"):
+    """Copy the product's records of the live database (`schema` of `conn`) into temp tables;
+    return what was saved."""
+    tables = table_names(conn, schema)
     saved = {}
     for table in keep.tables:
         if table in tables:
-            conn.execute(f"CREATE TEMP TABLE {q('keep_' + table)} AS SELECT * FROM main.{q(table)}")
+            conn.execute(
+                f"CREATE TEMP TABLE {q('keep_' + table)} AS SELECT * FROM {schema}.{q(table)}"
+            )
             saved[table] = True
     audit = keep.audit
     if audit and {audit.log, audit.content_types, audit.user} <= tables:
@@ -146,15 +144,15 @@ def _save_product_records(conn, keep):
         conn.execute(
             f"CREATE TEMP TABLE keep_audit AS SELECT l.*, u.{q(audit.username)} AS "
             f"stanza_username, ct.app_label AS stanza_app, ct.model AS stanza_model "
-            f"FROM main.{q(audit.log)} l "
-            f"JOIN main.{q(audit.user)} u ON u.{q(audit.pk)} = l.user_id "
-            f"JOIN main.{q(audit.content_types)} ct ON ct.id = l.content_type_id "
+            f"FROM {schema}.{q(audit.log)} l "
+            f"JOIN {schema}.{q(audit.user)} u ON u.{q(audit.pk)} = l.user_id "
+            f"JOIN {schema}.{q(audit.content_types)} ct ON ct.id = l.content_type_id "
             f"WHERE ct.app_label IN ({marks})",
             audit.apps,
         )
         saved["audit"] = True
     if "sqlite_sequence" in tables:
-        conn.execute("CREATE TEMP TABLE keep_sequence AS SELECT * FROM main.sqlite_sequence")
+        conn.execute(f"CREATE TEMP TABLE keep_sequence AS SELECT * FROM {schema}.sqlite_sequence")
     return saved
 
 
@@ -206,7 +204,8 @@ def _copy_schema_and_rows(conn):
         conn.execute(f"PRAGMA main.{pragma} = {value}")
 
 
-def _put_back_product_records(conn, saved, keep):
+def put_back_product_records(conn, saved, keep):
+    """Replace `main`'s product records with the saved ones; ({what: rows}, [notes])."""
     restored = table_names(conn)
     kept, notes = {}, []
     for table, what in keep.tables.items():

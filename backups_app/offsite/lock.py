@@ -4,7 +4,8 @@ With the lock on, every object of a copy is written retained for that many days:
 the site's credentials (an intruder on the server included) can delete or overwrite it before.
 Owns: the arguments every write takes, the check that the bucket can lock, the test of whether
 an object is still retained, and deleting every version of an object whose retention ended (a
-locked bucket keeps versions: a plain delete only hides an object behind a delete marker).
+locked bucket keeps versions: a plain delete only hides an object behind a delete marker;
+offsite.store.delete uses it while the lock is on).
 Imports: conf and engine.backups only, so offsite.store can use it; callers make the requests
 inside their own store_errors, which turns what the store says into one line.
 """

@@ -326,10 +326,12 @@ def open_object(store, name):
 
 
 def delete(store, name):
-    """Delete one object."""
+    """Delete one object (with Object Lock on, every version of it: see offsite.lock)."""
     with store_errors(store, f"delete {name}"):
         if store.client is None:
             store.storage.delete(name)
+        elif lock.days():
+            lock.delete_every_version(store, name)
         else:
             store.client.delete_object(Bucket=store.bucket, Key=store.key(name))
 
@@ -356,9 +358,10 @@ def hash_stored(store, name):
 
 
 def scratch_dir():
-    """The data folder's tmp (beside the live database), or the site's FILE_UPLOAD_TEMP_DIR."""
+    """The data folder's tmp (beside the live database; in the backups folder for a database
+    on a server), or the site's FILE_UPLOAD_TEMP_DIR."""
     folder = getattr(settings, "FILE_UPLOAD_TEMP_DIR", None)
-    folder = Path(folder) if folder else conf.live_database_path().parent / "tmp"
+    folder = Path(folder) if folder else conf.working_dir() / "tmp"
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     return folder
 

@@ -2,8 +2,9 @@
 
 Everything here is what the other replication modules share: the names of the files kept in
 `.stanza-replica/` beside the live database, how they are written (atomically, owner only) and
-read (through the engine's one safe open: never a FIFO, never through a symlink), Litestream's
-config generated from the settings, and one short `litestream` command run with a deadline.
+read (through the one safe open, `core.files.open_regular`: never a FIFO, never through a
+symlink), Litestream's config generated from the settings, and one short `litestream` command
+run with a deadline.
 """
 
 import contextlib
@@ -19,6 +20,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from backups_app import conf
+from backups_app.core.files import open_regular
 from backups_app.engine import backups
 from backups_app.engine.backups import BackupError
 
@@ -131,11 +133,11 @@ def write_private(path, text):
 def read_json(path):
     """A JSON object from one of our state files; None when missing, unreadable or not one.
 
-    Read through the engine's safe open: a FIFO, a device or a symlink put there is refused at
+    Read through the one safe open: a FIFO, a device or a symlink put there is refused at
     once instead of holding a web worker, /healthz or `checkbackups` in open() or read().
     """
     try:
-        with backups.open_regular(path) as f:
+        with open_regular(path) as f:
             value = json.loads(f.read(STATE_MAX_BYTES))
     except (OSError, ValueError):
         return None

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from backups_app.engine import backups
+from backups_app.core.files import open_regular
 from backups_app.replication.config import (
     COMMAND_TIMEOUT,
     ReplicationError,
@@ -50,7 +50,7 @@ def live_position(database):
     path = Path(f"{database}-shm")
     for _ in range(5):  # a writer updating the header: its two copies differ for an instant
         try:
-            with backups.open_regular(path) as f:
+            with open_regular(path) as f:
                 raw = f.read(2 * SHM_HEADER)
         except OSError:
             return None
@@ -78,7 +78,7 @@ class LocalLtx:
 
 def read_ltx_header(path):
     try:
-        with backups.open_regular(path) as f:
+        with open_regular(path) as f:
             raw = f.read(LTX_HEADER)
     except OSError:
         return None

@@ -92,18 +92,18 @@ def failed(request, error, status, to="backups:backups"):
     The message is one sentence with what to do; tool output (SQLite's integrity_check lines)
     goes behind a "details" disclosure (DETAILS splits them in the message, base.html folds).
     """
-    headline, details = failures.split_details(error)
+    sentence, details = failures.split_details(error)
     if wants_json(request):
         return JsonResponse(
-            {"error": headline, **({"details": details} if details else {})}, status=status
+            {"error": sentence, **({"details": details} if details else {})}, status=status
         )
-    text = failures.sentence(headline)
+    text = failures.sentence(sentence)
     messages.error(request, f"{text}{DETAILS}{details}" if details else text)
     return redirect(to)
 
 
 def headline(err):
-    """An error's one sentence, for the audit trail and logs' neighbours (no tool output)."""
+    """An error's one sentence, without a tool's output: what the audit trail records."""
     return failures.split_details(str(err))[0]
 
 

@@ -1,0 +1,132 @@
+"""Restoring into the live SQLite database with the shortest write pause (the seam's restore_live).
+
+Everything that can happen before the lock does: the backup is loaded into a scratch file in the
+live database's folder with the live file's page size (SQL: its schema, then its rows, then its
+indexes, as the drill loads it). Under the live database's write lock there is only what must be
+there: the safety backup (`before()`), the product's own records carried from the live database
+into the scratch file, and SQLite's backup API copying the scratch file's pages onto the live
+connection. The backup API holds the live database's write lock from its first step to its
+commit, and the first step's progress callback runs under it: writers wait (within their busy
+timeout) from before the safety backup until the restore is committed, so no committed write is
+lost; readers see the old data until the commit, then the new, never a mix. Any failure aborts
+the copy, which rolls the live database back.
+"""
+
+import contextlib
+import sqlite3
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+from backups_app.core.files import scratch_file
+from backups_app.db.sqlite_base import database_path, pragma, read_header
+from backups_app.db.sqlite_restore import (
+    LOCK_TIMEOUT,
+    load_into,
+    put_back_product_records,
+    restore_in_one_transaction,
+    save_product_records,
+)
+
+# Pages per step of the copy onto the live database: big steps, few callbacks (64 MB of 4 KB pages).
+STEP_PAGES = 16384
+SQLITE_OK, SQLITE_BUSY, SQLITE_LOCKED = 0, 5, 6
+
+
+def restore_live(plain, *, keep, database=None, before=None):
+    """Replace the database's contents with the backup `plain`'s (see the module's docstring).
+
+    `before()` runs first under the lock (the safety backup). Returns ({what was kept: rows},
+    [what could not be kept, in words]). When there was no database, the file the connection
+    created is removed again on failure.
+    """
+    database = database_path(database)
+    existed = database.exists() and database.stat().st_size > 0
+    live = sqlite3.connect(
+        f"file:{quote(str(database))}?mode=rwc",
+        uri=True,
+        timeout=LOCK_TIMEOUT,
+        isolation_level=None,
+    )
+    try:
+        if pragma(live, "page_count") == 0:  # a new database: the backup's page size, WAL
+            live.execute(f"PRAGMA page_size = {_page_size(plain)}")
+            live.execute("PRAGMA journal_mode = WAL")
+        elif pragma(live, "journal_mode") != "wal":  # a rollback journal (Django's default)
+            live.close()
+            return restore_in_one_transaction(plain, database, keep=keep, before=before)
+        with scratch_file(database.parent) as scratch:
+            load_into(plain, scratch, page_size=pragma(live, "page_size"))
+            kept = _copy_onto(scratch, live, database, keep, before)
+        # The restored pages are in the WAL: move them into the database file here, after the
+        # lock, rather than in the next writer's commit (a checkpoint that is running makes the
+        # writers' own automatic ones give way at once; this one waits for no writer).
+        live.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        return kept
+    except BaseException:
+        if not existed:
+            live.close()
+            for leftover in (database, *(Path(f"{database}{s}") for s in ("-wal", "-shm"))):
+                leftover.unlink(missing_ok=True)
+        raise
+    finally:
+        live.close()
+
+
+def _page_size(plain):
+    header = read_header(plain)
+    size = int.from_bytes(header[16:18], "big") if len(header) >= 18 else 4096
+    return 65536 if size == 1 else size
+
+
+def _copy_onto(scratch, live, database, keep, before):
+    """The backup API from `scratch` onto `live`; its first step's callback, under the lock,
+    runs `before()` and carries the product's records into the scratch file."""
+    source = sqlite3.connect(f"file:{quote(str(scratch))}", uri=True, isolation_level=None)
+    try:
+        total = pragma(source, "page_count")
+        deadline = time.monotonic() + LOCK_TIMEOUT
+        done = {}
+
+        def progress(status, remaining, pages):
+            if status in (SQLITE_BUSY, SQLITE_LOCKED):  # another connection writes: wait
+                if time.monotonic() > deadline:
+                    raise sqlite3.OperationalError("database is locked")
+                return
+            if "kept" not in done:  # the first step: the live database's write lock is ours
+                if before is not None:
+                    before()
+                done["kept"] = _carry(source, database, keep)
+
+        # At least two steps, so the first callback comes before the copy commits.
+        source.backup(
+            live, pages=max(1, min(STEP_PAGES, total // 2)), progress=progress, sleep=0.05
+        )
+        if "kept" not in done:  # a one-page database: copied in one step, before any callback
+            raise sqlite3.OperationalError("the restored copy is empty; nothing was restored")
+        return done["kept"]
+    finally:
+        source.close()
+
+
+def _carry(source, database, keep):
+    """Copy the product's records of the live database (attached read only, its committed
+    state) into the scratch file, through the backup's own source connection (so the copy
+    onto the live database takes the change with it)."""
+    if not keep:
+        return {}, []
+    source.execute("ATTACH DATABASE ? AS live", (f"file:{quote(str(database))}?mode=ro",))
+    try:
+        source.execute("BEGIN")
+        try:
+            saved = save_product_records(source, keep, schema="live")
+            kept = put_back_product_records(source, saved, keep)
+            source.execute("COMMIT")
+        except BaseException:
+            if source.in_transaction:  # an interrupted statement may have rolled it back
+                with contextlib.suppress(sqlite3.OperationalError):
+                    source.execute("ROLLBACK")
+            raise
+    finally:
+        source.execute("DETACH DATABASE live")
+    return kept
