@@ -24,6 +24,7 @@ from backups_app.db.sqlite_restore import (
     LOCK_TIMEOUT,
     load_into,
     put_back_product_records,
+    restore_in_one_transaction,
     save_product_records,
 )
 
@@ -51,6 +52,9 @@ def restore_live(plain, *, keep, database=None, before=None):
         if pragma(live, "page_count") == 0:  # a new database: the backup's page size, WAL
             live.execute(f"PRAGMA page_size = {_page_size(plain)}")
             live.execute("PRAGMA journal_mode = WAL")
+        elif pragma(live, "journal_mode") != "wal":  # a rollback journal (Django's default)
+            live.close()
+            return restore_in_one_transaction(plain, database, keep=keep, before=before)
         with scratch_file(database.parent) as scratch:
             load_into(plain, scratch, page_size=pragma(live, "page_size"))
             kept = _copy_onto(scratch, live, database, keep, before)
