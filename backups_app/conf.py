@@ -490,7 +490,7 @@ def postgresql_problems():
 
 
 def _check_on_disk(name, value, parse):
-    if parse is parse_dir and value.exists() and not value.is_dir():
+    if parse is parse_dir and value is not None and value.exists() and not value.is_dir():
         raise ConfigError(f"{name}={str(value)!r} is a file, not a folder")
 
 

@@ -204,3 +204,14 @@ def test_every_app_setting_is_in_the_readme_table():
 def test_the_app_imports_nothing_from_this_project():
     for path in (REPO_DIR / "backups_app").rglob("*.py"):
         assert "stanza_site" not in path.read_text(), path
+
+
+def test_the_system_checks_pass_a_site_without_media_root(settings, monkeypatch):
+    """A startproject site: no MEDIA_ROOT, so site files are off, not a crash of `check`."""
+    settings.MEDIA_ROOT = ""
+    monkeypatch.delenv("STANZA_MEDIA_DIR", raising=False)
+    if hasattr(settings, "STANZA_MEDIA_DIR"):
+        del settings.STANZA_MEDIA_DIR
+
+    assert conf.media_dir() is None
+    assert checks.check_settings() == []

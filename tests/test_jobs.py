@@ -14,6 +14,7 @@ from django.core.management.base import CommandError
 from django_apscheduler.models import DjangoJob, DjangoJobExecution
 
 from backups_app.core.processes import process_identity
+from backups_app.health import health
 from backups_app.jobs import jobs
 from backups_app.models import CronRun
 from stanza_site.logformat import JsonFormatter
@@ -262,6 +263,17 @@ def test_it_skips_a_run_while_the_previous_one_is_still_going(data_dir, backups_
     assert old.exists()  # the job did not run
     previous.refresh_from_db()
     assert previous.status == RUNNING
+
+
+def test_a_skipped_run_neither_fails_the_job_nor_hides_the_failure_it_waited_for(data_dir):
+    going = old_run(process_start=process_identity())  # this process: alive
+
+    skipped = jobs.run_job("purge-old-backups")
+
+    assert skipped.status == SKIPPED
+    assert health.job_states()["purge-old-backups"] == "ok"  # one is running: not failing
+    going.finish(FAILURE, error="RuntimeError: boom")
+    assert health.job_states()["purge-old-backups"] == "failing"  # the skip does not hide it
 
 
 def test_it_runs_a_job_once_per_due_time(data_dir):

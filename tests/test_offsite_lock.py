@@ -2,6 +2,7 @@
 copy is written locked, a delete with the site's own credentials is refused, the purge leaves a
 locked copy and says so, and a bucket that cannot lock fails the copy with one line."""
 
+import io
 import time
 import uuid
 from datetime import timedelta
@@ -9,6 +10,7 @@ from datetime import timedelta
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from django.core.management import call_command
 from django.utils import timezone
 
 from backups_app.engine import backups
@@ -147,6 +149,33 @@ def test_the_purge_leaves_locked_copies_says_so_and_deletes_them_once_they_are_f
             assert versions(s3, locked_bucket, f"site/{gone.name}{suffix}") == []
     all_versions = s3.list_object_versions(Bucket=locked_bucket)
     assert "DeleteMarkers" not in all_versions
+
+
+def test_the_dry_run_shows_the_offsite_decisions_and_the_locked_copies(
+    s3, locked_bucket, live_database, backups_folder, settings
+):
+    settings.STANZA_OFFSITE_RETENTION_DAYS = 0
+    settings.STANZA_BACKUP_RETENTION_DAYS = 30
+    oldest, middle, newest = copies_made(3, backups_folder)
+    before = copy_keys(s3, locked_bucket)
+    out = io.StringIO()
+
+    call_command("runjob", "purge-old-backups", "--dry-run", stdout=out)
+
+    lines = out.getvalue().splitlines()
+    offsite = lines[lines.index(f"offsite copies in s3://{locked_bucket}/site:") + 1 :]
+    assert [line.split()[:2] for line in offsite[:3]] == [
+        ["keep", newest.name],
+        ["keep", middle.name],
+        ["keep", oldest.name],
+    ]
+    assert offsite[0].endswith("the newest backup")
+    assert offsite[1].endswith("under Object Lock: left until its retention ends")
+    assert offsite[-1] == (
+        "offsite, a purge now would have kept 1 newest; deleted 0; left 2 locked until their "
+        "retention ends (dry run: nothing deleted)"
+    )
+    assert copy_keys(s3, locked_bucket) == before
 
 
 def test_a_bucket_without_object_lock_fails_the_copy_with_one_line(

@@ -175,7 +175,7 @@ def test_a_copy_after_a_backup_while_one_runs_is_recorded_as_skipped(
 
 
 @pytest.mark.slow  # real runjob processes, each waiting out the hung store
-def test_two_runjobs_meet_a_hung_store_in_under_30_s_with_one_line(live_data, hanging_store):
+def test_two_runjobs_meet_a_hung_store_within_30_s_with_one_line(live_data, hanging_store):
     env = {
         **os.environ,
         **live_env(live_data),
@@ -197,7 +197,9 @@ def test_two_runjobs_meet_a_hung_store_in_under_30_s_with_one_line(live_data, ha
     outputs = [p.communicate(timeout=120) for p in processes]
     seconds = time.monotonic() - started
 
-    assert seconds < 30, f"{seconds:.1f} s"
+    # The store's wait is the run's own recorded duration; the wall time adds two start-ups of
+    # Django on a machine that may be loaded, and only has to be far from a hang (about 240 s).
+    assert seconds < 90, f"{seconds:.1f} s"
     assert [p.returncode for p in processes] == [1, 1]
     lines = sorted(err.strip().splitlines()[-1] for _out, err in outputs)
     assert lines[0].startswith("CommandError: copy-offsite did not run: skipped: the previous")
@@ -206,4 +208,6 @@ def test_two_runjobs_meet_a_hung_store_in_under_30_s_with_one_line(live_data, ha
     assert all("Traceback" not in err for _out, err in outputs)
     runs = read_runs(live_data, "copy-offsite")
     assert sorted(run["status"] for run in runs) == ["failure", "skipped"]
+    (failed,) = [run for run in runs if run["status"] == "failure"]
+    assert failed["duration"] < 30_000_000, failed["duration"]  # microseconds in SQLite
     assert hanging_store.accepted  # the job did meet it

@@ -300,3 +300,22 @@ def writer_rows(path):
         return conn.execute("SELECT count(*) FROM item WHERE name = 'writer'").fetchone()[0]
     finally:
         conn.close()
+
+
+def test_it_restores_a_database_with_a_rollback_journal(live, backups_folder):
+    """Django's default journal: the safety backup still reads the database under the lock."""
+    conn = sqlite3.connect(live, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = DELETE")
+    conn.close()
+    backup = create_backup(live, folder=backups_folder)
+    expected = names(live)
+    change_data(live)
+    changed = names(live)
+
+    result = restore_backup(backup.path, database=live, backups_folder=backups_folder)
+
+    assert names(live) == expected
+    assert names(result.safety_backup.path) == changed
+    conn = sqlite3.connect(live)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    conn.close()

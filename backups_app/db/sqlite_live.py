@@ -12,6 +12,7 @@ lost; readers see the old data until the commit, then the new, never a mix. Any 
 the copy, which rolls the live database back.
 """
 
+import contextlib
 import sqlite3
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from backups_app.db.sqlite_restore import (
     LOCK_TIMEOUT,
     load_into,
     put_back_product_records,
+    restore_in_one_transaction,
     save_product_records,
 )
 
@@ -50,9 +52,17 @@ def restore_live(plain, *, keep, database=None, before=None):
         if pragma(live, "page_count") == 0:  # a new database: the backup's page size, WAL
             live.execute(f"PRAGMA page_size = {_page_size(plain)}")
             live.execute("PRAGMA journal_mode = WAL")
+        elif pragma(live, "journal_mode") != "wal":  # a rollback journal (Django's default)
+            live.close()
+            return restore_in_one_transaction(plain, database, keep=keep, before=before)
         with scratch_file(database.parent) as scratch:
             load_into(plain, scratch, page_size=pragma(live, "page_size"))
-            return _copy_onto(scratch, live, database, keep, before)
+            kept = _copy_onto(scratch, live, database, keep, before)
+        # The restored pages are in the WAL: move them into the database file here, after the
+        # lock, rather than in the next writer's commit (a checkpoint that is running makes the
+        # writers' own automatic ones give way at once; this one waits for no writer).
+        live.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        return kept
     except BaseException:
         if not existed:
             live.close()
@@ -113,7 +123,9 @@ def _carry(source, database, keep):
             kept = put_back_product_records(source, saved, keep)
             source.execute("COMMIT")
         except BaseException:
-            source.execute("ROLLBACK")
+            if source.in_transaction:  # an interrupted statement may have rolled it back
+                with contextlib.suppress(sqlite3.OperationalError):
+                    source.execute("ROLLBACK")
             raise
     finally:
         source.execute("DETACH DATABASE live")

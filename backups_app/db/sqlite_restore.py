@@ -26,6 +26,20 @@ def load_into(plain, database, *, page_size=None):
         replace_contents(conn, None)
 
 
+def restore_in_one_transaction(plain, database, *, keep, before=None):
+    """Restore into a live database that is not in WAL mode, in one write transaction.
+
+    With a rollback journal, the backup API's copy takes the exclusive lock at its first step,
+    so the safety backup (`before()`, another connection) could no longer read the database.
+    Here the write lock is BEGIN IMMEDIATE: readers, the safety backup among them, go on until
+    the commit. Returns what replace_contents returns.
+    """
+    with _write_locked(database, plain, wal=True) as conn:
+        if before is not None:
+            before()
+        return replace_contents(conn, keep)
+
+
 def kept_now(keep, database=None):
     """(tables, {what: rows}) of the database: what a restore would carry forward.
 
@@ -85,7 +99,9 @@ def _write_locked(database, plain, *, new_page_size=None, wal=False):
             yield conn
         except BaseException:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                # An interrupted statement may have rolled the transaction back already.
+                with contextlib.suppress(sqlite3.OperationalError):
+                    conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
     finally:

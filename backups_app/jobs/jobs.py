@@ -81,7 +81,9 @@ def purge_old_backups():
 
 
 def preview_purge():
-    return purge.preview(timezone.now())
+    now = timezone.now()
+    offsite = offsite_purge.preview(now) if offsite_store.enabled() else []
+    return purge.preview(now) + offsite
 
 
 def purge_old_cron_runs():

@@ -2,12 +2,14 @@
 
 - store.py: the settings, the one client of the process, every request to the store;
 - multipart.py: the upload of a backup in parts, the abort of unfinished uploads;
+- lock.py: S3 Object Lock on what is written, and what it keeps from the purge;
 - copies.py: the store's objects grouped into copies of backups (what is offsite);
-- upload.py: the `copy-offsite` job; purge.py: offsite retention;
+- upload.py: the `copy-offsite` job; purge.py: offsite retention (retention's rules);
 - fetch.py: copies back on this machine (download, fetch, stream), always checked;
 - state.py: what the jobs recorded of the store, which pages and health read instead of it.
 
-Imports flow store <- multipart, copies <- state <- upload, purge, fetch; the offsite drill
-lives beside the local one (restore/offsite_drill.py). Nothing here imports jobs, health
-(except health.problems), web or restore.
+Imports flow lock <- store <- multipart, copies <- state <- upload, purge, fetch; from the rest
+of the app only core, conf, engine, health.problems, media.offsite (a copy's site files) and
+retention's rules. The offsite drill lives beside the local one (restore/offsite_drill.py);
+jobs, health and web import this package, never the other way round.
 """

@@ -50,18 +50,14 @@ def purge_old_copies(now=None, retention_days=None):
     with state.recording() as record:
         copies = list_copies(store)
         record.listed(copies)
-        keep = {c.name for c in (newest_copy(copies), newest_copy(own_copies(copies))) if c}
-        fates = retention.offsite_fates(copies.values(), now, retention_days)
-        for name in keep:  # the newest complete copies, whatever is newer but incomplete
-            fates[name] = fates[name] if fates[name].keep else policy.Fate(name, policy.NEWEST)
+        fates = decide(copies, now, retention_days)
         for copy in sorted(copies.values(), key=lambda c: c.modified):
             if fates[copy.name].keep:
                 continue
-            with store_errors(store, f"read the retention of {copy.name}"):
-                if lock.retained(store, copy.members, now):
-                    fates[copy.name] = policy.Fate(copy.name, "locked")  # not counted as kept
-                    removed.locked += 1
-                    continue
+            if _retained(store, copy, now):
+                fates[copy.name] = policy.Fate(copy.name, LOCKED)  # not counted as kept
+                removed.locked += 1
+                continue
             # The .sha256 first: once it is gone the copy no longer counts, whatever happens next.
             for member in sorted(copy.members, key=lambda o: not o.endswith(CHECKSUM_SUFFIX)):
                 offsite_store.delete(store, member)
@@ -78,3 +74,41 @@ def purge_old_copies(now=None, retention_days=None):
         extra={"event": "offsite_purge", "removed": len(removed), "locked": removed.locked},
     )
     return removed
+
+
+LOCKED = "under Object Lock"
+
+
+def decide(copies, now, retention_days=None):
+    """{name: policy.Fate} of every copy: retention's rules (retention.purge.offsite_fates),
+    and the newest complete copy and the newest complete own copy kept whatever their age."""
+    keep = {c.name for c in (newest_copy(copies), newest_copy(own_copies(copies))) if c}
+    fates = retention.offsite_fates(copies.values(), now, retention_days)
+    for name in keep:  # the newest complete copies, whatever is newer but incomplete
+        fates[name] = fates[name] if fates[name].keep else policy.Fate(name, policy.NEWEST)
+    return fates
+
+
+def _retained(store, copy, now):
+    with store_errors(store, f"read the retention of {copy.name}"):
+        return lock.retained(store, copy.members, now)
+
+
+def preview(now):
+    """What the offsite purge would do now, for the dry run: a line per copy (newest first; one
+    still under Object Lock says so) and the result line; nothing is deleted."""
+    store = offsite_store.storage()
+    copies = list_copies(store)
+    fates = decide(copies, now)
+    for name, fate in fates.items():
+        if not fate.keep and _retained(store, copies[name], now):
+            fates[name] = policy.Fate(name, LOCKED)
+    fates = sorted(fates.values(), key=lambda f: f.name, reverse=True)
+    rules = retention.rules_from_settings("STANZA_OFFSITE_RETENTION_DAYS", cap=False)
+    locked = sum(fate.rule == LOCKED for fate in fates)
+    left = f"; left {locked} locked until their retention ends" if locked else ""
+    return [
+        f"offsite copies in {offsite_store.location()}:",
+        *retention.fate_lines(fates, rules),
+        f"offsite, a purge now would have {policy.summary(fates)}{left} (dry run: nothing deleted)",
+    ]

@@ -3,8 +3,9 @@
 Nothing on a request may wait for the network, so pages and the health verdict never ask the
 store: `copy-offsite`, the offsite purge and the offsite drill write what they learnt (the
 complete copies of the store's last listing plus what they copied or deleted since, the last
-store error, each copy's drill verdict) into `.stanza-offsite/state.json` beside the live
-database, and readers read that file: parsed once while it is unchanged (a stat per read).
+store error, each copy's drill verdict) into `.stanza-offsite/state.json` in the app's working
+folder (beside the live database file), and readers read that file: parsed once while it is
+unchanged (a stat per read).
 Imports: conf, engine.backups, health.problems, offsite.store, offsite.copies.
 """
 
@@ -47,7 +48,8 @@ class Recorded:
 
 
 def state_path():
-    return conf.lock_path(STATE_FOLDER) / STATE_NAME
+    """The record, in the app's working folder (beside an SQLite database file)."""
+    return conf.working_dir() / STATE_FOLDER / STATE_NAME
 
 
 # --- reading (pages, /healthz, checkbackups) --------------------------------------------------

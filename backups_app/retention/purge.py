@@ -139,13 +139,17 @@ def preview(now, folder=None):
     rules = rules_from_settings()
     found = backups.scan_backups(folder or backups.backups_dir())
     fates = policy.decide(found, now, rules)
-    width = max((len(fate.name) for fate in fates), default=0)
-    lines = [
-        f"{'keep' if f.keep else 'delete':6}  {f.name:{width}}  {describe(f, rules)}" for f in fates
-    ]
     return [
-        *lines,
+        *fate_lines(fates, rules),
         f"a purge now would have {policy.summary(fates, rules)} (dry run: nothing deleted)",
+    ]
+
+
+def fate_lines(fates, rules):
+    """One line per fate: "keep    NAME  daily until 22 Dec 2026"."""
+    width = max((len(fate.name) for fate in fates), default=0)
+    return [
+        f"{'keep' if f.keep else 'delete':6}  {f.name:{width}}  {describe(f, rules)}" for f in fates
     ]
 
 
@@ -162,6 +166,7 @@ def _reason(fate, rules):
     words = {
         policy.NEWEST: "the newest backup",
         policy.NEWEST_OWN: "the newest backup the site made itself",
+        "under Object Lock": "under Object Lock: left until its retention ends",
     }.get(fate.rule, fate.rule)
     if fate.until is None:
         return words
