@@ -202,8 +202,7 @@ def read_file(store, path, name):
                         temp.unlink()
                         written = 0
                     else:
-                        store.adopt(temp, sha)
-                        written = size
+                        written = size if store.adopt(temp, sha) else 0
                     return _fields(after, size, sha), written, not stable
                 temp.unlink()
         finally:

@@ -84,11 +84,25 @@ class Store:
             return path, os.open(path, flags, 0o600)
 
     def adopt(self, temp, sha):
-        """Rename a finished temporary file into place as object `sha`."""
+        """Put a finished temporary file in place as object `sha`; False when another writer
+        (a thread or a process storing the same content) put it there first.
+
+        A link, not a rename: exactly one of two writers of the same content creates the
+        object, so its bytes are counted once."""
         final = self.path(sha)
         with writing():
             self._mkdir(final.parent)
-            os.rename(temp, final)
+            try:
+                os.link(temp, final)
+            except FileExistsError:
+                if not self.has(sha, os.stat(temp).st_size):  # short: a crash left it so
+                    os.replace(temp, final)
+                    return True
+                return False
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)
+        return True
 
     def put(self, sha, data):
         """Store `data` (whose SHA-256 is `sha`) unless it is here; return the bytes written."""
@@ -103,8 +117,7 @@ class Store:
             temp.unlink(missing_ok=True)
             raise
         os.close(fd)
-        self.adopt(temp, sha)
-        return len(data)
+        return len(data) if self.adopt(temp, sha) else 0
 
     @contextlib.contextmanager
     def lock(self, *, exclusive=False):
