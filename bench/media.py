@@ -95,6 +95,7 @@ def du(path):
 
 
 def record_once(media, store_dir, last, out):
+    os.sync()  # no earlier step's writes in this one's time (each step starts with none dirty)
     script = RECORD.format(repo=str(REPO))
     before = du(store_dir)
     proc_out = out.with_suffix(".stdout")
@@ -116,6 +117,7 @@ def cp_a(source, dest, *, sync=False):
 
 
 def mediabackup(python, workdir, media, out_dir, name):
+    os.sync()
     out_dir.mkdir(exist_ok=True)
     (workdir / "mediabackup_bench_settings.py").write_text(MEDIABACKUP_SETTINGS)
     env = {
@@ -131,6 +133,7 @@ def mediabackup(python, workdir, media, out_dir, name):
 
 def restore_files(listed, store_dir, target):
     shutil.rmtree(target, ignore_errors=True)
+    os.sync()
     script = RESTORE.format(repo=str(REPO))
     proc_out = target.with_suffix(".stdout")
     with open(proc_out, "w") as f:

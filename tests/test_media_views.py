@@ -4,6 +4,7 @@ them back, and media.tar streams a backup's files (staff only) (issue 20)."""
 import io
 import os
 import tarfile
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.test import Client
@@ -11,6 +12,7 @@ from django.test import Client
 from backups_app.engine import backups
 from backups_app.media import lists
 from tests.test_media_restore import tree, write
+from tests.test_views_replication import replica_url, write_status  # noqa: F401
 
 
 def tar_url(name):
@@ -106,3 +108,16 @@ def test_the_backups_page_shows_each_backups_files_and_what_storing_each_content
     assert f'href="/admin/database/backups/{second.name}/media.tar"' in html
     assert "site files: 585.9 KB stored for 1.1 MB listed by the backups" in html
     assert "(each content once saved 585.9 KB)" in html
+
+
+def test_the_point_in_time_page_says_the_files_are_not_part_of_it(
+    staff_client,
+    replica_url,  # noqa: F811 - the fixture, imported
+    live_database,
+):
+    write_status(live_database)
+    when = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S")
+
+    page = staff_client.get("/admin/backups/restore-at", {"at": when}).content.decode()
+
+    assert "Site files are not part of a restore to a point in time" in page

@@ -160,16 +160,18 @@ def test_the_password_is_never_on_a_command_line_nor_in_a_child_environment(pg_l
 
 def test_the_counts_are_the_dumps_own_while_a_writer_commits(pg_live, tmp_path):
     add_items(pg_live, 200_000)
-    stop = threading.Event()
+    stop, writing = threading.Event(), threading.Event()
 
     def writer():
         with pg_live.connect(autocommit=True) as conn:
             while not stop.is_set():
                 conn.execute("INSERT INTO item (name) VALUES ('during')")
+                writing.set()
 
     thread = threading.Thread(target=writer)
     thread.start()
     try:
+        assert writing.wait(30)
         dest, _tables = make_dump(tmp_path)
     finally:
         stop.set()

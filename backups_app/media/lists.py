@@ -99,7 +99,8 @@ class Writer:
     """Write a list as its entries arrive (memory flat), gzip'd, into an open binary file."""
 
     def __init__(self, fileobj):
-        self.gz = gzip.GzipFile(fileobj=fileobj, mode="wb", compresslevel=6, mtime=0)
+        # Level 1: a list is read back once a night at most; its writing is on every backup.
+        self.gz = gzip.GzipFile(fileobj=fileobj, mode="wb", compresslevel=1, mtime=0)
         self.buffer = io.BytesIO()
 
     def add(self, entry):

@@ -106,7 +106,7 @@ def put_back(list_path, backups_folder, media_folder, *, present_list=None):
     content, so unchanged ones are linked instead of copied.
     """
     media_folder = Path(media_folder)
-    check_objects(list_path, backups_folder)
+    # Every object was checked present by plan(); one gone since fails the build, before the swap.
     before = changes(list_path, media_folder)
     known = record.stat_cache(present_list)
     store = Store(backups_folder)
@@ -145,8 +145,7 @@ def _build(new, list_path, store, media_folder, known, folder_mode):
             for entry in lists.read(list_path):
                 parent = entry.path.rpartition(b"/")[0]
                 if parent not in made:
-                    os.makedirs(os.path.join(top, parent), mode=folder_mode, exist_ok=True)
-                    made.add(parent)
+                    _make_folders(top, parent, made, folder_mode)
                 dest = os.path.join(top, entry.path)
                 if not _link_unchanged(entry, known.get(entry.path), present_top, dest):
                     pending.append(pool.submit(_copy, store.path(entry.sha256), dest, entry))
@@ -158,6 +157,17 @@ def _build(new, list_path, store, media_folder, known, folder_mode):
             for future in pending:
                 future.cancel()
             raise
+
+
+def _make_folders(top, folder, made, mode):
+    """mkdir `folder` and the parents it lacks (in the new tree: no stat needed to know)."""
+    missing = []
+    while folder not in made:
+        missing.append(folder)
+        folder = folder.rpartition(b"/")[0]
+    for folder in reversed(missing):
+        os.mkdir(os.path.join(top, folder), mode)
+        made.add(folder)
 
 
 def _copy(source, dest, entry):
