@@ -4,8 +4,8 @@ from django.db import models, transaction
 from django.db.models import Q, Subquery
 from django.utils import timezone
 
+from backups_app.core import failures
 from backups_app.core.processes import process_identity, process_is_alive, this_host
-from backups_app.health import failures
 
 
 class CronRunQuerySet(models.QuerySet):

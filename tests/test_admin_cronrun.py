@@ -160,7 +160,7 @@ def test_it_hides_the_schedulers_own_tables_and_views_the_dashboard_as_the_site(
 def test_the_admin_index_shows_the_health_verdict_and_names_dashboard_actions(
     admin_client, admin_user, backups_folder
 ):
-    from backups_app.core.audit import audit
+    from backups_app.audit import audit
 
     audit(admin_user, "Deleted backup database.sqlite.20260101T020000Z.bak (1.0 MB)")
 

@@ -34,7 +34,7 @@ SEED = f"""
 from datetime import timedelta
 from django.contrib.auth import get_user_model
 from django.utils import timezone
-from backups_app.core.audit import audit
+from backups_app.audit import audit
 from backups_app.engine import backups
 from backups_app.models import CronRun
 from backups_app.replication import replication

@@ -2,7 +2,7 @@
 
 import pytest
 
-from backups_app.health.failures import explain, message_of, split_details
+from backups_app.core.failures import explain, message_of, split_details
 
 TRACEBACK = 'Traceback (most recent call last):\n  File "backups_app/jobs.py", line 60, in x\n'
 

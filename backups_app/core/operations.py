@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from backups_app import conf
-from backups_app.engine.backups import BackupError
+from backups_app.core.errors import BackupError
 
 LOCK_FILENAME = "operation.lock"
 # How long a refused caller waits for a new holder's note (written right after its lock).

@@ -18,9 +18,9 @@ from datetime import UTC, datetime, timedelta
 from django.db.migrations.recorder import MigrationRecorder
 from django.utils import timezone
 
+from backups_app.core.errors import BackupError
+from backups_app.core.problems import Problem
 from backups_app.engine import backups
-from backups_app.engine.backups import BackupError
-from backups_app.health.problems import Problem
 from backups_app.jobs import jobs
 from backups_app.models import AlertState, CronRun
 from backups_app.offsite import state as offsite_state
@@ -180,7 +180,7 @@ def too_old(item, now):
 
 def job_problem(job):
     if job.state == FAILING:
-        from backups_app.health.failures import explain  # failures reads the registry too
+        from backups_app.core.failures import explain
 
         why = explain(job.last_run.error) if job.last_run else ""
         return Problem(

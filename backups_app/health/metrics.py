@@ -13,8 +13,8 @@ from django.utils import timezone
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from backups_app.core.errors import BackupError
 from backups_app.engine import backups
-from backups_app.engine.backups import BackupError
 from backups_app.health import health, recovery
 from backups_app.jobs import jobs
 from backups_app.media import store as media_store

@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 
 from django.utils import timezone
 
+from backups_app.core.errors import BackupError
 from backups_app.engine import backups
-from backups_app.engine.backups import BackupError
 from backups_app.health import health
 from backups_app.models import DrillRun
 from backups_app.offsite import copies as offsite_copies

@@ -328,8 +328,8 @@ def history_names():
 
 def run_job_by_hand(name, user):
     """Run a registered job now for a staff user, recorded in the history and the audit trail."""
-    from backups_app.core import audit
-    from backups_app.health import failures
+    from backups_app import audit
+    from backups_app.core import failures
 
     run = run_job(name, trigger=f"admin:{user.get_username()}")
     ok = run.status == CronRun.Status.SUCCESS

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backups_app import conf
-from backups_app.engine.backups import BackupError
+from backups_app.core.errors import BackupError
 from backups_app.media import lists, record
 from backups_app.media.store import Store
 

@@ -15,7 +15,7 @@ from datetime import timedelta
 from django.utils import timezone
 
 from backups_app import conf
-from backups_app.engine.backups import BackupError
+from backups_app.core.errors import BackupError
 
 
 class LockError(BackupError):

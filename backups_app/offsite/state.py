@@ -23,9 +23,9 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from backups_app import conf
+from backups_app.core.errors import BackupError
+from backups_app.core.problems import Problem
 from backups_app.engine import backups
-from backups_app.engine.backups import BackupError
-from backups_app.health.problems import Problem
 from backups_app.offsite.copies import OffsiteCopy, newest_copy
 from backups_app.offsite.store import OffsiteError, enabled, location
 

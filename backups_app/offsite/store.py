@@ -28,8 +28,8 @@ from urllib.parse import urlsplit
 from django.conf import settings
 
 from backups_app import conf
+from backups_app.core.errors import BackupError
 from backups_app.core.files import scratch_file
-from backups_app.engine.backups import BackupError
 from backups_app.offsite import lock
 
 logger = logging.getLogger(__name__)

@@ -20,9 +20,9 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from backups_app import conf
+from backups_app.core.errors import BackupError
 from backups_app.core.files import open_regular
 from backups_app.engine import backups
-from backups_app.engine.backups import BackupError
 
 STATE_DIRNAME = ".stanza-replica"  # beside the live database: config, status, history
 CONFIG_NAME = "litestream.yml"

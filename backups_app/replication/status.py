@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from backups_app import conf
+from backups_app.core.problems import Problem
 from backups_app.core.processes import process_is_alive
-from backups_app.health.problems import Problem
 from backups_app.replication.config import (
     HISTORY_NAME,
     STATUS_NAME,

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from backups_app import db
 from backups_app.core import files
+from backups_app.core.errors import BackupError
 from backups_app.core.formatting import human_size
 from backups_app.engine import backups
-from backups_app.engine.backups import BackupError
 from backups_app.restore import schema
 
 GZIP_MAGIC = b"\x1f\x8b"

@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from backups_app import db, signals
+from backups_app.core.errors import BackupError
 from backups_app.core.formatting import human_size
 from backups_app.engine import backups
-from backups_app.engine.backups import BackupError
 from backups_app.media import put_back as media_put_back
 from backups_app.restore.checks import (  # noqa: F401 (the restore's checks, as restore.NAME)
     FREE_SPACE_MARGIN,

@@ -13,9 +13,9 @@ from django.utils.dateparse import parse_datetime
 from django.utils.html import escape, format_html, format_html_join
 from django.utils.safestring import mark_safe
 
+from backups_app.core import failures
 from backups_app.core.formatting import human_size
 from backups_app.engine import backups
-from backups_app.health import failures
 
 register = template.Library()
 
@@ -231,6 +231,6 @@ def health_verdict():
 @register.filter
 def dashboard_entry(entry):
     """Whether an admin LogEntry is one the dashboard wrote (its message names the action)."""
-    from backups_app.core import audit
+    from backups_app import audit
 
     return audit.is_dashboard_entry(entry)

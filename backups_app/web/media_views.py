@@ -5,7 +5,7 @@ import logging
 from django.http import StreamingHttpResponse
 from django.views.decorators.http import require_safe
 
-from backups_app.core.audit import CHANGE, audit
+from backups_app.audit import CHANGE, audit
 from backups_app.engine import backups
 from backups_app.media import lists, put_back, tarstream
 from backups_app.web.views import failed, lookup, staff_required

@@ -11,7 +11,7 @@ from django.http import Http404, HttpResponseBadRequest, StreamingHttpResponse
 from django.shortcuts import redirect
 from django.views.decorators.http import require_POST, require_safe
 
-from backups_app.core.audit import CHANGE, audit
+from backups_app.audit import CHANGE, audit
 from backups_app.engine import backups
 from backups_app.offsite import fetch as offsite_fetch
 from backups_app.offsite import store as offsite_store

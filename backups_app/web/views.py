@@ -26,11 +26,11 @@ from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods, require_safe
 
 from backups_app import conf, upload_gate
-from backups_app.core import operations
-from backups_app.core.audit import CHANGE, DELETION, audit, recent_entries
+from backups_app.audit import CHANGE, DELETION, audit, recent_entries
+from backups_app.core import failures, operations
 from backups_app.core.formatting import human_size
 from backups_app.engine import backups
-from backups_app.health import failures, health, recovery
+from backups_app.health import health, recovery
 from backups_app.jobs import jobs, scheduler_lock
 from backups_app.media import put_back as media_put_back
 from backups_app.media import store as media_store

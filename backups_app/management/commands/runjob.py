@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
+from backups_app.core.errors import BackupError
 from backups_app.core.interrupts import on_stop_signals
-from backups_app.engine.backups import BackupError
 from backups_app.jobs import jobs
 
 
