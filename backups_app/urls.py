@@ -1,11 +1,13 @@
 from django.urls import path
 
 from backups_app.web import (
+    cron_views,
     health_views,
     media_views,
     metrics_views,
     offsite_views,
     replication_views,
+    restore_views,
     views,
 )
 
@@ -15,11 +17,11 @@ urlpatterns = [
     path("admin/backups/", views.backups_page, name="backups"),
     path("admin/database/backup", views.backup_now, name="backup-now"),
     # GET: the confirmation page (the backup is checked, nothing changes); POST: restore.
-    path("admin/backups/restore/<path:filename>", views.restore_backup, name="restore"),
+    path("admin/backups/restore/<path:filename>", restore_views.restore_backup, name="restore"),
     # GET ?at=TIME: the confirmation page (nothing changes); POST: restore from the replica.
     path("admin/backups/restore-at", replication_views.restore_at, name="restore-at"),
     # GET: the confirmation page; POST: delete the backup and its sidecars.
-    path("admin/backups/delete/<path:filename>", views.delete_backup, name="delete"),
+    path("admin/backups/delete/<path:filename>", restore_views.delete_backup, name="delete"),
     path("admin/backups/upload", views.upload_backup, name="upload"),
     # The site files of a backup (before the download's `path`, which would take it whole).
     path(
@@ -40,9 +42,9 @@ urlpatterns = [
         offsite_views.fetch_offsite,
         name="offsite-fetch",
     ),
-    path("admin/cron/", views.cron_page, name="cron"),
-    path("admin/cron/runs/<int:pk>/", views.run_detail, name="run"),
-    path("admin/cron/<str:name>/run", views.run_job_now, name="run-job"),
+    path("admin/cron/", cron_views.cron_page, name="cron"),
+    path("admin/cron/runs/<int:pk>/", cron_views.run_detail, name="run"),
+    path("admin/cron/<str:name>/run", cron_views.run_job_now, name="run-job"),
     # No login: for monitoring (200 or 503).
     path("healthz", health_views.healthz, name="healthz"),
     # Prometheus text: a Bearer token (STANZA_METRICS_TOKEN) or a staff login; 404 while unset.

@@ -50,7 +50,7 @@ def names_in_order(html):
 @pytest.mark.django_db
 @pytest.mark.parametrize("orphans", [0, 1, 2])
 def test_history_pages_are_djangos_pages_for_every_count_and_number(orphans):
-    from backups_app.web.views import HistoryPaginator
+    from backups_app.web.cron_views import HistoryPaginator
 
     now = timezone.now()
     for count in range(0, 12):

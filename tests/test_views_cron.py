@@ -400,7 +400,7 @@ def test_history_pages_in_the_older_half_are_read_from_the_oldest_end():
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from backups_app.web.views import HistoryPaginator
+    from backups_app.web.cron_views import HistoryPaginator
 
     for minutes in range(7):
         make_run(minutes_ago=minutes)

@@ -121,7 +121,7 @@ def name_breaks(name):
 
 @register.filter
 def message_parts(message):
-    """(sentence, details) of a dashboard message: views.failed() puts tool output after a
+    """(sentence, details) of a dashboard message: web.common.failed() puts tool output after a
     blank line, for a "details" disclosure."""
     sentence, _, details = str(message).partition("\n\n")
     return sentence, details

@@ -8,7 +8,7 @@ from django.views.decorators.http import require_safe
 from backups_app.audit import CHANGE, audit
 from backups_app.engine import backups
 from backups_app.media import lists, put_back, tarstream
-from backups_app.web.views import failed, lookup, staff_required
+from backups_app.web.common import failed, lookup, staff_required
 
 logger = logging.getLogger(__name__)
 

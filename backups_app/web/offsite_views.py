@@ -1,6 +1,6 @@
 """The offsite parts of the Backups page: download an offsite copy, fetch one back to restore.
 
-Kept apart from views.py; both views go through the same staff check as the rest of it.
+Both views go through the same staff check as the rest of it.
 """
 
 import logging
@@ -17,7 +17,7 @@ from backups_app.offsite import fetch as offsite_fetch
 from backups_app.offsite import store as offsite_store
 from backups_app.offsite.copies import find_copy
 from backups_app.offsite.store import OffsiteError
-from backups_app.web.views import staff_required
+from backups_app.web.common import staff_required
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ from backups_app import conf
 from backups_app.engine import backups
 from backups_app.replication import replication
 from backups_app.templatetags.backups_tags import time_text
-from backups_app.web import views
+from backups_app.web.common import admin_context, staff_required
+from backups_app.web.restore_views import point_in_time_changes, run_restore
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def named_zone(name):
         return timezone.get_current_timezone()
 
 
-@views.staff_required
+@staff_required
 @require_http_methods(["GET", "HEAD", "POST"])
 def restore_at(request):
     """GET ?at=TIME: what restoring to that time would do (nothing changes). POST: do it."""
@@ -63,11 +64,11 @@ def restore_at(request):
         problem = (
             f"{replication.format_time(when)} is outside the replica's window ({current.window})"
         )
-    changes, later_migrations = views.point_in_time_changes(when)
+    changes, later_migrations = point_in_time_changes(when)
     return render(
         request,
         "backups/restore_at.html",
-        views.admin_context(
+        admin_context(
             request,
             "Restore to a point in time",
             when=when,
@@ -83,7 +84,7 @@ def restore_at(request):
 
 
 def restore_now(request, when):
-    return views.run_restore(
+    return run_restore(
         request,
         f"restore to {replication.format_time(when)}",
         lambda **who: replication.restore_at(when, **who),

@@ -1,201 +1,50 @@
-"""The staff dashboard inside the admin: Backups page, "Back up now", downloads, deletes,
-restores, uploads, Cron page and run details. Each view: one check, one call, one ending."""
+"""The Backups page and its actions: the page, "Back up now", downloads and uploads.
+Each view: one check, one call, one ending (the shared parts are in common.py)."""
 
 import logging
 import shutil
 from datetime import timedelta
-from functools import wraps
-from types import SimpleNamespace
 from urllib.parse import quote
 
-from django.conf import settings
-from django.contrib import admin, messages
-from django.contrib.admin.models import LogEntry
-from django.contrib.auth.views import redirect_to_login
-from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db import DatabaseError, connection
-from django.db.migrations.recorder import MigrationRecorder
-from django.http import FileResponse, Http404, JsonResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.http import FileResponse
+from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.http import RFC3986_SUBDELIMS
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
-from django.views.decorators.http import require_http_methods, require_safe
+from django.views.decorators.http import require_safe
 
 from backups_app import conf, upload_gate
-from backups_app.audit import CHANGE, DELETION, audit, recent_entries
-from backups_app.core import failures, operations
+from backups_app.audit import CHANGE, audit, recent_entries
+from backups_app.core import operations
 from backups_app.core.formatting import human_size
 from backups_app.engine import backups
 from backups_app.health import health, recovery
-from backups_app.jobs import jobs, scheduler_lock
-from backups_app.media import put_back as media_put_back
+from backups_app.jobs import jobs
 from backups_app.media import store as media_store
-from backups_app.models import CronRun
 from backups_app.offsite import state as offsite_state
-from backups_app.offsite import store as offsite_store
 from backups_app.replication import replication
-from backups_app.restore import drill, restore, uploads
+from backups_app.restore import drill, uploads
 from backups_app.retention import purge
-from backups_app.web.forms import DeleteForm, HistoryFilterForm, RestoreForm, UploadForm
+from backups_app.web.common import (
+    BACKUPS_PAGE,
+    admin_context,
+    done,
+    failed,
+    headline,
+    lookup,
+    post_only,
+    staff_required,
+)
+from backups_app.web.forms import UploadForm
 
 logger = logging.getLogger(__name__)
 
-HISTORY_PAGE_SIZE = 50
 # A row of backups costs ~0.3 ms to render (a checksum and a manifest read, two times): 50
 # rows keep the page under 100 ms at 5000 backups (bench/dashboard.py) and short on a phone.
 BACKUPS_PAGE_SIZE = 50
-
-
-# --- access and endings --------------------------------------------------------------------
-
-
-def wants_json(request):
-    """An API request: its Accept header asks for JSON (a browser's asks for HTML)."""
-    accept = request.headers.get("Accept", "")
-    return "application/json" in accept and "text/html" not in accept
-
-
-def staff_required(view):
-    """Anonymous users go to the admin login (API clients get 401); non-staff users get 403."""
-
-    @wraps(view)
-    def wrapper(request, *args, **kwargs):
-        user = request.user
-        if not user.is_authenticated:
-            if wants_json(request):
-                return JsonResponse({"error": "login required"}, status=401)
-            return redirect_to_login(request.get_full_path(), reverse("admin:login"))
-        if not (user.is_active and user.is_staff):
-            if wants_json(request):
-                return JsonResponse({"error": "staff only"}, status=403)
-            raise PermissionDenied
-        return view(request, *args, **kwargs)
-
-    return wrapper
-
-
-def done(request, data, message, to="backups:backups"):
-    """A successful action: its JSON for an API client, else a message and a redirect."""
-    if wants_json(request):
-        return JsonResponse(data)
-    messages.success(request, message)
-    return redirect(to)
-
-
-def failed(request, error, status, to="backups:backups"):
-    """A refused or failed action: `{"error"}` for an API client, else a message and a redirect.
-
-    The message is one sentence with what to do; tool output (SQLite's integrity_check lines)
-    goes behind a "details" disclosure (DETAILS splits them in the message, base.html folds).
-    """
-    sentence, details = failures.split_details(error)
-    if wants_json(request):
-        return JsonResponse(
-            {"error": sentence, **({"details": details} if details else {})}, status=status
-        )
-    text = failures.sentence(sentence)
-    messages.error(request, f"{text}{DETAILS}{details}" if details else text)
-    return redirect(to)
-
-
-def headline(err):
-    """An error's one sentence, without a tool's output: what the audit trail records."""
-    return failures.split_details(str(err))[0]
-
-
-# Between a message's sentence and its details (see backups_tags.message_parts).
-DETAILS = "\n\n"
-
-
-def post_only(page, button):
-    """POST only; a GET (a bookmarked or typed address) gets a page saying which button on which
-    page does this (405 with words, not an empty body)."""
-
-    def decorate(view):
-        @wraps(view)
-        def wrapper(request, *args, **kwargs):
-            if request.method == "POST":
-                return view(request, *args, **kwargs)
-            text = f"This address does its work when the {button} button is pressed."
-            if wants_json(request):
-                response = JsonResponse({"error": f"{text} Use POST."}, status=405)
-            else:
-                context = admin_context(
-                    request,
-                    "Use the button",
-                    text=text,
-                    button=button,
-                    page=page,
-                    page_url=reverse(page[1]),
-                )
-                response = render(request, "backups/post_only.html", context, status=405)
-            response["Allow"] = "POST"
-            return response
-
-        return wrapper
-
-    return decorate
-
-
-BACKUPS_PAGE = ("the Backups page", "backups:backups")
-CRON_PAGE = ("the Cron page", "backups:cron")
-
-
-def admin_context(request, title, **extra):
-    """The admin's own context (header, navigation sidebar), so our pages sit inside it."""
-    return {**admin.site.each_context(request), "title": title, **extra}
-
-
-def refuse_name(request, filename, status):
-    """A name that is not a backup's (400) or no such backup (404): a page, or JSON."""
-    error = "not a backup file name" if status == 400 else "no such backup"
-    if wants_json(request):
-        return JsonResponse({"error": error}, status=status)
-    context = admin_context(request, "Not a backup" if status == 400 else "No such backup")
-    context.update(filename=filename, status=status)
-    return render(request, "backups/bad_name.html", context, status=status)
-
-
-def lookup(request, filename, find=backups.get_backup):
-    """(`find(filename)`, None), or (None, the page refusing the name).
-
-    The name is checked before any path is built from it: 400 when it is not a backup's name,
-    404 when `find` finds no such backup.
-    """
-    if not backups.is_backup_name(filename):
-        return None, refuse_name(request, filename, 400)
-    try:
-        return find(filename), None
-    except backups.BackupError:
-        return None, refuse_name(request, filename, 404)
-
-
-def confirm_view(view):
-    """A staff page of one backup that says what an action would do (GET, nothing changes) and
-    does it (POST): the URL's name is looked up first, and `view` gets the backup."""
-
-    @staff_required
-    @require_http_methods(["GET", "HEAD", "POST"])
-    @wraps(view)
-    def wrapper(request, filename):
-        backup, refused = lookup(request, filename)
-        if refused is not None:
-            return refused
-        return view(request, backup)
-
-    return wrapper
-
-
-def posted(request):
-    """The form's data for a POST, or None (an unbound form) for a GET."""
-    return request.POST if request.method == "POST" else None
-
-
-# --- Backups page --------------------------------------------------------------------------
 
 
 @staff_required
@@ -342,181 +191,6 @@ def download_backup(request, filename):
     return response
 
 
-@confirm_view
-def delete_backup(request, backup):
-    """GET: what deleting this backup means (nothing changes). POST: delete it and its sidecars."""
-    if request.method != "POST":
-        return delete_page(request, backup, *delete_form(request, backup))
-    try:
-        with operations.exclusive("delete", by=request.user.get_username()):
-            # The folder is read under the lock: two deletes at once cannot both find another
-            # backup left and leave none without the second confirmation.
-            form, listed = delete_form(request, backup)
-            if form.is_valid():
-                backups.delete_backup(backup.name)
-    except operations.OperationRunning as err:
-        return failed(request, str(err), 409)
-    except backups.BackupError as err:
-        logger.error("delete of %s failed: %s", backup.name, err)
-        return failed(request, f"could not delete {backup.name}: {err}", 500)
-    if form.errors:
-        if wants_json(request):
-            return JsonResponse({"error": form.non_field_errors()[0]}, status=400)
-        return delete_page(request, backup, form, listed)
-    size = human_size(backup.size)
-    logger.info("backup %s deleted by %s", backup.name, request.user.get_username())
-    audit(request.user, f"Deleted backup {backup.name} ({size})", flag=DELETION)
-    text = f"Deleted {backup.name} ({size})."
-    if offsite_store.enabled():
-        text += " Its offsite copy, if one was made, stays in the offsite store."
-    return done(request, {"deleted": backup.name}, text)
-
-
-def delete_form(request, backup):
-    """(the delete form, bound on a POST, and the folder's listing it was judged against)."""
-    listed = backups.scan_backups()
-    others = [item for item in listed if item.name != backup.name]
-    return DeleteForm(posted(request), is_last=not others), listed
-
-
-def delete_page(request, backup, form, listed):
-    return render(
-        request,
-        "backups/delete.html",
-        admin_context(
-            request,
-            "Delete a backup",
-            backup=backup,
-            form=form,
-            is_last=form.is_last,
-            is_newest=bool(listed) and listed[0].name == backup.name,
-            offsite=offsite_words(),
-        ),
-        status=400 if form.errors else 200,
-    )
-
-
-def offsite_words():
-    """Where offsite copies go and how long they stay, for what a delete leaves (None: off).
-
-    From the settings alone: the page never asks the store."""
-    if not offsite_store.enabled():
-        return None
-    return {
-        "location": offsite_store.location(),
-        "retention_days": conf.get("STANZA_OFFSITE_RETENTION_DAYS"),
-    }
-
-
-# --- Restore and upload --------------------------------------------------------------------
-
-
-@confirm_view
-def restore_backup(request, backup):
-    """GET: what restoring this backup would do (it is checked; nothing changes). POST: do it."""
-    form = RestoreForm(posted(request))
-    if request.method == "POST" and form.is_valid():
-        return restore_now(request, backup)
-    try:
-        info, problem = restore.check_backup_file(backup.path), ""
-    except backups.BackupError as err:
-        info, problem = None, str(err)
-    return render(
-        request,
-        "backups/restore.html",
-        admin_context(
-            request,
-            "Restore a backup",
-            backup=backup,
-            form=form,
-            info=info,
-            changes=restore.changes(info) if info else None,
-            files=media_put_back.confirm_facts(backup.path) if info else None,
-            problem=problem,
-            database=restore.database_shown(backups.live_database()),
-            folder=backups.backups_dir(),
-        ),
-    )
-
-
-def restore_now(request, backup):
-    return run_restore(
-        request,
-        f"restore of {backup.name}",
-        lambda **who: restore.restore_and_record(backup.path, **who),
-    )
-
-
-def run_restore(request, what, restore_as, errors=(backups.BackupError,), named=None):
-    """Run `restore_as(trigger=..., by=...)` for the staff user and answer the page or API.
-
-    One ending for every kind of restore (a backup, a point in time): busy is 409, a refused
-    or failed restore is 400 with nothing changed, logged and audited under `what`. `named`
-    is what the user chose, in words ("the replica at 2026-12-06 19:42:47 UTC"); by default
-    "backup NAME".
-    """
-    user = request.user
-    trigger = f"admin:{user.get_username()}"
-    try:
-        result = restore_as(trigger=trigger, by=user.get_username())
-    except operations.OperationRunning as err:
-        return failed(request, str(err), 409)
-    except errors as err:
-        logger.error("%s requested by %s failed: %s", what, trigger, err)
-        audit(user, f"{what[:1].upper()}{what[1:]} failed: {headline(err)}")
-        return failed(request, f"restore failed, nothing was changed: {err}", 400)
-    return restored(request, result, named)
-
-
-def restored(request, result, named=None):
-    """Say that a restore succeeded (restore_and_record recorded it in the run history).
-
-    The restored database has its own sessions table: when it lacks this session, the next
-    page is the login page, which shows the message (messages live in a cookie).
-    """
-    name = named or result.backup.name
-    chosen = named or f"backup {name}"
-    safety = result.safety_backup.name if result.safety_backup else ""
-    try:
-        audit(request.user, f"Restored {chosen}; safety backup: {safety or 'none'}")
-    except DatabaseError:  # e.g. this user is not in the restored database
-        logger.warning("could not record the restore of %s in the audit trail", name, exc_info=True)
-    if wants_json(request):
-        return JsonResponse({"restored": name, "safety_backup": safety or None})
-    text = f"Restored {name}."
-    if safety:
-        text += f" The database as it was before is in the safety backup {safety}."
-    messages.success(request, text)
-    for note in filter(media_put_back.is_files_note, result.notes):
-        messages.info(request, failures.capital(note) + ".")
-    pending = len(result.backup.pending_migrations)
-    if pending:
-        messages.warning(
-            request,
-            f"This backup predates {pending} migration{'s' if pending != 1 else ''} of this "
-            "code: run `python manage.py migrate` (or restart with scripts/run) before using "
-            "the site.",
-        )
-    key = request.session.session_key
-    if key and not request.session.exists(key):
-        messages.info(request, "Sessions were restored with the data: please log in again.")
-    return redirect("backups:backups")
-
-
-def point_in_time_changes(when):
-    """(what a restore to `when` keeps, the migrations applied since `when`), from the live
-    database alone: nothing is restored to show the confirmation page.
-
-    The replica's state at `when` has the live database's tables unless a migration ran since:
-    those migrations are named, oldest first.
-    """
-    records = [*restore.product_tables(), LogEntry._meta.db_table]
-    info = SimpleNamespace(row_counts=dict.fromkeys(records, 0))
-    kept = restore.changes(info, backups.live_database_path()).kept
-    later = MigrationRecorder(connection).migration_qs.filter(applied__gt=when).order_by("applied")
-    return restore.Changes(kept=kept), list(later)
-
-
 @csrf_exempt  # checked below, after the staff check, so nobody else can make us read a body
 @staff_required
 @post_only(BACKUPS_PAGE, "Upload")
@@ -553,112 +227,3 @@ def _upload_backup(request):
 
 
 # --- Cron page and runs --------------------------------------------------------------------
-
-
-@staff_required
-@require_safe
-def cron_page(request):
-    registry = jobs.registry()
-    verdict = health.verdict()
-    next_runs = jobs.next_run_times(registry)
-    job_rows = [
-        {
-            "job": job,
-            "health": verdict.jobs[name],
-            "grace": span_words(job.grace),
-            "last_run": verdict.jobs[name].last_run,
-            "next_run": next_runs[name][0],
-            "next_run_note": next_runs[name][1],
-        }
-        for name, job in registry.items()
-    ]
-    filters = HistoryFilterForm(request.GET)
-    history = filters.filter(CronRun.objects.order_by("-started_at", "-id"))
-    page = HistoryPaginator(history, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
-    query = request.GET.copy()
-    query.pop("page", None)
-    return render(
-        request,
-        "backups/cron.html",
-        admin_context(
-            request,
-            "Cron jobs",
-            job_rows=job_rows,
-            verdict=verdict,
-            scheduler_running=scheduler_lock.is_scheduler_running(),
-            time_zone=settings.TIME_ZONE,
-            page=page,
-            filters=filters,
-            page_query=query.urlencode() + "&" if query else "",  # before page=N
-            audit_entries=recent_entries(),
-        ),
-    )
-
-
-class HistoryPaginator(Paginator):
-    """Pages of runs: the page's ids from the index alone, then those runs.
-
-    A deep page skips its offset in the index, not in the table's rows (page 10000 of a million
-    runs: 33 ms this way, 45 ms fetching whole rows at the offset), and a page in the older half
-    is read from the other end, oldest first, then turned around: "oldest" costs what "newest"
-    does, and no page skips more than half the history.
-    """
-
-    def page(self, number):
-        number = self.validate_number(number)
-        bottom = (number - 1) * self.per_page
-        top = bottom + self.per_page
-        if top + self.orphans >= self.count:
-            top = self.count
-        ids = self.object_list.values_list("pk", flat=True)
-        if bottom > self.count // 2:
-            ids = ids.reverse()[self.count - top : self.count - bottom]
-        else:
-            ids = ids[bottom:top]
-        return self._get_page(list(self.object_list.filter(pk__in=list(ids))), number, self)
-
-
-def span_words(span):
-    """A grace time in words: '1 h', '30 min', '2 h 30 min'."""
-    hours, minutes = divmod(round(span.total_seconds() / 60), 60)
-    words = [f"{hours} h"] if hours else []
-    if minutes or not hours:
-        words.append(f"{minutes} min")
-    return " ".join(words)
-
-
-@staff_required
-@require_safe
-def run_detail(request, pk):
-    """One run: what happened in words, and its whole error output, full width."""
-    run = get_object_or_404(CronRun, pk=pk)
-    return render(
-        request,
-        "backups/run.html",
-        admin_context(
-            request,
-            f"Run of {run.job_name}",
-            run=run,
-            can_run_again=run.job_name in jobs.registry(),
-        ),
-    )
-
-
-@staff_required
-@post_only(CRON_PAGE, "Run now")
-def run_job_now(request, name):
-    if name not in jobs.registry():
-        if wants_json(request):
-            return JsonResponse({"error": f"no job called {name!r}"}, status=404)
-        raise Http404("No such job.")
-    run = jobs.run_job_by_hand(name, request.user)
-    if wants_json(request):
-        return JsonResponse(
-            {"job": name, "status": run.status, "result": run.result, "error": run.error},
-            status=200 if run.status == CronRun.Status.SUCCESS else 500,
-        )
-    if run.status == CronRun.Status.SUCCESS:
-        messages.success(request, f"Job {name} succeeded: {run.result or 'done'}.")
-    else:
-        messages.error(request, f"Job {name} failed. {failures.explain(run.error)}")
-    return redirect("backups:cron")
