@@ -6,10 +6,11 @@
 - copies.py: the store's objects grouped into copies of backups (what is offsite);
 - upload.py: the `copy-offsite` job; purge.py: offsite retention (retention's rules);
 - fetch.py: copies back on this machine (download, fetch, stream), always checked;
-- state.py: what the jobs recorded of the store, which pages and health read instead of it.
+- state.py: what the jobs recorded of the store, which pages and health read instead of it;
+- media.py: a copy's site files (their objects and NAME.media) in the store.
 
 Imports flow lock <- store <- multipart, copies <- state <- upload, purge, fetch; from the rest
-of the app only core, conf, engine, health.problems, media.offsite (a copy's site files) and
-retention's rules. The offsite drill lives beside the local one (restore/offsite_drill.py);
+of the app only core, conf, engine, media (the local store of site files) and retention's
+rules. The offsite drill lives beside the local one (restore/offsite_drill.py);
 jobs, health and web import this package, never the other way round.
 """

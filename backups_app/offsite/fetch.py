@@ -22,7 +22,7 @@ from django.utils import timezone
 from backups_app.core.files import scratch_file
 from backups_app.engine import backups
 from backups_app.engine.backups import CHECKSUM_SUFFIX, MANIFEST_SUFFIX, BackupError
-from backups_app.media import offsite as media_offsite
+from backups_app.offsite import media as media_offsite
 from backups_app.offsite import store as offsite_store
 from backups_app.offsite.copies import find_copy
 from backups_app.offsite.multipart import HashingWriter

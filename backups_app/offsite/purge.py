@@ -13,8 +13,8 @@ from django.utils import timezone
 
 from backups_app import conf
 from backups_app.engine.backups import CHECKSUM_SUFFIX
-from backups_app.media import offsite as media_offsite
 from backups_app.offsite import lock, state
+from backups_app.offsite import media as media_offsite
 from backups_app.offsite import store as offsite_store
 from backups_app.offsite.copies import list_copies, newest_copy, own_copies
 from backups_app.offsite.store import store_errors

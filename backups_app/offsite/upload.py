@@ -19,8 +19,8 @@ from django.utils import timezone
 from backups_app.core.formatting import human_size
 from backups_app.engine import backups
 from backups_app.engine.backups import MANIFEST_SUFFIX, BackupError
-from backups_app.media import offsite as media_offsite
 from backups_app.offsite import lock, state
+from backups_app.offsite import media as media_offsite
 from backups_app.offsite import store as offsite_store
 from backups_app.offsite.copies import ENCRYPTED_SUFFIX, OffsiteCopy, backup_name_of, list_copies
 from backups_app.offsite.multipart import (

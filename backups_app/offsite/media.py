@@ -3,7 +3,7 @@ encrypted), then the list as `PREFIX/NAME.media` (`.age`), both before the copy'
 (so a copy counts as offsite only with its files). Only objects the store lacks are sent.
 Offsite retention deletes NAME.media with its copy and the objects no remaining list names;
 `restore --offsite` fetches the list and the objects the local store lacks, each checked
-against its SHA-256. Imports: media, offsite.store (the offsite package calls these hooks).
+against its SHA-256. Imports: media, offsite.store.
 """
 
 import contextlib
