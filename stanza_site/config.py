@@ -1,6 +1,6 @@
 """What this project adds to reading its environment: its data folder and its secret-key file.
 
-The parsers are the app's (`backups_app.conf`), so every variable is checked one way and a bad
+The parsers are the app's (`backups_app.parsers`), so every variable is checked one way and a bad
 value is one line naming it.
 """
 
@@ -9,7 +9,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from backups_app.conf import ConfigError, parse_dir
+from backups_app.parsers import ConfigError, parse_dir
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 

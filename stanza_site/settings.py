@@ -1,6 +1,6 @@
 """Settings for Stanza Backups; every value a user may change comes from the environment.
 
-Variables are read and checked by the app's parsers (`backups_app.conf`), so a bad value stops
+Variables are read and checked by the app's parsers (`backups_app.parsers`), so a bad value stops
 start-up with one line naming it. The app's own `STANZA_*` settings are not repeated here: the
 app reads them from the environment itself (see `conf.SETTINGS`); `check_environment` checks
 them now rather than at their first use.
@@ -9,9 +9,9 @@ them now rather than at their first use.
 import os
 
 from backups_app import conf
-from backups_app.conf import (
+from backups_app.conf import from_env
+from backups_app.parsers import (
     choice_parser,
-    from_env,
     int_parser,
     parse_bool,
     parse_emails,

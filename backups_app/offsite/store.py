@@ -31,6 +31,7 @@ from backups_app import conf
 from backups_app.core.errors import BackupError
 from backups_app.core.files import scratch_file
 from backups_app.offsite import lock
+from backups_app.parsers import age_identities
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def identities():
         raise OffsiteError(
             "the copy is encrypted: set STANZA_OFFSITE_AGE_IDENTITY to an age identity file"
         )
-    return conf.age_identities(path.read_text())
+    return age_identities(path.read_text())
 
 
 # --- the store and its one client -----------------------------------------------------------
