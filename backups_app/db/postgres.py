@@ -22,6 +22,7 @@ from backups_app.db.postgres_client import (
     PostgresError,
     applied_migrations,
     dump,
+    first_line,
     list_contents,
     live_server,
     psycopg,
@@ -221,6 +222,15 @@ def restore_live(plain, *, keep, database=None, before=None, checked=None):
     backup, and it is dropped; if that dump fails, the old database is kept under its name (the
     caller's error says so).
     """
+    try:
+        return _restore_live(plain, keep, database, before, checked)
+    except PostgresError:
+        raise
+    except Error as err:  # psycopg's: the server went away mid-way, say; in words, not libpq's
+        raise PostgresError(first_line(err)) from err
+
+
+def _restore_live(plain, keep, database, before, checked):
     server = live_server()
     folder = Path(plain).parent
     timings, started = {}, time.monotonic()

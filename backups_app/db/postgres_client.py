@@ -112,7 +112,24 @@ def live_server():
 
 def first_line(err):
     text = str(getattr(err, "diag", None) and err.diag.message_primary or err).strip()
-    return text.splitlines()[0] if text else "no reason given"
+    return plain_reason(text.splitlines()[0] if text else "no reason given")
+
+
+# What libpq and the server say when the server stops, restarts or cannot be reached: the same
+# event, worded differently by the moment it struck.
+SERVER_GONE = re.compile(
+    r"server closed the connection|the database system is (shutting down|starting up|in "
+    r"recovery mode)|terminating connection due to administrator command|connection refused|"
+    r"could not connect to server|no connection to the server|consuming input failed|"
+    r"SSL connection has been closed",
+    re.IGNORECASE,
+)
+SERVER_GONE_WORDS = "the PostgreSQL server stopped or closed the connection"
+
+
+def plain_reason(text):
+    """A reason in a person's words: the server going away is one sentence, however libpq put it."""
+    return SERVER_GONE_WORDS if SERVER_GONE.search(text) else text
 
 
 # --- the client programs -------------------------------------------------------------------
@@ -172,7 +189,7 @@ def _complaint(stderr, returncode):
     lines = [re.sub(r"\A(pg_dump|pg_restore|psql): (error: |detail: )?", "", x) for x in lines]
     if not lines and returncode < 0:
         return f"stopped by signal {-returncode}"
-    return "; ".join(lines[:ERROR_LINES]) or f"exit status {returncode}"
+    return plain_reason("; ".join(lines[:ERROR_LINES])) or f"exit status {returncode}"
 
 
 # --- tables and row counts -----------------------------------------------------------------
