@@ -127,6 +127,8 @@ def test_migrate_backs_up_a_migrated_database_first(pg_site):
     forward = pg_site.manage("migrate")
 
     assert back.returncode == 0 and forward.returncode == 0, back.stderr + forward.stderr
-    made = sorted(p.name for p in pg_site.backups.iterdir() if p.name.endswith(".dump"))
+    # Oldest first by time: two backups in one second are T...Z and T...Z-2, and "-" sorts first.
+    dumps = [p for p in pg_site.backups.iterdir() if p.name.endswith(".dump")]
+    made = [p.name for p in sorted(dumps, key=lambda p: p.stat().st_mtime_ns)]
     assert len(made) == 2 and all(".pre-migrate.dump" in name for name in made)
     assert f"Backed up the database before migrating: {pg_site.backups / made[0]}" in back.stdout

@@ -77,15 +77,27 @@ Errors
 
 from django.conf import settings
 
-from backups_app.db import postgres, sqlite
+from backups_app.db import sqlite
 from backups_app.db.facts import Audit, BadFile, FileFacts, Keep
 
 __all__ = ("Audit", "BadFile", "FileFacts", "Keep", "engine")
 
-# One line per engine: DATABASES' ENGINE -> the module that implements the seam for it.
+
+def _sqlite():
+    return sqlite
+
+
+def _postgres():
+    """Imported for a PostgreSQL site only: psycopg costs every process 10 MB of memory."""
+    from backups_app.db import postgres
+
+    return postgres
+
+
+# One line per engine: DATABASES' ENGINE -> (its name in messages, the seam module's loader).
 ENGINES = {
-    "django.db.backends.sqlite3": sqlite,
-    "django.db.backends.postgresql": postgres,
+    "django.db.backends.sqlite3": ("SQLite", _sqlite),
+    "django.db.backends.postgresql": ("PostgreSQL", _postgres),
 }
 
 
@@ -97,10 +109,11 @@ def engine(alias="default"):
     """The seam module of the site's database (read each call: settings are read lazily)."""
     name = settings.DATABASES[alias].get("ENGINE")
     try:
-        return ENGINES[name]
+        _label, load = ENGINES[name]
     except KeyError:
-        supported = " or ".join(module.NAME for module in ENGINES.values())
+        supported = " or ".join(label for label, _load in ENGINES.values())
         raise UnsupportedDatabase(
             f"Stanza Backups needs {supported}: DATABASES['{alias}'] uses {name}, "
             "and other databases are not supported yet"
         ) from None
+    return load()
