@@ -2,6 +2,9 @@
 hidden inside a function still ties two modules together (issue 9)."""
 
 import ast
+import os
+import subprocess
+import sys
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
@@ -90,3 +93,24 @@ def test_imports_go_down_the_layers_of_the_plan():
     ]
 
     assert upward == []
+
+
+def test_an_sqlite_site_never_imports_psycopg(tmp_path):
+    """psycopg costs every process 10 MB: only a PostgreSQL site imports it (db.ENGINES)."""
+    code = (
+        "import sys, django; django.setup()\n"
+        "from django.core.management import call_command\n"
+        "from backups_app.db import engine\n"
+        "from backups_app.engine import backups\n"
+        "from backups_app.web import views\n"
+        "engine()\n"
+        "print('psycopg' in sys.modules)\n"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "stanza_site.settings"}
+    env["STANZA_DATA_DIR"] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=APP.parent, env=env, capture_output=True, text=True
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
