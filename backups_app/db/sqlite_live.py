@@ -118,15 +118,16 @@ def _carry(source, database, keep):
     source.execute("ATTACH DATABASE ? AS live", (f"file:{quote(str(database))}?mode=ro",))
     try:
         source.execute("BEGIN")
-        try:
-            saved = save_product_records(source, keep, schema="live")
-            kept = put_back_product_records(source, saved, keep)
-            source.execute("COMMIT")
-        except BaseException:
-            if source.in_transaction:  # an interrupted statement may have rolled it back
-                with contextlib.suppress(sqlite3.OperationalError):
-                    source.execute("ROLLBACK")
-            raise
-    finally:
-        source.execute("DETACH DATABASE live")
+        saved = save_product_records(source, keep, schema="live")
+        kept = put_back_product_records(source, saved, keep)
+        source.execute("COMMIT")
+    except BaseException:
+        # An interrupted statement may have rolled back already, or still hold `live` ("database
+        # live is locked"): the error that stopped the carry is the one to report.
+        with contextlib.suppress(sqlite3.OperationalError):
+            if source.in_transaction:
+                source.execute("ROLLBACK")
+            source.execute("DETACH DATABASE live")
+        raise
+    source.execute("DETACH DATABASE live")
     return kept
