@@ -35,9 +35,11 @@ def restore_in_one_transaction(plain, database, *, keep, before=None):
     the commit. Returns what replace_contents returns.
     """
     with _write_locked(database, plain, wal=True) as conn:
-        if before is not None:
-            before()
-        return replace_contents(conn, keep)
+        finish = before() if before is not None else None
+        result = replace_contents(conn, keep)
+        if callable(finish):
+            finish()  # the safety backup is whole before the restore commits
+        return result
 
 
 def kept_now(keep, database=None):
