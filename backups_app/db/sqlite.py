@@ -61,8 +61,9 @@ IS_FILE = True
 # The caller runs the full check (read_file) before restore_live.
 CHECKS_WHILE_RESTORING = False
 Error = sqlite3.Error
-# A bigger page cache makes the check of a 1 GB copy faster and stays within the memory
-# budget whatever the size.
+# A bigger page cache makes the full check of a 1 GB copy faster and stays within the memory
+# budget whatever the size; the quick check reads each page once and gains nothing from it
+# (0.74 s with SQLite's default 2 MB, 0.86 s with 32 MB on 1 GB), so it keeps the default.
 CHECK_CACHE_KIB = 32 * 1024
 # While VACUUM INTO writes, the copy is flushed every this many bytes (see _watch_size).
 FLUSH_EVERY = 32 * 1024 * 1024
@@ -236,7 +237,8 @@ def check_file(path, kind="quick", *, cancel=None):
     """(problems, {table: rows}) of the backup file at `path` (see backups_app.db)."""
     conn = open_readonly(path, immutable=False, cancel=cancel)
     try:
-        conn.execute(f"PRAGMA cache_size = -{CHECK_CACHE_KIB}")
+        if kind == "full":
+            conn.execute(f"PRAGMA cache_size = -{CHECK_CACHE_KIB}")
         return check(conn, kind), row_counts(conn)
     finally:
         conn.close()

@@ -9,9 +9,9 @@ connection. The backup API holds the live database's write lock from its first s
 commit, and the first step's progress callback runs under it: writers wait (within their busy
 timeout) from before the safety backup until the restore is committed, so no committed write is
 lost; readers see the old data until the commit, then the new, never a mix. The safety backup's
-copy is made in that first callback; its checks and hash go on alongside the copy and must be
-done before its last step commits. Any failure aborts the copy, which rolls the live database
-back.
+copy is made in that first callback; its checks, hash and site files go on alongside the copy
+and must be whole before the copy's last step commits. Any failure aborts the copy, which rolls
+the live database back.
 """
 
 import contextlib
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from backups_app.core.files import scratch_file
+from backups_app.core.files import fsync, scratch_file
 from backups_app.db.sqlite_base import database_path, pragma, read_header
 from backups_app.db.sqlite_restore import (
     LOCK_TIMEOUT,
@@ -62,11 +62,14 @@ def restore_live(plain, *, keep, database=None, before=None):
             return restore_in_one_transaction(plain, database, keep=keep, before=before)
         with scratch_file(database.parent) as scratch:
             load_into(plain, scratch, page_size=pragma(live, "page_size"))
+            # Written without waiting for the disk; flushed now, before the lock, or the kernel
+            # writes it back while the copy under the lock writes the WAL (both on one disk).
+            fsync(scratch)
             kept = _copy_onto(scratch, live, database, keep, before)
-        # The restored pages are in the WAL: move them into the database file here, after the
-        # lock, rather than in the next writer's commit (a checkpoint that is running makes the
-        # writers' own automatic ones give way at once; this one waits for no writer).
-        live.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            # The restored pages are in the WAL: move them into the database file at once,
+            # after the lock, rather than in the next writer's commit (a checkpoint that is
+            # running makes the writers' own automatic ones give way; this one waits for none).
+            live.execute("PRAGMA wal_checkpoint(PASSIVE)")
         return kept
     except BaseException:
         if not existed:
@@ -89,6 +92,9 @@ def _copy_onto(scratch, live, database, keep, before):
     runs `before()` and carries the product's records into the scratch file."""
     source = sqlite3.connect(f"file:{quote(str(scratch))}", uri=True, isolation_level=None)
     try:
+        # The scratch file is thrown away after: the carry's commit need not reach its disk.
+        source.execute("PRAGMA synchronous = OFF")
+        source.execute("PRAGMA journal_mode = MEMORY")
         total = pragma(source, "page_count")
         step = max(1, min(STEP_PAGES, total // 2))
         deadline = time.monotonic() + LOCK_TIMEOUT

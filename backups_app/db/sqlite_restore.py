@@ -35,11 +35,11 @@ def restore_in_one_transaction(plain, database, *, keep, before=None):
     the commit. Returns what replace_contents returns.
     """
     with _write_locked(database, plain, wal=True) as conn:
-        finish = before() if before is not None else None
-        result = replace_contents(conn, keep)
-        if callable(finish):
-            finish()  # the safety backup is whole before the restore commits
-        return result
+        # The whole safety backup first: once this restore writes, it holds the database's
+        # exclusive lock, which the safety backup's reads would wait for.
+        if before is not None and callable(finish := before()):
+            finish()
+        return replace_contents(conn, keep)
 
 
 def kept_now(keep, database=None):

@@ -276,10 +276,10 @@ class _SafetyBackup:
     """The `pre-restore` backup, taken while the restore holds the live database's write lock.
 
     Writers wait for the whole restore, so the safety backup takes as little of that time as it
-    can: start() returns once the live database is copied; its checks, hash and site files go on
-    in a thread while the restore copies; finish() waits for them (the restore commits only
-    after). Leaving the `with` waits for the thread whatever happened, so nothing is left half
-    written.
+    can: start() returns once the live database is copied (the restore's copy writes as much, and
+    the two would share the disk); its checks, hash and site files go on in a thread while the
+    restore copies; finish() waits for them (the restore commits only after). Leaving the `with`
+    waits for the thread whatever happened, so nothing is left half written.
     """
 
     def __init__(self, database, folder):
