@@ -1,7 +1,7 @@
 import os
 import pty
-import shutil
 import select
+import shutil
 import signal
 import sqlite3
 import subprocess
