@@ -145,7 +145,8 @@ def purge(store, kept, now=None):
             continue  # extended by a copy since purged: deleted once its retention ends
         offsite_store.delete(store, key)
         deleted.append(key)
-    state.record_locked_until(removed=deleted)
+    if retained:
+        state.record_locked_until(removed=deleted)
     if deleted:
         logger.info("deleted %d offsite site file object(s) no copy names", len(deleted))
     return len(deleted)
