@@ -217,3 +217,46 @@ def test_it_answers_at_once_with_a_fifo_as_a_state_file(
     assert healthz.status_code == 503 and "replication stopped" in healthz.content.decode()
     assert page.status_code == 200 and "Continuous replication" in page.content.decode()
     assert checked.value.code == 1 and "replication stopped" in capsys.readouterr().out
+
+
+# --- replicate's files, read once per request (issue 17) -------------------------------------
+
+
+@pytest.fixture
+def state_file_reads(monkeypatch):
+    """{file name: times read} of replication's state files, counted where status reads them."""
+    from backups_app.replication import status
+
+    reads = {}
+
+    def counting(path, real=status.read_json):
+        reads[path.name] = reads.get(path.name, 0) + 1
+        return real(path)
+
+    monkeypatch.setattr(status, "read_json", counting)
+    return reads
+
+
+@pytest.mark.parametrize("path", ["/admin/backups/", "/healthz", "/metrics", "checkbackups"])
+def test_it_reads_replicates_files_once_per_request(
+    client, staff_client, settings, replica_url, live_database, state_file_reads, path, capsys
+):
+    from django.core.management import call_command
+
+    settings.STANZA_METRICS_TOKEN = "token"
+    write_status(live_database, lag=3)
+    replication.note_restore(type("R", (), {"backup": type("B", (), {"name": "x.bak"})()})())
+
+    if path == "checkbackups":
+        with pytest.raises(SystemExit):  # no backup yet
+            call_command("checkbackups")
+        assert "the replica is 3 seconds behind" in capsys.readouterr().out
+    elif path == "/admin/backups/":
+        page = staff_client.get(path).content.decode()
+        assert 'id="replication-lag">3 s' in page and "A new history began" in page
+        assert "the replica is 3 seconds behind" in page  # the recovery point's card
+    else:
+        response = client.get(path, HTTP_AUTHORIZATION="Bearer token")
+        assert response.status_code in (200, 503)
+
+    assert state_file_reads == {replication.STATUS_NAME: 1, replication.HISTORY_NAME: 1}

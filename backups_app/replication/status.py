@@ -239,10 +239,12 @@ ADVICE = {
 }
 
 
-def health_problems(now=None):
-    """The same problems for the health verdict, each with what to do next."""
+def health_problems(now=None, current=None):
+    """The same problems for the health verdict, each with what to do next.
+
+    `current`: the `status()` the caller has already read (read once per request)."""
     found = []
-    for words in problems(now):
+    for words in problems(now, current):
         kind = next((k for k in ADVICE if k in words), "")
         found.append(Problem(words, ADVICE.get(kind, "")))
     return found
