@@ -16,7 +16,7 @@ import pytest
 
 from backups_app import conf
 from backups_app.replication import positions, replication
-from tests.conftest import live_env, manage, read_runs, wait_until
+from tests.conftest import live_env, manage, read_runs, wait_until, write_replica_status
 
 # --- settings and config (no Litestream needed) ----------------------------------------------
 
@@ -125,19 +125,7 @@ def replica_on(settings, tmp_path, monkeypatch):
     return database
 
 
-def write_status(database, *, age=0, lag=0, pid=None, running=True, **extra):
-    now = datetime.now(UTC)
-    beat = now - timedelta(seconds=age)
-    replication.write_status(
-        {
-            "pid": pid or os.getpid(),
-            "litestream_running": running,
-            "heartbeat_at": beat.isoformat(),
-            "synced_through": (beat - timedelta(seconds=lag)).isoformat(),
-            **extra,
-        },
-        database,
-    )
+write_status = write_replica_status  # the status file as a running `replicate` writes it
 
 
 def test_replication_off_is_no_problem(settings):

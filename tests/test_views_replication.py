@@ -10,7 +10,7 @@ import pytest
 
 from backups_app.engine import backups
 from backups_app.replication import positions, replication
-from tests.conftest import count_rows, wait_until
+from tests.conftest import count_rows, wait_until, write_replica_status
 
 
 @pytest.fixture
@@ -21,19 +21,11 @@ def replica_url(settings, tmp_path, live_database, data_dir):
 
 
 def write_status(database, *, lag=1, span=None, **extra):
+    """A running `replicate`'s status, with a replica holding files from 2 hours ago."""
     now = datetime.now(UTC)
     span = span or (now - timedelta(hours=2), now - timedelta(seconds=30))
-    replication.write_status(
-        {
-            "pid": __import__("os").getpid(),
-            "litestream_running": True,
-            "heartbeat_at": now.isoformat(),
-            "synced_through": (now - timedelta(seconds=lag)).isoformat(),
-            "files_span": [t.isoformat() for t in span],
-            **extra,
-        },
-        database,
-    )
+    files_span = [t.isoformat() for t in span]
+    write_replica_status(database, lag=lag, files_span=files_span, **extra)
 
 
 def test_the_backups_page_shows_replication_status_and_window(
