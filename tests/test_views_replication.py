@@ -50,6 +50,23 @@ def test_the_page_says_what_the_replica_holds_and_when_it_holds_nothing(
     assert "nothing a restore can use" in page and "every commit before" not in page
 
 
+def test_it_says_on_the_card_when_and_why_replicate_last_restarted_litestream(
+    staff_client, replica_url, live_database
+):
+    why = "it read none of the site's commits for 16 s: hung or stopped"
+    restart = {"at": "2026-12-06T23:40:02+00:00", "why": why}
+    write_status(live_database, lag=3, restarts=2, last_restart=restart)
+
+    page = staff_client.get("/admin/backups/").content.decode()
+
+    state = page.split('id="replication-state">', 1)[1].split("</dd>", 1)[0]
+    assert "restarted 2 times, last " in state
+    assert 'datetime="2026-12-06T23:40:02+00:00"' in state
+    assert state.endswith(
+        ": it read none of the site&#x27;s commits for 16 s: hung or stopped</span>"
+    )
+
+
 def test_the_page_says_when_replication_stopped(staff_client, replica_url, live_database):
     page = staff_client.get("/admin/backups/").content.decode()
     assert "stopped" in page and "manage.py replicate" in page
