@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from backups_app import conf
 from backups_app.core.errors import BackupError
+from backups_app.core.failures import explain
 from backups_app.core.problems import Problem
 from backups_app.engine import backups
 from backups_app.jobs import jobs
@@ -199,8 +200,6 @@ def too_old(item, now):
 
 def job_problem(job):
     if job.state == FAILING:
-        from backups_app.core.failures import explain
-
         why = explain(job.last_run.error) if job.last_run else ""
         return Problem(
             f"job {job.name} failing",

@@ -57,12 +57,10 @@ def note_restore(result, database=None):
     The `replicate` command notices the change and restarts Litestream on the restored
     database; the Backups page says from when the new history runs.
     """
-    from backups_app.engine import backups
-
     if not enabled():
         return
     database = live_database(database)
-    if database.resolve() != backups.live_database_path().resolve():
+    if database.resolve() != live_database().resolve():
         return
     record = {
         "began_at": datetime.now(UTC).isoformat(),
