@@ -101,10 +101,11 @@ def source_problem(database=None):
 # --- the seam: copying ------------------------------------------------------------------------
 
 
-def copy_live(dest, *, database=None, progress=None, flush=True):
+def copy_live(dest, *, database=None, progress=None, flush=True, locked=False):
     """`pg_dump -Fc` of the database into `dest`; return its tables (see postgres_client.dump).
 
     The counts, read in the dump's snapshot, wait for check_file's quick check of `dest`.
+    `locked` changes nothing here: a dump reads one snapshot either way.
     """
     server = live_server()
     # A database a restore swapped out is dumped while the restore's caller waits: at gzip

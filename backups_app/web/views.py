@@ -72,7 +72,7 @@ def backups_page(request):
     page = Paginator(found, BACKUPS_PAGE_SIZE).get_page(request.GET.get("page"))
     shown = [item.backup(folder) for item in page]
     now = timezone.now()
-    fates = purge.fates_by_name(found, now)  # decided over the whole folder, as the purge does
+    fates = purge.fates_by_name(found, now, folder)  # the whole folder, as the purge decides
     links = {view: backup_link(view) for view in ("download", "restore", "delete")}
     return render(
         request,
