@@ -123,3 +123,28 @@ def test_no_write_committed_during_the_restore_is_lost(pg_live, tmp_path):
     assert acknowledged and lost == []
     assert any(name in live for name in acknowledged)  # writers reached the restored database
     assert any(name in in_old["names"] for name in acknowledged)
+
+
+def test_a_swapped_out_database_that_cannot_be_dropped_leaves_the_restore_done(
+    pg_live, tmp_path, caplog
+):
+    backup = dump_to(tmp_path / "b")
+    pg_live.query("INSERT INTO item (name) VALUES ('after')")
+    held = {}
+
+    def before(old, paused=None):
+        # A session this role may not end (a superuser's) stays on the swapped-out database.
+        held["conn"] = pg_live.cluster.admin(old)
+        held["old"] = old
+
+    try:
+        kept, _notes = postgres.restore_live(backup, keep=KEEP, before=before)
+    finally:
+        if "conn" in held:
+            held["conn"].close()
+
+    assert pg_live.query("SELECT count(*) FROM item") == [(10,)]  # restored, and says so
+    assert kept == {"run history": 0}
+    assert held["old"] in pg_live.cluster.databases()
+    assert f"database {held['old']}, the data this restore replaced" in caplog.text
+    pg_live.cluster.drop_database(held["old"])

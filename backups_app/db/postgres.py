@@ -293,7 +293,15 @@ def _restore_live(plain, keep, database, before, checked):
             safety = time.monotonic()
             before(old, paused=timings["swap"])  # on failure `old` stays: the previous data
             timings["safety"] = time.monotonic() - safety
-        drop_database(admin, old)
+        try:
+            drop_database(admin, old)
+        except Error as err:  # the restore is done: say what is left, never "nothing changed"
+            logger.warning(
+                "database %s, the data this restore replaced (in its safety backup), could "
+                "not be dropped: %s; drop it by hand",
+                old,
+                first_line(err),
+            )
     logger.info(
         "restored into a new database in %.1f s, checked it in %.1f s, swapped it in in %.2f s, "
         "safety backup of the old one in %.1f s",

@@ -77,7 +77,15 @@ def _ours(server, name, match):
 
 
 def drop_database(conn, name):
-    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    """Drop a scratch or swapped-out database, cutting off this role's sessions on it first.
+
+    Not `WITH (FORCE)`: that refuses when an autovacuum worker is at work there (it is no
+    role's: "must be a member of the role whose process is being terminated"), which a
+    freshly restored database soon has; a plain DROP DATABASE stops the worker itself, and
+    waits up to 5 s for the sessions it cut off to end.
+    """
+    terminate(conn, name)
+    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
 
 
 def drop_abandoned(server, conn, *, keep_old=True):
