@@ -156,7 +156,7 @@ def test_it_says_to_migrate_after_restoring_an_older_schema_only(
 
     assert len(after_older) == 2
     assert re.fullmatch(
-        r"This backup predates \d+ migrations? of this code: run `python manage.py migrate` "
+        r"This backup predates \d+ migrations? of this code: run python manage.py migrate "
         r"\(or restart with scripts/run\) before using the site\.",
         after_older[1],
     )

@@ -184,7 +184,7 @@ def restored(request, result, named=None):
         messages.warning(
             request,
             f"This backup predates {pending} migration{'s' if pending != 1 else ''} of this "
-            "code: run `python manage.py migrate` (or restart with scripts/run) before using "
+            "code: run python manage.py migrate (or restart with scripts/run) before using "
             "the site.",
         )
     key = request.session.session_key

@@ -3,7 +3,6 @@ Each view: one check, one call, one ending (the shared parts are in common.py)."
 
 import logging
 import shutil
-from datetime import timedelta
 from urllib.parse import quote
 
 from django.core.paginator import Paginator
@@ -117,12 +116,10 @@ def backups_page(request):
 
 def retention_context(now):
     """What the "kept" badges need besides each backup's fate: when the next purge runs
-    ("deleted by the next purge at 02:30"), the size cap, and today."""
-    next_purge = jobs.next_run_time(jobs.registry()["purge-old-backups"], now)
+    ("deleted by the next purge at 2026-12-07 02:30:00 UTC"), the size cap, and today."""
     return {
         "cap_mb": conf.get("STANZA_BACKUPS_MAX_MB"),
-        "next_purge": next_purge,
-        "next_purge_soon": next_purge is not None and next_purge - now < timedelta(days=1),
+        "next_purge": jobs.next_run_time(jobs.registry()["purge-old-backups"], now),
         "today": timezone.localdate(now),
     }
 
