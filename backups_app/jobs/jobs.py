@@ -60,11 +60,9 @@ OPERATION_WAIT = 30 * 60
 
 
 def daily_backup():
-    from backups_app.core import operations
+    from backups_app.jobs.actions import backup_locked
 
-    # The same lock as "Back up now", uploads and restores (web or command line).
-    with operations.exclusive("backup", by="the daily-backup job", wait=OPERATION_WAIT):
-        backup = backups.create_backup()
+    backup = backup_locked(by="the daily-backup job", wait=OPERATION_WAIT)
     copy_offsite_soon()  # its own recorded run; an offsite failure never fails the backup
     return f"{backup.name} ({human_size(backup.size)})" + media_record.words(
         (backups.read_manifest(backup.path) or {}).get("media"), human_size
@@ -318,7 +316,7 @@ def run_scheduled(name):
 # --- for the dashboard -----------------------------------------------------------------------
 
 # Names the run history records that are not scheduled jobs: they cannot be run again.
-PSEUDO_JOBS = ("restore",)
+PSEUDO_JOBS = ("restore", "delete-offsite")
 
 
 def history_names():
