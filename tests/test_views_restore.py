@@ -233,7 +233,7 @@ def test_it_restores_one_at_a_time(staff_client, backup, live_database, backups_
 
     [message] = messages_of(page)
     assert re.fullmatch(
-        r"A backup is running \(by admin, since \d\d:\d\d:\d\d UTC\); "
+        r"A backup is running \(by admin, since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\); "
         r"try again when it has finished\.",
         message,
     )

@@ -49,8 +49,8 @@ class OperationRunning(BackupError):
         parts = []
         if holder.get("by"):
             parts.append(f"by {holder['by']}")
-        if holder.get("since"):
-            parts.append(f"since {holder['since'][11:19]} UTC")
+        if holder.get("since"):  # the one time format, in UTC: "2026-12-06 19:42:47 UTC"
+            parts.append(f"since {holder['since'][:19].replace('T', ' ')} UTC")
         detail = f" ({', '.join(parts)})" if parts else ""
         super().__init__(f"{what} is running{detail}; try again when it has finished")
 
