@@ -21,6 +21,7 @@ from backups_app import conf, signals
 from backups_app.core.formatting import human_size
 from backups_app.cron import crontab_trigger
 from backups_app.engine import backups
+from backups_app.jobs import actions
 from backups_app.media import record as media_record
 from backups_app.media import store as media_store
 from backups_app.models import CronRun
@@ -60,9 +61,7 @@ OPERATION_WAIT = 30 * 60
 
 
 def daily_backup():
-    from backups_app.jobs.actions import backup_locked
-
-    backup = backup_locked(by="the daily-backup job", wait=OPERATION_WAIT)
+    backup = actions.backup_locked(by="the daily-backup job", wait=OPERATION_WAIT)
     copy_offsite_soon()  # its own recorded run; an offsite failure never fails the backup
     return f"{backup.name} ({human_size(backup.size)})" + media_record.words(
         (backups.read_manifest(backup.path) or {}).get("media"), human_size
