@@ -174,7 +174,7 @@ def test_a_locked_copy_is_not_offered_and_says_until_when(
     assert 'name="delete_offsite"' not in html
     until = re.search(r'<strong id="offsite-locked">locked until (.*?)</strong>', html).group(1)
     assert f'datetime="{(copied + timedelta(days=10)).isoformat()}"' in until
-    assert "nobody can delete it before then" in html
+    assert "the site's credentials cannot delete it before then" in html
     assert started == []
     assert messages_of(response)[0].endswith("stays in the offsite store.")
     assert f"site/{old}.sha256" in keys(s3, bucket)
