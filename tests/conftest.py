@@ -100,6 +100,20 @@ def make_database(path, rows=100, *, wal=True):
     return path
 
 
+def damaged_database(path):
+    """A database whose index disagrees with its table: SQLite's integrity_check prints a
+    line per row (the way a corrupt upload looks)."""
+    make_database(path, rows=200, wal=False)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA writable_schema=ON")
+    conn.execute(
+        "UPDATE sqlite_master SET sql = 'CREATE INDEX item_name ON item (n)' "
+        "WHERE name = 'item_name'"
+    )
+    conn.close()
+    return path
+
+
 @pytest.fixture
 def source_db(tmp_path):
     return make_database(tmp_path / "database.sqlite")
@@ -453,6 +467,21 @@ def copy_database(source, dest, *, page_size=None, wal=True):
     return dest
 
 
+@pytest.fixture
+def offsite_folder(settings, tmp_path):
+    """Offsite copies in another Django storage than S3 (a FileSystemStorage): its folder."""
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "offsite": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(folder)},
+        },
+    }
+    return folder
+
+
 # --- S3 on loopback (moto's server) ----------------------------------------------------------
 
 
@@ -715,3 +744,85 @@ def hanging_store(monkeypatch):
         server.close()
         for conn in accepted:
             conn.close()
+
+
+# --- `manage.py backup` in a child that signals itself (test_backup_publish, _signals) -------
+
+BACKUP_CHILD = """
+import os, sys, time
+sys.path.insert(0, {repo!r})
+os.environ["DJANGO_SETTINGS_MODULE"] = "stanza_site.settings"
+from django.core.management import execute_from_command_line
+
+signum, when = int(sys.argv[1]), sys.argv[2]
+{hooks}
+execute_from_command_line(["manage.py", "backup", *sys.argv[3:]])
+{after}
+"""
+
+
+def run_backup_child(hooks, data, cwd, signum, when, *args, after=""):
+    """Run `manage.py backup ARGS` for data folder `data` in a real child that first runs
+    `hooks` (Python that sees `signum` and `when`: wrapping `os.link`, say, to send itself
+    `signum` at the moment named `when`), and `after` once the command returned."""
+    env = {**os.environ, **live_env(data)}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    code = BACKUP_CHILD.format(repo=str(REPO_DIR), hooks=hooks, after=after)
+    return subprocess.run(
+        [sys.executable, "-c", code, str(int(signum)), when, *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def backup_folders(tmp_path):
+    """(data, out): a data folder with a small live database, and an empty folder to run
+    `manage.py backup` in (its default output)."""
+    data = tmp_path / "data"
+    (data / "backups").mkdir(parents=True)
+    make_database(data / "database.sqlite", rows=50)
+    out = tmp_path / "out"
+    out.mkdir()
+    return data, out
+
+
+def backups_in(folder):
+    """The backup names in `folder` (no sidecars, no temporary files), sorted."""
+    from backups_app.engine import backups
+
+    return sorted(p.name for p in folder.iterdir() if backups.is_backup_name(p.name))
+
+
+def assert_backup_checked(folder, name):
+    """The backup's `.sha256` matches it and its `.json` records the quick check."""
+    from backups_app.engine import backups
+
+    assert backups.read_checksum(folder / name) == backups.sha256_of(folder / name)
+    assert backups.read_manifest(folder / name)["check"]["kind"] == "quick"
+
+
+# --- replicate's status file, written as a running `replicate` writes it ----------------------
+
+
+def write_replica_status(database=None, *, age=0, lag=0, pid=None, running=True, **extra):
+    """Write `.stanza-replica/status.json` as this process's `replicate` would: its heartbeat
+    `age` seconds ago, every commit up to `lag` seconds before that in the replica."""
+    from datetime import UTC, datetime, timedelta
+
+    from backups_app.replication import replication
+
+    beat = datetime.now(UTC) - timedelta(seconds=age)
+    replication.write_status(
+        {
+            "pid": pid or os.getpid(),
+            "litestream_running": running,
+            "heartbeat_at": beat.isoformat(),
+            "synced_through": (beat - timedelta(seconds=lag)).isoformat(),
+            **extra,
+        },
+        database,
+    )

@@ -1,29 +1,33 @@
 """A backup is whole when it has its name: checked, hashed, with its sidecars (issues 8.7, 9.1)."""
 
+import functools
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
 from backups_app.engine import backups
 from backups_app.engine.backups import BackupError, create_backup
-from tests.conftest import REPO_DIR, corrupt_middle, live_env, make_database
+from tests.conftest import (
+    assert_backup_checked,
+    backups_in,
+    corrupt_middle,
+    damaged_database,
+    live_env,
+    make_database,
+    manage,
+    run_backup_child,
+)
 
-# A child that runs `manage.py backup` and sends itself a real signal right after the
-# engine links the first file whose kind is WHEN: "sidecar" (the `.sha256`, before the backup
-# has its name) or "backup" (the backup itself, the moment issue 8.7 found).
-CHILD = """
-import os, sys
-sys.path.insert(0, {repo!r})
-os.environ["DJANGO_SETTINGS_MODULE"] = "stanza_site.settings"
+# What the child (`run_backup_child`) does around `manage.py backup`: it sends itself a real
+# signal right after the engine links the first file whose kind is WHEN: "sidecar" (the
+# `.sha256`, before the backup has its name) or "backup" (the backup itself, the moment issue
+# 8.7 found).
+HOOKS = """
 from backups_app.engine import backups
-from django.core.management import execute_from_command_line
 
-signum, when = int(sys.argv[1]), sys.argv[2]
 real_link = os.link
 
 def link(src, dst, *args, **kwargs):
@@ -43,50 +47,21 @@ def link(src, dst, *args, **kwargs):
         os.kill(os.getpid(), signum)
 
 os.link = link
-execute_from_command_line(["manage.py", "backup", *sys.argv[3:]])
 """
-
-
-def run_child(data, cwd, signum, when, *args):
-    env = {**os.environ, **live_env(data)}
-    env.pop("DJANGO_SETTINGS_MODULE", None)
-    code = CHILD.format(repo=str(REPO_DIR))
-    return subprocess.run(
-        [sys.executable, "-c", code, str(int(signum)), when, *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-@pytest.fixture
-def folders(tmp_path):
-    data = tmp_path / "data"
-    (data / "backups").mkdir(parents=True)
-    make_database(data / "database.sqlite", rows=50)
-    out = tmp_path / "out"
-    out.mkdir()
-    return data, out
-
-
-def backups_in(folder):
-    return sorted(p.name for p in folder.iterdir() if backups.is_backup_name(p.name))
+run_child = functools.partial(run_backup_child, HOOKS)
 
 
 def assert_whole(folder, name):
     # Temporary files of a killed backup stay until the next one removes them (another test).
     files = sorted(p.name for p in folder.iterdir() if not p.name.startswith(backups.TEMP_PREFIX))
     assert files == [name, name + ".json", name + ".sha256"]
-    assert backups.read_checksum(folder / name) == backups.sha256_of(folder / name)
-    assert backups.read_manifest(folder / name)["check"]["kind"] == "quick"
+    assert_backup_checked(folder, name)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 @pytest.mark.slow  # a real signal to a real backup process
-def test_a_signal_right_after_the_name_reports_the_whole_backup(folders, signum):
-    data, out = folders
+def test_a_signal_right_after_the_name_reports_the_whole_backup(backup_folders, signum):
+    data, out = backup_folders
 
     result = run_child(data, out, signum, "backup")
 
@@ -101,8 +76,8 @@ def test_a_signal_right_after_the_name_reports_the_whole_backup(folders, signum)
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 @pytest.mark.slow  # a real signal to a real backup process
-def test_a_signal_before_the_name_leaves_nothing(folders, signum):
-    data, out = folders
+def test_a_signal_before_the_name_leaves_nothing(backup_folders, signum):
+    data, out = backup_folders
 
     result = run_child(data, out, signum, "sidecar")
 
@@ -113,8 +88,8 @@ def test_a_signal_before_the_name_leaves_nothing(folders, signum):
 
 @pytest.mark.parametrize("when", ["sidecar", "backup"])
 @pytest.mark.slow  # a real signal to a real backup process
-def test_a_kill_at_any_moment_never_leaves_a_backup_without_its_sidecars(folders, when):
-    data, out = folders
+def test_a_kill_at_any_moment_never_leaves_a_backup_without_its_sidecars(backup_folders, when):
+    data, out = backup_folders
 
     result = run_child(data, out, signal.SIGKILL, when)
 
@@ -126,8 +101,8 @@ def test_a_kill_at_any_moment_never_leaves_a_backup_without_its_sidecars(folders
 
 
 @pytest.mark.slow  # a real signal to a real backup process
-def test_the_next_backup_removes_sidecars_left_by_a_killed_one(folders):
-    data, out = folders
+def test_the_next_backup_removes_sidecars_left_by_a_killed_one(backup_folders):
+    data, out = backup_folders
     run_child(data, out, signal.SIGKILL, "sidecar")
     (orphan,) = [p for p in out.iterdir() if not p.name.startswith(backups.TEMP_PREFIX)]
     assert orphan.name.endswith(".sha256")
@@ -143,8 +118,8 @@ def test_the_next_backup_removes_sidecars_left_by_a_killed_one(folders):
     ]
 
 
-def test_a_fresh_orphan_sidecar_is_left_to_the_backup_writing_it(folders):
-    data, out = folders
+def test_a_fresh_orphan_sidecar_is_left_to_the_backup_writing_it(backup_folders):
+    data, out = backup_folders
     orphan = out / "database.sqlite.20261127T000000Z.bak.sha256"
     orphan.write_text("x")
 
@@ -208,17 +183,7 @@ def test_record_check_keeps_the_rest_of_the_manifest(source_db, tmp_path, time_m
 
 def test_a_copy_whose_index_disagrees_with_its_table_fails_the_full_check(tmp_path):
     """quick_check skips index-versus-table checks; the full check finds them."""
-    import sqlite3
-
-    path = make_database(tmp_path / "bad.sqlite", rows=200, wal=False)
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA writable_schema=ON")
-    # Point the index at another column: its entries no longer match the table's rows.
-    conn.execute(
-        "UPDATE sqlite_master SET sql = 'CREATE INDEX item_name ON item (n)' "
-        "WHERE name = 'item_name'"
-    )
-    conn.close()
+    path = damaged_database(tmp_path / "bad.sqlite")  # its index points at another column
 
     assert backups.verify_database(path, kind="quick")["item"] == 200
     with pytest.raises(BackupError, match="integrity check"):
@@ -233,19 +198,10 @@ def test_a_damaged_copy_fails_the_quick_check(tmp_path):
         backups.verify_database(path, kind="quick")
 
 
-def test_the_command_takes_full_check(folders):
-    data, out = folders
-    env = {**os.environ, **live_env(data)}
-    env.pop("DJANGO_SETTINGS_MODULE", None)
+def test_the_command_takes_full_check(backup_folders):
+    data, out = backup_folders
 
-    result = subprocess.run(
-        [sys.executable, str(REPO_DIR / "manage.py"), "backup", "--full-check"],
-        env=env,
-        cwd=out,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = manage("backup", "--full-check", env=live_env(data), cwd=out)
 
     assert result.returncode == 0, result.stderr
     (name,) = backups_in(out)

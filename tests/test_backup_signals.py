@@ -2,6 +2,7 @@
 (issue 18 item 8): once the backup has its name it is reported, and a signal after that ends
 nothing (exit 0 with the path, never a bare KeyboardInterrupt or a death by signal)."""
 
+import functools
 import os
 import signal
 import subprocess
@@ -10,20 +11,21 @@ import time
 
 import pytest
 
-from backups_app.engine import backups
-from tests.conftest import MANAGE, REPO_DIR, live_env, make_database, make_large_database
+from tests.conftest import (
+    MANAGE,
+    assert_backup_checked,
+    backups_in,
+    live_env,
+    make_large_database,
+    run_backup_child,
+)
 
 pytestmark = pytest.mark.slow  # real signals to real backup processes
 
-# A child that runs `manage.py backup` and signals itself at one moment: "staged" (the engine
-# removes a staged sidecar file after the backup got its name) or "exit" (the command is done).
-CHILD = """
-import os, sys, time
-sys.path.insert(0, {repo!r})
-os.environ["DJANGO_SETTINGS_MODULE"] = "stanza_site.settings"
-from django.core.management import execute_from_command_line
-
-signum, when = int(sys.argv[1]), sys.argv[2]
+# What the child (`run_backup_child`) does around `manage.py backup`: it signals itself at one
+# moment, "staged" (the engine removes a staged sidecar file after the backup got its name) or
+# "exit" (the command is done).
+HOOKS = """
 real_link, real_unlink = os.link, os.unlink
 linked = []
 
@@ -38,42 +40,20 @@ def unlink(path, *args, **kwargs):
         os.kill(os.getpid(), signum)
 
 os.link, os.unlink = link, unlink
-execute_from_command_line(["manage.py", "backup", *sys.argv[3:]])
+"""
+AFTER = """
 if when == "exit":
     os.kill(os.getpid(), signum)
     time.sleep(0.2)  # the signal is handled here, before the interpreter exits
 """
-
-
-@pytest.fixture
-def folders(tmp_path):
-    data = tmp_path / "data"
-    (data / "backups").mkdir(parents=True)
-    make_database(data / "database.sqlite", rows=50)
-    out = tmp_path / "out"
-    out.mkdir()
-    return data, out
-
-
-def run_child(data, cwd, signum, when):
-    env = {**os.environ, **live_env(data)}
-    env.pop("DJANGO_SETTINGS_MODULE", None)
-    return subprocess.run(
-        [sys.executable, "-c", CHILD.format(repo=str(REPO_DIR)), str(int(signum)), when],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+run_child = functools.partial(run_backup_child, HOOKS, after=AFTER)
 
 
 def whole(folder):
     """The backups in `folder`, each checked whole: its .sha256 matches, its .json is there."""
-    names = sorted(p.name for p in folder.iterdir() if backups.is_backup_name(p.name))
+    names = backups_in(folder)
     for name in names:
-        assert backups.read_checksum(folder / name) == backups.sha256_of(folder / name)
-        assert backups.read_manifest(folder / name)["check"]["kind"] == "quick"
+        assert_backup_checked(folder, name)
     return names
 
 
@@ -102,8 +82,8 @@ def assert_words_match_the_disk(result, out):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_as_the_staged_sidecars_are_removed_ends_nothing(folders, signum):
-    data, out = folders
+def test_a_signal_as_the_staged_sidecars_are_removed_ends_nothing(backup_folders, signum):
+    data, out = backup_folders
 
     result = run_child(data, out, signum, "staged")
 
@@ -112,8 +92,8 @@ def test_a_signal_as_the_staged_sidecars_are_removed_ends_nothing(folders, signu
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_after_the_command_is_done_exits_0_with_the_path(folders, signum):
-    data, out = folders
+def test_a_signal_after_the_command_is_done_exits_0_with_the_path(backup_folders, signum):
+    data, out = backup_folders
 
     result = run_child(data, out, signum, "exit")
 

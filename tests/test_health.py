@@ -279,7 +279,9 @@ def test_a_never_run_job_says_when_it_is_first_due(data_dir):
 
 def test_problem_sources_can_be_added(fresh_backup, jobs_on_time, monkeypatch):
     sources = health.problem_sources()
-    monkeypatch.setattr(health, "problem_sources", lambda: {**sources, "more": offsite_behind})
+    monkeypatch.setattr(
+        health, "problem_sources", lambda replica=None: {**sources, "more": offsite_behind}
+    )
 
     verdict = health.verdict(NOW)
 

@@ -115,6 +115,52 @@ def test_a_tampered_object_is_refused_when_fetched(
     assert not (backups_folder / "media" / "objects" / sha(b"a")[:2] / sha(b"a")).exists()
 
 
+def test_an_object_that_cannot_be_decrypted_is_refused_with_the_reason(
+    offsite_on, s3, live, backups_folder, site_media_root, settings, tmp_path
+):
+    public, identity = age_keys(tmp_path)
+    settings.STANZA_OFFSITE_AGE_RECIPIENTS = public
+    settings.STANZA_OFFSITE_AGE_IDENTITY = str(identity)
+    write(site_media_root, "a.txt", b"a")
+    backup = make_backup(live, backups_folder, label="manual")
+    assert jobs.run_job("copy-offsite").status == CronRun.Status.SUCCESS
+    key = f"site-a/media/objects/{sha(b'a')[:2]}/{sha(b'a')}.age"
+    import pyrage
+
+    other = pyrage.x25519.Identity.generate().to_public()  # encrypted to another key
+    s3.put_object(Bucket=offsite_on, Key=key, Body=pyrage.encrypt(b"a", [other]))
+    shutil.rmtree(backups_folder / "media")
+
+    with pytest.raises(OffsiteError) as refused, fetch.fetched(backup.name):
+        pass
+
+    assert str(refused.value) == (
+        f"{key.removeprefix('site-a/')} cannot be decrypted with STANZA_OFFSITE_AGE_IDENTITY: "
+        "No matching keys found"
+    )
+    assert not (backups_folder / "media" / "objects" / sha(b"a")[:2] / sha(b"a")).exists()
+
+
+def test_another_storage_backend_holds_each_site_file_once_and_gives_it_back(
+    offsite_folder, live, backups_folder, site_media_root
+):
+    write(site_media_root, "a.txt", b"a")
+    first = make_backup(live, backups_folder, label="manual")
+    assert jobs.run_job("copy-offsite").status == CronRun.Status.SUCCESS
+    stored = offsite_folder / "media" / "objects" / sha(b"a")[:2] / sha(b"a")
+    inode = stored.stat().st_ino
+    make_backup(live, backups_folder, label="manual")
+
+    run = jobs.run_job("copy-offsite")
+
+    assert run.status == CronRun.Status.SUCCESS, run.error
+    assert stored.stat().st_ino == inode  # found by the listing under media/objects/: not sent
+    shutil.rmtree(backups_folder / "media")
+    with fetch.fetched(first.name):
+        pass
+    assert (backups_folder / "media" / "objects" / sha(b"a")[:2] / sha(b"a")).read_bytes() == b"a"
+
+
 def test_offsite_retention_removes_the_list_and_the_objects_no_copy_names(
     offsite_on, s3, live, backups_folder, site_media_root
 ):

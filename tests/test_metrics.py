@@ -10,7 +10,7 @@ from backups_app.engine import backups
 from backups_app.jobs import jobs
 from backups_app.models import CronRun
 from backups_app.restore import drill
-from tests.conftest import write_backup_file
+from tests.conftest import write_backup_file, write_replica_status
 
 pytestmark = pytest.mark.django_db
 
@@ -215,20 +215,8 @@ def test_it_never_asks_the_offsite_store(
 def test_it_reads_the_replicas_lag_from_replicates_status_file(
     client, metrics_on, settings, backups_folder, tmp_path
 ):
-    from datetime import UTC, datetime, timedelta
-
-    from backups_app.replication import replication
-
     settings.STANZA_REPLICA_URL = f"file://{tmp_path / 'replica'}"
-    now = datetime.now(UTC)
-    replication.write_status(
-        {
-            "pid": os.getpid(),
-            "litestream_running": True,
-            "heartbeat_at": now.isoformat(),
-            "synced_through": (now - timedelta(seconds=4)).isoformat(),
-        }
-    )
+    write_replica_status(lag=4)
 
     metrics = scrape(client)
 

@@ -208,3 +208,62 @@ def test_without_the_setting_nothing_is_locked(s3, live_database, backups_folder
 
     assert "ObjectLockMode" not in head
     assert lock.put_args() == {}
+
+
+def site_file_key(s3, bucket):
+    (key,) = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="site/media/")["Contents"]]
+    return key
+
+
+def test_a_copy_that_reuses_a_site_file_extends_its_lock_so_a_delete_stays_refused(
+    s3, locked_bucket, live_database, backups_folder, site_media_root
+):
+    site_media_root.mkdir(parents=True)
+    (site_media_root / "photo.jpg").write_bytes(b"a site file in every backup")
+    copies_made(1, backups_folder)
+    key = site_file_key(s3, locked_bucket)
+    (version,) = versions(s3, locked_bucket, key)
+    # The first copy's lock on it runs out (the bucket's owner ends it early: moto's clock
+    # cannot be moved).
+    s3.put_object_retention(
+        Bucket=locked_bucket,
+        Key=key,
+        VersionId=version["VersionId"],
+        Retention={"Mode": "GOVERNANCE", "RetainUntilDate": timezone.now() + timedelta(seconds=1)},
+        BypassGovernanceRetention=True,
+    )
+    time.sleep(2)
+
+    copies_made(1, backups_folder)  # names the same content: not sent again
+    copied = timezone.now()
+
+    assert len(versions(s3, locked_bucket, key)) == 1  # not sent again
+    until = s3.head_object(Bucket=locked_bucket, Key=key)["ObjectLockRetainUntilDate"]
+    # Extended past what this copy needs, by a week, so the next copies need no request.
+    assert copied + timedelta(days=LOCK_DAYS) < until
+    assert until <= copied + timedelta(days=LOCK_DAYS) + lock.MARGIN
+    with pytest.raises(ClientError) as refused:
+        s3.delete_object(Bucket=locked_bucket, Key=key, VersionId=version["VersionId"])
+    assert refused.value.response["Error"]["Code"] == "AccessDenied"
+
+
+def test_a_reused_object_retained_long_enough_costs_no_request_and_is_never_shortened(
+    s3, locked_bucket, live_database, backups_folder, site_media_root, tmp_path
+):
+    site_media_root.mkdir(parents=True)
+    (site_media_root / "photo.jpg").write_bytes(b"a site file in every backup")
+    copies_made(1, backups_folder)
+    key = site_file_key(s3, locked_bucket)
+    far = (timezone.now() + timedelta(days=100)).replace(microsecond=0)
+    s3.put_object_retention(  # the owner keeps it longer than any copy would
+        Bucket=locked_bucket, Key=key, Retention={"Mode": "GOVERNANCE", "RetainUntilDate": far}
+    )
+
+    copies_made(1, backups_folder)  # recorded as retained 10 days: read, found longer, kept
+    requests_before = (tmp_path / "moto.log").read_text().count(f"/{locked_bucket}/{key}")
+    copies_made(1, backups_folder)  # recorded as retained 100 days: nothing to ask
+    log = (tmp_path / "moto.log").read_text()
+
+    assert s3.head_object(Bucket=locked_bucket, Key=key)["ObjectLockRetainUntilDate"] == far
+    assert log.count(f"/{locked_bucket}/{key}") == requests_before
+    assert requests_before > 0  # the log does show the requests on it

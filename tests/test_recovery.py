@@ -11,8 +11,7 @@ from django.core.management import call_command
 from backups_app.health import recovery
 from backups_app.jobs import jobs
 from backups_app.models import DrillRun
-from backups_app.replication import replication
-from tests.conftest import write_backup_file
+from tests.conftest import write_backup_file, write_replica_status
 
 pytestmark = pytest.mark.django_db
 
@@ -102,16 +101,7 @@ def test_it_takes_the_freshest_of_backup_offsite_copy_and_replica(
     database = tmp_path / "live.sqlite"
     monkeypatch.setattr(conf, "live_database_path", lambda: database)
     settings.STANZA_REPLICA_URL = f"file://{tmp_path / 'replica'}"
-    now = datetime.now(UTC)
-    replication.write_status(
-        {
-            "pid": os.getpid(),
-            "litestream_running": True,
-            "heartbeat_at": now.isoformat(),
-            "synced_through": (now - timedelta(seconds=3)).isoformat(),
-        },
-        database,
-    )
+    write_replica_status(database, lag=3)
 
     with_replica = recovery.state()
 

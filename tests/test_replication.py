@@ -1,5 +1,6 @@
 """Replication with Litestream: settings, config, status, and real Litestream processes."""
 
+import contextlib
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ import pytest
 
 from backups_app import conf
 from backups_app.replication import positions, replication
-from tests.conftest import live_env, manage, read_runs, wait_until
+from tests.conftest import live_env, manage, read_runs, wait_until, write_replica_status
 
 # --- settings and config (no Litestream needed) ----------------------------------------------
 
@@ -125,19 +126,7 @@ def replica_on(settings, tmp_path, monkeypatch):
     return database
 
 
-def write_status(database, *, age=0, lag=0, pid=None, running=True, **extra):
-    now = datetime.now(UTC)
-    beat = now - timedelta(seconds=age)
-    replication.write_status(
-        {
-            "pid": pid or os.getpid(),
-            "litestream_running": running,
-            "heartbeat_at": beat.isoformat(),
-            "synced_through": (beat - timedelta(seconds=lag)).isoformat(),
-            **extra,
-        },
-        database,
-    )
+write_status = write_replica_status  # the status file as a running `replicate` writes it
 
 
 def test_replication_off_is_no_problem(settings):
@@ -637,7 +626,8 @@ def test_it_reports_a_stopped_litestream_as_behind_within_the_limit(
             checked = manage("checkbackups", env=run.env)
             assert checked.returncode == 1 and "behind" in checked.stdout
         finally:
-            os.kill(pid, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):  # replicate may have restarted it
+                os.kill(pid, signal.SIGCONT)
         wait_until(lambda: problems() == [], timeout=60, interval=0.5)  # it catches up
 
 
@@ -665,3 +655,95 @@ def test_it_reports_a_replica_whose_files_were_deleted_and_writes_a_new_one(
     assert "new snapshot" in run.log_path.read_text()
     verified = manage("runjob", "verify-replica", env=run.env)
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+# --- a hung Litestream is restarted (issue 17's review) ---------------------------------------
+
+
+def test_it_counts_how_long_a_commit_stays_unread_by_litestream(tmp_path):
+    """No Litestream reads this database: the first commit a beat saw stays unread, and its
+    time is what counts; a new Litestream starts the count again."""
+    database = tmp_path / "live.sqlite"
+    conn = sqlite3.connect(database, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE item (id INTEGER PRIMARY KEY, name TEXT)")
+    tracker = positions.Tracker(database, tmp_path / "no-config.yml")
+
+    tracker.beat(now=1000.0)  # sees the CREATE TABLE's commit
+    conn.execute("INSERT INTO item (name) VALUES ('x')")
+    tracker.beat(now=1005.0)
+    conn.close()
+
+    assert tracker.unread_for(now=1005.0) == 5  # from the first commit a beat saw unread
+    assert tracker.unread_for(now=1020.0) == 20
+    tracker.beat(now=1030.0)
+    assert tracker.unread_for(now=1030.0) == 30
+    tracker.litestream_restarted()
+    assert tracker.unread_for(now=1030.0) == 0
+    tracker.beat(now=1035.0)
+    assert tracker.unread_for(now=1040.0) == 5  # the new one's count starts at its first beat
+
+
+def test_it_says_when_and_why_replicate_restarted_litestream(replica_on, db):
+    restart = {"at": "2026-12-06T23:40:02+00:00", "why": HUNG_WHY}
+    write_status(replica_on, lag=400, restarts=1, last_restart=restart)
+
+    current = replication.status()
+    (problem,) = replication.health_problems(current=current)
+
+    assert current.restarts == 1 and current.last_restart_why == HUNG_WHY
+    assert current.last_restart_at == datetime(2026, 12, 6, 23, 40, 2, tzinfo=UTC)
+    assert str(problem) == "replication 400 s behind (limit 300 s)"  # the words stay
+    assert problem.sentence.endswith(
+        f"`replicate` restarted Litestream at 2026-12-06T23:40:02Z: {HUNG_WHY}."
+    )
+    assert replication.health_problems()[0].sentence == problem.sentence  # reading it itself
+
+
+HUNG_WHY = "it read none of the site's commits for 16 s: hung or stopped"
+
+
+@pytest.mark.litestream
+@pytest.mark.slow
+def test_it_restarts_a_litestream_stopped_by_sigstop_and_the_replica_catches_up(
+    live_data, replicating, tmp_path, health_of
+):
+    from backups_app.replication import run as replicate_run
+
+    limit = 15
+    url = f"file://{tmp_path / 'replica'}"
+    run = replicating(url, STANZA_REPLICA_MAX_LAG=str(limit))
+    problems = health_of(live_data, url, limit)
+    run.wait_synced()
+    hung = wait_until(lambda: litestream_pid(live_data), interval=0.2)
+    with Writer(live_data / "database.sqlite") as writer:
+        wait_until(lambda: writer.count > 20 and problems() == [], interval=0.2)
+        os.kill(hung, signal.SIGSTOP)  # alive, holding its files, reading nothing
+        try:
+            # Seen unread within a beat, restarted a limit and a beat later, gone in 5 s.
+            bound = limit + 2 * positions.HEARTBEAT + replicate_run.HUNG_TIMEOUT + 20
+            fresh = wait_until(
+                lambda: (pid := litestream_pid(live_data)) and pid != hung and pid,
+                timeout=bound,
+                interval=0.2,
+            )
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(hung, signal.SIGCONT)
+        assert _alive(hung) is None  # ended, not left stopped beside the new one
+        restarted = replication.status()
+        assert restarted.restarts == 1
+        assert restarted.last_restart_why.endswith("s: hung or stopped")
+        # The replica catches up with what the writer committed while Litestream was stopped.
+        caught_up = datetime.now(UTC)
+        run.wait_synced(after=caught_up)
+        wait_until(lambda: problems() == [], timeout=30, interval=0.5)
+        written = writer.count
+    verified = manage("runjob", "verify-replica", env=run.env)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert written > 20
+    assert litestream_pid(live_data) == fresh  # the new one replicates on, not restarted again
+    assert replication.status().restarts == 1
+    lines = [line for line in run.log_path.read_text().splitlines() if "hung or stopped" in line]
+    assert len(lines) == 1 and f"litestream (pid {hung}) read none" in lines[0]
+    assert "Traceback" not in run.log_path.read_text()

@@ -1,11 +1,13 @@
 import os
 import pty
 import select
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -260,10 +262,10 @@ def start_restore(data, name):
 
 
 def wait_for_the_copy(data, child):
-    """Until the safety backup is published: it is made under the write lock, just before
-    the copy starts."""
+    """Until the safety backup's copy has begun: it is made under the write lock, and the
+    restore's copy goes on alongside its checks."""
     deadline = time.monotonic() + 120
-    while not pre_restore_backups(data) and child.poll() is None:
+    while not list((data / "backups").glob(".stanza-tmp-*")) and child.poll() is None:
         assert time.monotonic() < deadline
         time.sleep(0.005)
     assert child.poll() is None, "the restore finished before it could be stopped"
@@ -286,10 +288,11 @@ def test_a_restore_killed_during_its_copy_leaves_the_database_as_it_was(project)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.execute("INSERT INTO auth_group (name) VALUES ('writable again')")  # no lock held
     conn.close()
-    [safety] = pre_restore_backups(data)
-    conn = sqlite3.connect(f"file:{safety}?mode=ro", uri=True)
-    assert ("made after the big backup",) in conn.execute("SELECT name FROM auth_group")
-    conn.close()
+    for safety in pre_restore_backups(data):  # one named before the kill is whole
+        assert Path(f"{safety}.sha256").exists() and Path(f"{safety}.json").exists()
+        conn = sqlite3.connect(f"file:{safety}?mode=ro", uri=True)
+        assert ("made after the big backup",) in conn.execute("SELECT name FROM auth_group")
+        conn.close()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -312,3 +315,33 @@ def test_a_restore_stopped_by_a_signal_says_so_in_one_line_and_leaves_nothing(pr
     assert "Traceback" not in err
     assert "made after the big backup" in groups(data)
     assert not [p.name for p in data.iterdir() if p.name.startswith(".stanza-tmp-")]
+
+
+def test_a_safety_backup_that_fails_after_its_copy_stops_the_restore_before_it_commits(
+    project, mount_point
+):
+    # The safety backup's copy fits the backups folder; the site files it records next do not.
+    # Its checks and files go on alongside the restore's copy: the restore must not commit.
+    data, backup = project
+    folder = mount_point("size=4m")
+    shutil.copy(backup.path, folder / backup.name)
+    media = data / "media"
+    media.mkdir()
+    (media / "big.bin").write_bytes(os.urandom(8 * 1024 * 1024))
+
+    result = manage(
+        "restore",
+        str(folder / backup.name),
+        "--yes",
+        env={**env_for(data), "STANZA_BACKUPS_DIR": str(folder)},
+        stdin=subprocess.DEVNULL,
+    )
+
+    assert result.returncode == 1
+    [line] = error_lines(result)
+    assert "the safety backup of the current database failed, so nothing was restored" in line
+    assert "Traceback" not in result.stderr
+    assert "made after the backup" in groups(data)
+    assert not pre_restore_backups(data)
+    assert not list(folder.glob("*.pre-restore.bak"))
+    assert not list(folder.glob(".stanza-tmp-*"))

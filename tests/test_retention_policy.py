@@ -27,13 +27,15 @@ def nightly(days, *, now=NOW, at=timedelta(minutes=30), size=MB, label=""):
     items = []
     for n in range(days):
         when = now - at - timedelta(days=n)
-        items.append(Item(when.timestamp(), f"database.sqlite.{stamp(when)}{label}.bak", size))
+        name = f"database.sqlite.{stamp(when)}{label}.bak"
+        items.append(Item(when.timestamp(), name, size, label != ".uploaded"))
     return items
 
 
 def item(when, label="", size=MB):
-    label = f".{label}" if label else ""
-    return Item(when.timestamp(), f"database.sqlite.{stamp(when)}{label}.bak", size)
+    """A backup made at `when`; the site made it itself unless its label is `uploaded`."""
+    name = f"database.sqlite.{stamp(when)}{'.' + label if label else ''}.bak"
+    return Item(when.timestamp(), name, size, label != "uploaded")
 
 
 def kept(items, now=NOW, rules=LARAVEL):
@@ -46,7 +48,7 @@ def oracle(items, now, rules):
     tz = ZoneInfo(rules.time_zone)
     wall = now.astimezone(tz).replace(tzinfo=None)
     present = sorted((i for i in items if i.mtime <= now.timestamp()), key=lambda i: i.mtime)
-    own = [i for i in present if ".uploaded." not in i.name]
+    own = [i for i in present if i.own]
     keep = {i.name for i in items if i.mtime > now.timestamp()}  # ahead of the clock
     keep |= {i.name for i in present[-1:] + own[-1:]}  # the newest, the newest own
     keep |= {
@@ -229,7 +231,7 @@ def test_the_cap_deletes_the_oldest_kept_first_and_says_so():
 
     assert [f.keep for f in fates] == [True] * 3 + [False] * 17
     assert all(f.over_cap and f.rule == "recent" for f in fates[3:])
-    assert summary(fates, rules) == "kept 3 recent; deleted 17 (17 over the 10 MB cap)"
+    assert summary(fates, rules) == "kept 3 recent; deleted 17 (17 over the 10 MB cap; 9.0 MB left)"
 
 
 def test_the_cap_never_deletes_the_newest_nor_the_newest_own():
@@ -251,6 +253,56 @@ def test_what_no_rule_keeps_is_not_counted_against_the_cap():
 
     assert sum(f.over_cap for f in fates) == 0
     assert summary(fates, rules) == "kept 2 recent; deleted 8"
+
+
+def test_the_cap_counts_each_site_file_object_once_however_many_backups_name_it():
+    rules = Rules(recent_days=30, max_bytes=12 * MB, time_zone="UTC")
+    items = nightly(5, size=MB)  # 5 MB of backups...
+    photos = policy.Shared(10 * MB, ((0, 4),))  # ...naming the same 10 MB of site files
+
+    fates = decide(items, NOW, rules, [photos])
+
+    # 15 MB: the three oldest go (each frees its own 1 MB; the files stay with the others).
+    assert [f.over_cap for f in fates] == [False, False, True, True, True]
+    assert fates.kept_bytes == 12 * MB
+    assert summary(fates, rules) == "kept 2 recent; deleted 3 (3 over the 12 MB cap; 12.0 MB left)"
+    assert not any(f.over_cap for f in decide(items, NOW, rules))  # 5 MB alone fit
+
+
+def test_an_object_is_freed_only_with_the_last_kept_backup_that_names_it():
+    rules = Rules(recent_days=30, max_bytes=5 * MB, time_zone="UTC")
+    items = nightly(4, size=MB)  # positions oldest first: items[3] is 0, items[0] is 3
+    # A 10 MB video in the oldest backup and the third, not in the second (removed, put back).
+    video = policy.Shared(10 * MB, ((0, 0), (2, 2)))
+
+    fates = decide(items, NOW, rules, [video])
+
+    # 14 MB; the oldest goes (13), the second (12), the third frees the video (1): fits.
+    assert [f.over_cap for f in fates] == [False, True, True, True]
+    assert fates.kept_bytes == 1 * MB
+
+
+def test_objects_a_pinned_backup_names_are_never_freed_and_those_no_kept_one_names_not_counted():
+    rules = Rules(recent_days=2, max_bytes=5 * MB, time_zone="UTC")
+    upload = item(NOW - timedelta(hours=1), "uploaded")  # position 4: the newest
+    own = item(NOW - timedelta(hours=2))  # position 3: the newest own, pinned
+    middle = [item(NOW - timedelta(hours=h)) for h in (3, 4)]  # positions 2 and 1
+    ancient = item(NOW - timedelta(days=10))  # position 0: no rule keeps it
+    shared = [
+        policy.Shared(10 * MB, ((1, 3),)),  # named by the newest own: stays whatever goes
+        policy.Shared(50 * MB, ((0, 0),)),  # named only by what the rules delete
+    ]
+
+    fates = decide([upload, own, *middle, ancient], NOW, rules, shared)
+
+    assert [(f.keep, f.over_cap) for f in fates] == [
+        (True, False),
+        (True, False),
+        (False, True),
+        (False, True),
+        (False, False),
+    ]
+    assert fates.kept_bytes == 12 * MB  # over the cap still: the two it never deletes
 
 
 # --- a clock that jumped -------------------------------------------------------------------------
@@ -290,11 +342,20 @@ def test_it_decides_an_empty_folder_and_absurd_dates():
     assert [f.keep for f in fates] == [True, True]  # ahead of the clock; the newest
 
 
-def test_it_tells_the_sites_own_backups_from_uploads_by_their_label():
-    assert policy.is_own("database.sqlite.20261206T020000Z.bak")
-    assert policy.is_own("shop.20261206T020000Z-2.pre-restore.dump")
-    assert not policy.is_own("database.sqlite.20261206T020000Z.uploaded.bak.gz")
-    assert not policy.is_own("shop.20261206T020000Z.uploaded.dump")
+def test_it_takes_whether_the_site_made_a_backup_as_given_not_from_its_name():
+    # The engine's one rule (Backup.own) decides that; the policy is told.
+    rules = Rules(recent_days=0, time_zone="UTC")
+    foreign = item(NOW - timedelta(days=1))._replace(own=False)  # a plain name, not the site's
+    own = item(NOW - timedelta(days=2))
+    older = item(NOW - timedelta(days=3))
+
+    fates = decide([foreign, own, older], NOW, rules)
+
+    assert [(f.rule, f.keep) for f in fates] == [
+        ("newest", True),
+        ("newest own", True),
+        ("", False),
+    ]
 
 
 def test_it_gives_the_first_rule_that_keeps_a_backup():

@@ -108,8 +108,9 @@ def test_the_cap_deletes_the_oldest_first_and_the_result_says_so(
 
     run = jobs.run_job("purge-old-backups")
 
-    assert run.result == "kept 5 recent; deleted 5 (5 over the 5 MB cap)"
-    assert sorted(p.name for p in backups_folder.glob("*.bak")) == sorted(made[:5])
+    # Five 1 MB backups with their .sha256 beside them are more than 5 MB: four fit.
+    assert run.result == "kept 4 recent; deleted 6 (6 over the 5 MB cap; 4.0 MB left)"
+    assert sorted(p.name for p in backups_folder.glob("*.bak")) == sorted(made[:4])
 
 
 def test_the_dry_run_prints_every_decision_and_deletes_nothing(

@@ -2,7 +2,6 @@
 times in one format, and words that match what happened."""
 
 import re
-import sqlite3
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,7 +10,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from backups_app.engine import backups
 from backups_app.web.replication_views import parse_when
-from tests.conftest import copy_database, make_database
+from tests.conftest import copy_database, damaged_database
 
 URL = "/admin/backups/"
 
@@ -70,20 +69,6 @@ def test_the_favicon_is_the_dashboards_icon(client, staff_client):
 
 
 # --- a damaged upload ---------------------------------------------------------------------
-
-
-def damaged_database(path):
-    """A database whose index disagrees with its table: SQLite's integrity_check prints a
-    line per row (the way a corrupt upload looks)."""
-    make_database(path, rows=200, wal=False)
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA writable_schema=ON")
-    conn.execute(
-        "UPDATE sqlite_master SET sql = 'CREATE INDEX item_name ON item (n)' "
-        "WHERE name = 'item_name'"
-    )
-    conn.close()
-    return path
 
 
 def test_a_damaged_upload_is_one_sentence_with_the_checks_lines_behind_details(

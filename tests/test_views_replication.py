@@ -10,7 +10,7 @@ import pytest
 
 from backups_app.engine import backups
 from backups_app.replication import positions, replication
-from tests.conftest import count_rows, wait_until
+from tests.conftest import count_rows, wait_until, write_replica_status
 
 
 @pytest.fixture
@@ -21,19 +21,11 @@ def replica_url(settings, tmp_path, live_database, data_dir):
 
 
 def write_status(database, *, lag=1, span=None, **extra):
+    """A running `replicate`'s status, with a replica holding files from 2 hours ago."""
     now = datetime.now(UTC)
     span = span or (now - timedelta(hours=2), now - timedelta(seconds=30))
-    replication.write_status(
-        {
-            "pid": __import__("os").getpid(),
-            "litestream_running": True,
-            "heartbeat_at": now.isoformat(),
-            "synced_through": (now - timedelta(seconds=lag)).isoformat(),
-            "files_span": [t.isoformat() for t in span],
-            **extra,
-        },
-        database,
-    )
+    files_span = [t.isoformat() for t in span]
+    write_replica_status(database, lag=lag, files_span=files_span, **extra)
 
 
 def test_the_backups_page_shows_replication_status_and_window(
@@ -56,6 +48,23 @@ def test_the_page_says_what_the_replica_holds_and_when_it_holds_nothing(
     write_status(live_database, lag=3, replica_problem="empty")
     page = staff_client.get("/admin/backups/").content.decode()
     assert "nothing a restore can use" in page and "every commit before" not in page
+
+
+def test_it_says_on_the_card_when_and_why_replicate_last_restarted_litestream(
+    staff_client, replica_url, live_database
+):
+    why = "it read none of the site's commits for 16 s: hung or stopped"
+    restart = {"at": "2026-12-06T23:40:02+00:00", "why": why}
+    write_status(live_database, lag=3, restarts=2, last_restart=restart)
+
+    page = staff_client.get("/admin/backups/").content.decode()
+
+    state = page.split('id="replication-state">', 1)[1].split("</dd>", 1)[0]
+    assert "restarted 2 times, last " in state
+    assert 'datetime="2026-12-06T23:40:02+00:00"' in state
+    assert state.endswith(
+        ": it read none of the site&#x27;s commits for 16 s: hung or stopped</span>"
+    )
 
 
 def test_the_page_says_when_replication_stopped(staff_client, replica_url, live_database):
@@ -217,3 +226,46 @@ def test_it_answers_at_once_with_a_fifo_as_a_state_file(
     assert healthz.status_code == 503 and "replication stopped" in healthz.content.decode()
     assert page.status_code == 200 and "Continuous replication" in page.content.decode()
     assert checked.value.code == 1 and "replication stopped" in capsys.readouterr().out
+
+
+# --- replicate's files, read once per request (issue 17) -------------------------------------
+
+
+@pytest.fixture
+def state_file_reads(monkeypatch):
+    """{file name: times read} of replication's state files, counted where status reads them."""
+    from backups_app.replication import status
+
+    reads = {}
+
+    def counting(path, real=status.read_json):
+        reads[path.name] = reads.get(path.name, 0) + 1
+        return real(path)
+
+    monkeypatch.setattr(status, "read_json", counting)
+    return reads
+
+
+@pytest.mark.parametrize("path", ["/admin/backups/", "/healthz", "/metrics", "checkbackups"])
+def test_it_reads_replicates_files_once_per_request(
+    client, staff_client, settings, replica_url, live_database, state_file_reads, path, capsys
+):
+    from django.core.management import call_command
+
+    settings.STANZA_METRICS_TOKEN = "token"
+    write_status(live_database, lag=3)
+    replication.note_restore(type("R", (), {"backup": type("B", (), {"name": "x.bak"})()})())
+
+    if path == "checkbackups":
+        with pytest.raises(SystemExit):  # no backup yet
+            call_command("checkbackups")
+        assert "the replica is 3 seconds behind" in capsys.readouterr().out
+    elif path == "/admin/backups/":
+        page = staff_client.get(path).content.decode()
+        assert 'id="replication-lag">3 s' in page and "A new history began" in page
+        assert "the replica is 3 seconds behind" in page  # the recovery point's card
+    else:
+        response = client.get(path, HTTP_AUTHORIZATION="Bearer token")
+        assert response.status_code in (200, 503)
+
+    assert state_file_reads == {replication.STATUS_NAME: 1, replication.HISTORY_NAME: 1}

@@ -28,12 +28,14 @@ Names and files
     declared_size(header) -> int|None  the size the header promises (bounds a gunzip), if known
 
 Copying the live database
-    copy_live(dest, *, database=None, progress=None, flush=True) -> frozenset[str]
+    copy_live(dest, *, database=None, progress=None, flush=True, locked=False) -> frozenset[str]
         Write a consistent copy (a point in time, whatever the site writes meanwhile) into the
         new file `dest`, which exists empty and is the caller's; return the tables the database
         had (the check after the copy requires them all). `progress(done, total)` in bytes,
         maybe from another thread. `flush=False`: the file is read once and deleted after (the
-        caller compresses it), so it need not reach the disk. SQLite: VACUUM INTO.
+        caller compresses it), so it need not reach the disk. `locked`: the caller holds the
+        database's write lock, so nothing changes during the copy. SQLite: VACUUM INTO (locked:
+        the backup API's page copy, quicker).
 
 Checking a backup file
     check_file(path, kind="quick", *, cancel=None) -> (problems: list[str], counts: {table: rows})
@@ -45,14 +47,22 @@ Checking a backup file
         tables and their columns, row counts, the applied migrations (None when it has no
         django_migrations table). Raises BadFile (words that follow the file's name: "is
         truncated", "failed the integrity check: ...") when it is not a sound backup file.
+    read_contents(path) -> FileFacts
+        What the restore confirmation page judges (a page never waits on long work): as
+        read_file, without a full check that is long (PostgreSQL: the dump's tables, columns
+        and migrations read by pg_restore on this machine, no restore; `counts` is {} and
+        details["full_check"] False, the caller has NAME.json's). SQLite: read_file itself.
 
 Restoring
     restore_live(plain, *, keep, database=None, before=None) -> (kept, notes)
         Replace the database's contents with the backup's, under the database's write lock:
         `before()` (the safety backup) runs first under the lock, no write can commit between it
         and the end, readers see the old data or the new and never a mix (nor a malformed
-        database), and any failure leaves the old data. The product's own records (`keep`) are
-        carried forward. Returns ({what was kept: rows}, [what could not be kept, in words]).
+        database), and any failure leaves the old data. `before()` may return a function: the
+        rest of the safety backup (its checks, hash and name), which goes on alongside the
+        restore's copy; it is called (and must succeed) before the restore commits. The
+        product's own records (`keep`) are carried forward. Returns ({what was kept: rows},
+        [what could not be kept, in words]).
     CHECKS_WHILE_RESTORING: bool       False (SQLite): the caller runs read_file first. True
         (PostgreSQL, whose full check is itself a restore): restore_live(..., checked=f)
         restores into a new database, calls f(FileFacts) there (it raises to refuse, nothing

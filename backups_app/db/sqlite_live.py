@@ -8,17 +8,20 @@ into the scratch file, and SQLite's backup API copying the scratch file's pages 
 connection. The backup API holds the live database's write lock from its first step to its
 commit, and the first step's progress callback runs under it: writers wait (within their busy
 timeout) from before the safety backup until the restore is committed, so no committed write is
-lost; readers see the old data until the commit, then the new, never a mix. Any failure aborts
-the copy, which rolls the live database back.
+lost; readers see the old data until the commit, then the new, never a mix. The safety backup's
+copy is made in that first callback; its checks, hash and site files go on alongside the copy
+and must be whole before the copy's last step commits. Any failure aborts the copy, which rolls
+the live database back.
 """
 
 import contextlib
+import logging
 import sqlite3
 import time
 from pathlib import Path
 from urllib.parse import quote
 
-from backups_app.core.files import scratch_file
+from backups_app.core.files import fsync, scratch_file
 from backups_app.db.sqlite_base import database_path, pragma, read_header
 from backups_app.db.sqlite_restore import (
     LOCK_TIMEOUT,
@@ -27,6 +30,8 @@ from backups_app.db.sqlite_restore import (
     restore_in_one_transaction,
     save_product_records,
 )
+
+logger = logging.getLogger(__name__)
 
 # Pages per step of the copy onto the live database: big steps, few callbacks (64 MB of 4 KB pages).
 STEP_PAGES = 16384
@@ -57,11 +62,14 @@ def restore_live(plain, *, keep, database=None, before=None):
             return restore_in_one_transaction(plain, database, keep=keep, before=before)
         with scratch_file(database.parent) as scratch:
             load_into(plain, scratch, page_size=pragma(live, "page_size"))
+            # Written without waiting for the disk; flushed now, before the lock, or the kernel
+            # writes it back while the copy under the lock writes the WAL (both on one disk).
+            fsync(scratch)
             kept = _copy_onto(scratch, live, database, keep, before)
-        # The restored pages are in the WAL: move them into the database file here, after the
-        # lock, rather than in the next writer's commit (a checkpoint that is running makes the
-        # writers' own automatic ones give way at once; this one waits for no writer).
-        live.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            # The restored pages are in the WAL: move them into the database file at once,
+            # after the lock, rather than in the next writer's commit (a checkpoint that is
+            # running makes the writers' own automatic ones give way; this one waits for none).
+            live.execute("PRAGMA wal_checkpoint(PASSIVE)")
         return kept
     except BaseException:
         if not existed:
@@ -84,7 +92,11 @@ def _copy_onto(scratch, live, database, keep, before):
     runs `before()` and carries the product's records into the scratch file."""
     source = sqlite3.connect(f"file:{quote(str(scratch))}", uri=True, isolation_level=None)
     try:
+        # The scratch file is thrown away after: the carry's commit need not reach its disk.
+        source.execute("PRAGMA synchronous = OFF")
+        source.execute("PRAGMA journal_mode = MEMORY")
         total = pragma(source, "page_count")
+        step = max(1, min(STEP_PAGES, total // 2))
         deadline = time.monotonic() + LOCK_TIMEOUT
         done = {}
 
@@ -94,14 +106,28 @@ def _copy_onto(scratch, live, database, keep, before):
                     raise sqlite3.OperationalError("database is locked")
                 return
             if "kept" not in done:  # the first step: the live database's write lock is ours
-                if before is not None:
-                    before()
+                done["version"] = pragma(probe, "data_version")
+                done["finish"] = before() if before is not None else None
                 done["kept"] = _carry(source, database, keep)
+            # The carry only adds pages, so a step can be the last (the commit) only when this
+            # many remained: the safety backup must be whole by then.
+            if remaining <= step and callable(finish := done.pop("finish", None)):
+                finish()
 
-        # At least two steps, so the first callback comes before the copy commits.
-        source.backup(
-            live, pages=max(1, min(STEP_PAGES, total // 2)), progress=progress, sleep=0.05
-        )
+        # Another connection's view of the live database: its data_version moves when the
+        # copy commits (no other writer can commit between the first step and that).
+        probe = sqlite3.connect(f"file:{quote(str(database))}?mode=ro", uri=True)
+        try:
+            # At least two steps, so the first callback comes before the copy commits.
+            source.backup(live, pages=step, progress=progress, sleep=0.05)
+        except KeyboardInterrupt:
+            # A signal in the callback after the last step comes after the commit: the restore
+            # is whole, and saying "nothing was changed" would be false.
+            if "version" not in done or pragma(probe, "data_version") == done["version"]:
+                raise
+            logger.warning("a stop signal came as the restore committed; the restore is whole")
+        finally:
+            probe.close()
         if "kept" not in done:  # a one-page database: copied in one step, before any callback
             raise sqlite3.OperationalError("the restored copy is empty; nothing was restored")
         return done["kept"]

@@ -35,8 +35,10 @@ def restore_in_one_transaction(plain, database, *, keep, before=None):
     the commit. Returns what replace_contents returns.
     """
     with _write_locked(database, plain, wal=True) as conn:
-        if before is not None:
-            before()
+        # The whole safety backup first: once this restore writes, it holds the database's
+        # exclusive lock, which the safety backup's reads would wait for.
+        if before is not None and callable(finish := before()):
+            finish()
         return replace_contents(conn, keep)
 
 

@@ -84,6 +84,8 @@ def create_backup(
     progress=None,
     check="quick",
     on_published=None,
+    locked=False,
+    on_copied=None,
 ):
     """Copy the database at `source` into a verified backup file and return it.
 
@@ -96,6 +98,9 @@ def create_backup(
     (phases "copy", "verify", "compress", and "done" once at the end; "files" counts the site
     files recorded so far, with their bytes as a fourth argument); it may be called from
     another thread. `on_published(path)` is called the moment the backup has its name.
+    `locked`: the caller holds the database's write lock (a restore's safety backup), so the
+    engine may copy it the quickest way; `on_copied()` is called once the copy is made (the
+    caller may let writers go from then on).
 
     A signal whose Python handler raises (Ctrl-C, or SIGTERM turned into KeyboardInterrupt)
     stops the backup even inside SQLite; the temporary files are removed and the exception
@@ -127,7 +132,10 @@ def create_backup(
                     database=source,
                     progress=progress and (lambda done, total: progress("copy", done, total)),
                     flush=not compress,
+                    locked=locked,
                 )
+            if on_copied is not None:
+                on_copied()
             with _timed(timings, "files"):
                 into_backups = target is None and _is_live_into_backups(source, folder)
                 recording = media_record.for_backup(

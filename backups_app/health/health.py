@@ -7,7 +7,8 @@ and a sentence saying what to do next (what the pages show). Problems come from,
 - `problem_sources()`: offsite copies' and replication's `health_problems(now)`, each
   returning a list of `Problem`s (or plain strings, shown as they are), from what their jobs
   and `replicate` recorded: never a request to a store. They are imported here, so a source
-  must not import this module (health.problems is where `Problem` lives);
+  must not import this module (`core.problems` is where `Problem` lives). Replicate's status
+  file is read once per verdict and kept in it (`Verdict.replica`) for the caller to reuse;
 - `job_health()`: every registered job whose last run failed, or that is late.
 """
 
@@ -18,7 +19,9 @@ from datetime import UTC, datetime, timedelta
 from django.db.migrations.recorder import MigrationRecorder
 from django.utils import timezone
 
+from backups_app import conf
 from backups_app.core.errors import BackupError
+from backups_app.core.failures import explain
 from backups_app.core.problems import Problem
 from backups_app.engine import backups
 from backups_app.jobs import jobs
@@ -77,6 +80,7 @@ class Verdict:
     problems: list = field(default_factory=list)
     jobs: dict = field(default_factory=dict)  # {name: JobHealth}
     drills: drill.Drills | None = None  # what the verdict read of the drills, for reuse
+    replica: replication.Status | None = None  # what it read of `replicate`'s status, for reuse
 
     @property
     def ok(self):
@@ -95,20 +99,36 @@ def verdict(now=None, *, scanned=None):
     now = now or timezone.now()
     check = Check(now, scanned)
     found = backup_problems(check)
-    for source in problem_sources().values():
+    replica = replica_status(now)
+    for source in problem_sources(replica).values():
         found += [p if isinstance(p, Problem) else Problem(str(p)) for p in source(now)]
     health = job_health(now)
     found += [job_problem(job) for job in health.values() if job.state in (FAILING, LATE)]
-    return Verdict(checked_at=now, problems=found, jobs=health, drills=check.drills)
+    return Verdict(
+        checked_at=now, problems=found, jobs=health, drills=check.drills, replica=replica
+    )
 
 
-def problem_sources():
+def problem_sources(replica=None):
     """{alert name: f(now) -> [Problem | str]}: the other capabilities' problems, in order.
 
     The alert name is what AlertState keeps beside the jobs' names, so each problem is mailed
-    once and its recovery once.
+    once and its recovery once. `replica`: replication's status when the caller has read it
+    (else the source reads it).
     """
-    return {"offsite": offsite_state.health_problems, "replication": replication.health_problems}
+    return {
+        "offsite": offsite_state.health_problems,
+        "replication": lambda now: replication.health_problems(now, replica),
+    }
+
+
+def replica_status(now):
+    """`replicate`'s status file, read once for a verdict; None when the replication settings
+    cannot be read (the replication source then names why)."""
+    try:
+        return replication.status(now)
+    except conf.ConfigError:
+        return None
 
 
 def problems(now=None):
@@ -180,8 +200,6 @@ def too_old(item, now):
 
 def job_problem(job):
     if job.state == FAILING:
-        from backups_app.core.failures import explain
-
         why = explain(job.last_run.error) if job.last_run else ""
         return Problem(
             f"job {job.name} failing",

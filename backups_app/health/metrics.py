@@ -46,7 +46,7 @@ class StanzaCollector:
         registry = jobs.registry()
         succeeded = CronRun.objects.latest_per_job(registry, status=CronRun.Status.SUCCESS)
         drills = verdict.drills or drill.recent_drills()
-        state = recovery.state(now, listed=listed, drills=drills)
+        state = recovery.state(now, listed=listed, drills=drills, replica=verdict.replica)
         yield from backup_metrics(listed)
         yield from job_metrics(verdict.jobs, succeeded)
         yield from drill_metrics(drills)

@@ -23,7 +23,6 @@ from backups_app.models import DrillRun
 from backups_app.offsite import copies as offsite_copies
 from backups_app.offsite import state as offsite_state
 from backups_app.offsite import store as offsite_store
-from backups_app.replication import replication
 from backups_app.restore import drill
 
 
@@ -124,11 +123,12 @@ class Recovery:
         )
 
 
-def state(now=None, *, listed=None, drills=None):
+def state(now=None, *, listed=None, drills=None, replica=None):
     """The recovery point and time as recorded now.
 
     What the caller has already read is not read again: `listed` (the backups folder's
-    `scan_backups()`) and `drills` (the verdict's `drill.recent_drills()`).
+    `scan_backups()`), `drills` (the verdict's `drill.recent_drills()`) and `replica` (the
+    verdict's `replication.status()`).
     """
     now = now or timezone.now()
     if listed is None:
@@ -138,14 +138,16 @@ def state(now=None, *, listed=None, drills=None):
             listed = []
     newest = health.newest_own(listed)
     offsite_on = _offsite_on()
-    replica = replication.status(now) if replication.enabled() else None
+    if replica is None:
+        replica = health.replica_status(now)
+    replica_on = replica is not None and replica.enabled
     return Recovery(
         checked_at=now,
         backup_at=_time(newest.mtime) if newest else None,
         offsite_on=offsite_on,
         offsite_at=offsite_point() if offsite_on else None,
-        replica_on=replica is not None,
-        replica_at=replica.last_sync if replica is not None else None,
+        replica_on=replica_on,
+        replica_at=replica.last_sync if replica_on else None,
         drill=(drills or drill.recent_drills()).passed,
         same_disk=backups_on_database_disk(),
     )

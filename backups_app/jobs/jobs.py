@@ -23,7 +23,6 @@ from backups_app.cron import crontab_trigger
 from backups_app.engine import backups
 from backups_app.jobs import actions
 from backups_app.media import record as media_record
-from backups_app.media import store as media_store
 from backups_app.models import CronRun
 from backups_app.offsite import purge as offsite_purge
 from backups_app.offsite import store as offsite_store
@@ -70,8 +69,7 @@ def daily_backup():
 
 def purge_old_backups():
     now = timezone.now()
-    result = purge.purge_job(now)
-    result += media_store.clean_up_words(backups.backups_dir(), backups.is_backup_name, human_size)
+    result = purge.purge_job(now)  # with the site files' clean-up
     if offsite_store.enabled():  # after the local purge, which a store down must not stop
         result += f"; offsite: {offsite_purge.purge_old_copies(now).line}"
     return result

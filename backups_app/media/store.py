@@ -254,12 +254,26 @@ def lists_in(backups_folder, is_backup_name):
     return found
 
 
+def named_in(backups_folder, is_backup_name):
+    """(the contents the folder's lists name, the bytes of their files); StoreError when a
+    list cannot be read: an object it names would be lost."""
+    named, listed_bytes = set(), 0
+    for path in lists_in(backups_folder, is_backup_name):
+        try:
+            found = lists.named(path)
+        except lists.ListError as err:
+            raise StoreError(f"no site file was cleaned up: {err}") from None
+        named.update(found.sizes)
+        listed_bytes += found.bytes
+    return named, listed_bytes
+
+
 def collect_garbage(backups_folder, is_backup_name):
     """Delete the objects no remaining NAME.media names, and stale temporary files.
 
     Returns {"removed", "removed_bytes", "kept", "bytes"}, or None when a backup is recording
-    files right now (the next run cleans up). Nothing is deleted when a list cannot be read:
-    an object it names would be lost.
+    files right now (the next run cleans up). Nothing is deleted when a list cannot be read.
+    (The purge reads the lists once for its size cap and calls sweep() itself.)
     """
     store = Store(backups_folder)
     if not store.root.is_dir():
@@ -267,29 +281,27 @@ def collect_garbage(backups_folder, is_backup_name):
     with store.lock(exclusive=True) as locked:
         if not locked:
             return None
-        named, listed_bytes = set(), 0
-        for path in lists_in(backups_folder, is_backup_name):
-            try:
-                for entry in lists.read(path):
-                    named.add(entry.sha256)
-                    listed_bytes += entry.size
-            except lists.ListError as err:
-                raise StoreError(f"no site file was cleaned up: {err}") from None
-        removed = removed_bytes = kept = kept_bytes = 0
-        for sha, path, size in store.iter_objects():
-            if sha in named:
-                kept += 1
-                kept_bytes += size
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-                removed += 1
-                removed_bytes += size
-        with contextlib.suppress(FileNotFoundError), os.scandir(store.tmp) as temps:
-            for temp in temps:  # nobody records files now: every temporary file is debris
-                with contextlib.suppress(OSError):
-                    os.unlink(temp.path)
-        store.write_stats({"objects": kept, "bytes": kept_bytes, "listed_bytes": listed_bytes})
+        return sweep(store, *named_in(backups_folder, is_backup_name))
+
+
+def sweep(store, named, listed_bytes):
+    """Delete the objects not in `named`, and every temporary file; the caller holds the
+    media lock exclusively (no backup is recording files). Returns what collect_garbage does."""
+    removed = removed_bytes = kept = kept_bytes = 0
+    for sha, path, size in store.iter_objects():
+        if sha in named:
+            kept += 1
+            kept_bytes += size
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed += 1
+            removed_bytes += size
+    with contextlib.suppress(FileNotFoundError), os.scandir(store.tmp) as temps:
+        for temp in temps:  # nobody records files now: every temporary file is debris
+            with contextlib.suppress(OSError):
+                os.unlink(temp.path)
+    store.write_stats({"objects": kept, "bytes": kept_bytes, "listed_bytes": listed_bytes})
     if removed:
         logger.info(
             "removed %d site file object(s) no backup names (%d bytes)", removed, removed_bytes
@@ -297,12 +309,9 @@ def collect_garbage(backups_folder, is_backup_name):
     return {"removed": removed, "removed_bytes": removed_bytes, "kept": kept, "bytes": kept_bytes}
 
 
-def clean_up_words(backups_folder, is_backup_name, size=str):
-    """Run the clean-up; one phrase for a job's result line ("" when there is no store).
-    `size` says a number of bytes in words."""
-    if not (Path(backups_folder) / FOLDER).is_dir():
-        return ""
-    done = collect_garbage(backups_folder, is_backup_name)
+def clean_up_words(done, size=str):
+    """One phrase for the purge's result line from what the clean-up did (None: it could
+    not run, a backup was recording files). `size` says a number of bytes in words."""
     if done is None:
         return "; site files not cleaned up (a backup was recording them; next run)"
     return (

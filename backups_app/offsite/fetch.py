@@ -26,7 +26,7 @@ from backups_app.offsite import media as media_offsite
 from backups_app.offsite import store as offsite_store
 from backups_app.offsite.copies import find_copy
 from backups_app.offsite.multipart import HashingWriter
-from backups_app.offsite.store import CHUNK, OffsiteError, identities, scratch_dir, store_errors
+from backups_app.offsite.store import CHUNK, OffsiteError, identities, scratch_dir
 
 logger = logging.getLogger(__name__)
 
@@ -48,21 +48,8 @@ def download(copy, dest, store=None):
     """Write the plain backup into file object `dest`; OffsiteError unless its SHA-256 matches."""
     store = store or offsite_store.storage()
     expected = stored_checksum(copy, store)
-    body = offsite_store.open_object(store, copy.key)
     sink = HashingWriter(dest)
-    with store_errors(store, f"read {copy.key}"), contextlib.closing(body):
-        if copy.encrypted:
-            import pyrage
-
-            try:
-                pyrage.decrypt_io(body, sink, identities())
-            except pyrage.DecryptError as err:
-                raise OffsiteError(
-                    f"{copy.key} cannot be decrypted with STANZA_OFFSITE_AGE_IDENTITY: {err}"
-                ) from err
-        else:
-            while chunk := body.read(CHUNK):
-                sink.write(chunk)
+    offsite_store.read_plain(store, copy.key, sink, copy.encrypted)
     if sink.hexdigest() != expected:
         raise OffsiteError(f"the offsite copy of {copy.name} does not match its .sha256")
     return expected

@@ -2,10 +2,12 @@
 
 With the lock on, every object of a copy is written retained for that many days: nobody with
 the site's credentials (an intruder on the server included) can delete or overwrite it before.
-Owns: the arguments every write takes, the check that the bucket can lock, the test of whether
-an object is still retained, and deleting every version of an object whose retention ended (a
-locked bucket keeps versions: a plain delete only hides an object behind a delete marker;
-offsite.store.delete uses it while the lock is on).
+A site-file object already in the store is not sent again: a copy that names it extends its
+retention instead (`extend`), so it lasts at least as long as the newest copy naming it.
+Owns: the arguments every write takes, the check that the bucket can lock, the extension of
+reused objects, the test of whether an object is still retained, and deleting every version of
+an object whose retention ended (a locked bucket keeps versions: a plain delete only hides an
+object behind a delete marker; offsite.store.delete uses it while the lock is on).
 Imports: conf and engine.backups only, so offsite.store can use it; callers make the requests
 inside their own store_errors, which turns what the store says into one line.
 """
@@ -24,6 +26,17 @@ class LockError(BackupError):
 
 def days():
     return conf.get("STANZA_OFFSITE_LOCK_DAYS")
+
+
+# A reused object's retention is extended this much beyond what the copy needs, so the copies
+# of the following week need no request for it (offsite.state records each retain-until).
+MARGIN = timedelta(days=7)
+
+
+def until(now=None):
+    """When an object written now is retained until; None when the lock is off."""
+    n = days()
+    return (now or timezone.now()) + timedelta(days=n) if n else None
 
 
 def put_args(now=None):
@@ -74,6 +87,40 @@ def lock_written(store, name, head, args):
             "RetainUntilDate": args["ObjectLockRetainUntilDate"],
         },
     )
+
+
+def extend(store, names, recorded, now=None):
+    """Keep the objects `names` (in the store already, named again by a copy being made)
+    retained at least STANZA_OFFSITE_LOCK_DAYS from now, never shortened.
+
+    `recorded`: {name: retain-until} as last recorded (offsite.state). An object recorded as
+    retained long enough costs no request; any other is read (HEAD: its retention may be later
+    than recorded) and, when sooner, extended to now + LOCK_DAYS + MARGIN. Returns {name:
+    retain-until} of every object read, to record.
+    """
+    needed = until(now)
+    if needed is None:
+        return {}
+    client, learnt = store.client, {}
+    for name in names:
+        known = recorded.get(name)
+        if known is not None and known >= needed:
+            continue
+        head = client.head_object(Bucket=store.bucket, Key=store.key(name))
+        retained_until = head.get("ObjectLockRetainUntilDate")
+        if retained_until is None or retained_until < needed:
+            retained_until = needed + MARGIN
+            client.put_object_retention(
+                Bucket=store.bucket,
+                Key=store.key(name),
+                VersionId=head.get("VersionId"),
+                Retention={
+                    "Mode": head.get("ObjectLockMode") or conf.get("STANZA_OFFSITE_LOCK_MODE"),
+                    "RetainUntilDate": retained_until,
+                },
+            )
+        learnt[name] = retained_until
+    return learnt
 
 
 def retained(store, names, now):

@@ -1,12 +1,12 @@
 """Offsite copies of the site files: objects as `PREFIX/media/objects/HH/HASH` (`.age` when
 encrypted), then the list as `PREFIX/NAME.media` (`.age`), both before the copy's `.sha256`
-(so a copy counts as offsite only with its files). Only objects the store lacks are sent.
+(so a copy counts as offsite only with its files). Only objects the store lacks are sent; with
+Object Lock, those it has are kept retained as long as the new copy (offsite.lock.extend).
 Offsite retention deletes NAME.media with its copy and the objects no remaining list names;
 `restore --offsite` fetches the list and the objects the local store lacks, each checked
-against its SHA-256. Imports: media, offsite.store.
+against its SHA-256. Imports: media, offsite.store, offsite.lock, offsite.state.
 """
 
-import contextlib
 import gzip
 import hashlib
 import logging
@@ -16,8 +16,10 @@ from pathlib import Path
 
 from django.utils import timezone
 
+from backups_app.core.errors import BackupError
 from backups_app.media import lists
-from backups_app.media.store import CHUNK, Store, write_all, writing
+from backups_app.media.store import Store, write_all, writing
+from backups_app.offsite import lock, state
 from backups_app.offsite import store as offsite_store
 from backups_app.offsite.store import OffsiteError, store_errors
 
@@ -41,31 +43,7 @@ def list_key(name, encrypted):
 
 def stored_objects(store):
     """{object key: (size, modified)} of the site file objects in the store."""
-    found = {}
-    with store_errors(store, "list the offsite site files"):
-        if store.client is None:
-            try:
-                folders = store.storage.listdir(OBJECTS.rstrip("/"))[0]
-            except FileNotFoundError:  # a folder-like storage holding none yet
-                return found
-            for shard in folders:
-                for name in store.storage.listdir(f"{OBJECTS}{shard}")[1]:
-                    key = f"{OBJECTS}{shard}/{name}"
-                    found[key] = (store.storage.size(key), store.storage.get_modified_time(key))
-            return found
-        prefix = f"{store.prefix}/" if store.prefix else ""
-        pages = store.client.get_paginator("list_objects_v2").paginate(
-            Bucket=store.bucket, Prefix=prefix + OBJECTS
-        )
-        for page in pages:
-            for item in page.get("Contents", ()):
-                found[item["Key"][len(prefix) :]] = (item["Size"], item["LastModified"])
-    return found
-
-
-def _named(list_path):
-    """{sha256: size} of the contents a list names."""
-    return {entry.sha256: entry.size for entry in lists.read(list_path)}
+    return offsite_store.list_objects(store, OBJECTS, nested=True)
 
 
 def _encrypt(data, encrypt_to):
@@ -86,16 +64,32 @@ def copy_files(backup, store, encrypt_to, send_large):
     local = Store(backup.path.parent)
     named = _named(list_path)
     encrypted = bool(encrypt_to)
-    sent = _send_missing(store, local, named, encrypted, encrypt_to, send_large)
+    locked = {}  # {object key: retain-until} of what this copy wrote or extended
+    reused = set()
+    sent = _send_missing(store, local, named, encrypted, encrypt_to, send_large, locked, reused)
     offsite_store.put_small(
         store, list_key(backup.name, encrypted), _encrypt(list_path.read_bytes(), encrypt_to)
     )
     # An offsite purge running meanwhile may have removed an object the list now names.
-    sent += _send_missing(store, local, named, encrypted, encrypt_to, send_large)
+    sent += _send_missing(store, local, named, encrypted, encrypt_to, send_large, locked, reused)
+    if lock.days():  # before the copy's .sha256: it counts as offsite only once all is locked
+        with store_errors(store, "extend the Object Lock of the site files it names"):
+            locked |= lock.extend(store, reused - locked.keys(), state.locked_until())
+        state.record_locked_until(locked)
     return sent
 
 
-def _send_missing(store, local, named, encrypted, encrypt_to, send_large):
+def _named(list_path):
+    """{sha256: size} of the contents a list names."""
+    try:
+        return lists.named(list_path).sizes
+    except lists.ListError as err:
+        raise BackupError(f"its site files cannot be copied: {err}") from None
+
+
+def _send_missing(store, local, named, encrypted, encrypt_to, send_large, locked, reused):
+    """Send the objects of `named` the store lacks; add each sent to `locked` (with the lock
+    on) and each the store has to `reused`; return the bytes sent."""
     if not named:
         return 0
     have = stored_objects(store)
@@ -103,7 +97,9 @@ def _send_missing(store, local, named, encrypted, encrypt_to, send_large):
     for sha, size in named.items():
         key = object_key(sha, encrypted)
         if key in have:
+            reused.add(key)
             continue
+        until = lock.until()  # the moment before it is written: never later than the store's
         if not local.has(sha, size):
             raise OffsiteError(f"the site file content {sha} is not in the local store")
         with open(local.path(sha), "rb") as source:
@@ -115,6 +111,8 @@ def _send_missing(store, local, named, encrypted, encrypt_to, send_large):
             else:
                 send_large(store, key, source, encrypt_to, sha)
         sent += size
+        if until is not None:
+            locked[key] = until
     return sent
 
 
@@ -137,16 +135,21 @@ def purge(store, kept, now=None):
             named |= set(_read_stored_list(store, key))
         else:
             offsite_store.delete(store, key)
-    deleted = 0
+    deleted = []
+    retained = state.locked_until() if lock.days() else {}
     for key, (_size, modified) in stored_objects(store).items():
         sha = key.rsplit("/", 1)[-1].removesuffix(AGE)
         if sha in named or _aware(modified) > now - UNNAMED_GRACE:
             continue
+        if key in retained and retained[key] > now:
+            continue  # extended by a copy since purged: deleted once its retention ends
         offsite_store.delete(store, key)
-        deleted += 1
+        deleted.append(key)
+    if retained:
+        state.record_locked_until(removed=deleted)
     if deleted:
-        logger.info("deleted %d offsite site file object(s) no copy names", deleted)
-    return deleted
+        logger.info("deleted %d offsite site file object(s) no copy names", len(deleted))
+    return len(deleted)
 
 
 def _aware(moment):
@@ -222,20 +225,7 @@ def _fetch_object(store, key, sha, local):
     temp, fd = local.new_temp()
     sink = _Sink(fd)
     try:
-        body = offsite_store.open_object(store, key)
-        with store_errors(store, f"read {key}"), contextlib.closing(body):
-            if key.endswith(AGE):
-                import pyrage
-
-                try:
-                    pyrage.decrypt_io(body, sink, offsite_store.identities())
-                except pyrage.DecryptError as err:
-                    raise OffsiteError(
-                        f"{key} cannot be decrypted with STANZA_OFFSITE_AGE_IDENTITY"
-                    ) from err
-            else:
-                while chunk := body.read(CHUNK):
-                    sink.write(chunk)
+        offsite_store.read_plain(store, key, sink, key.endswith(AGE))
     except BaseException:
         os.close(fd)
         Path(temp).unlink(missing_ok=True)

@@ -5,7 +5,8 @@ store: `copy-offsite`, the offsite purge and the offsite drill write what they l
 complete copies of the store's last listing plus what they copied or deleted since, the last
 store error, each copy's drill verdict) into `.stanza-offsite/state.json` in the app's working
 folder (beside the live database file), and readers read that file: parsed once while it is
-unchanged (a stat per read).
+unchanged (a stat per read). Beside it, `locks.json`: until when each site-file object is
+retained under Object Lock, as the copies set it (offsite.lock.extend), read by the jobs only.
 Imports: conf, engine.backups, health.problems, offsite.store, offsite.copies.
 """
 
@@ -17,7 +18,7 @@ import os
 import secrets
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 STATE_FOLDER = ".stanza-offsite"
 STATE_NAME = "state.json"
+LOCKS_NAME = "locks.json"
 BEHIND_AFTER = timedelta(hours=1)
 
 
@@ -215,6 +217,35 @@ def record_drill(name, result):
         logger.warning("could not record the offsite drill of %s: %s", name, err)
 
 
+def locked_until():
+    """{object name: retain-until} of the site-file objects, as copies recorded them ({} when
+    nothing is recorded: each object is then read from the store once)."""
+    try:
+        with backups.open_regular(state_path().with_name(LOCKS_NAME)) as f:
+            data = json.loads(f.read())
+        if data.get("location") != location():
+            return {}
+        return {
+            name: datetime.fromtimestamp(seconds, UTC) for name, seconds in data["until"].items()
+        }
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, OverflowError):
+        return {}
+
+
+def record_locked_until(changed=(), removed=()):
+    """Keep the retain-until of the objects `changed` ({name: moment}); forget `removed`."""
+    if not changed and not removed:
+        return
+    try:
+        with _updating(LOCKS_NAME) as data:
+            until = data.setdefault("until", {})
+            until.update({name: int(moment.timestamp()) for name, moment in dict(changed).items()})
+            for name in removed:
+                until.pop(name, None)
+    except OSError as err:  # the next copy reads what it needs from the store again
+        logger.warning("could not record the offsite objects' retention: %s", err)
+
+
 def _merge(record, error):
     now = timezone.now().isoformat()
     with _updating() as data:
@@ -240,9 +271,9 @@ def _copy_json(copy):
 
 
 @contextlib.contextmanager
-def _updating():
+def _updating(name=STATE_NAME):
     """Yield the record as a dict to change, under a lock, then write it atomically (0600)."""
-    path = state_path()
+    path = state_path().with_name(name)
     path.parent.mkdir(mode=0o700, exist_ok=True)
     fd = os.open(path.parent / "state.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
@@ -255,7 +286,7 @@ def _updating():
         if not isinstance(data, dict) or data.get("location") != location():
             data = {"location": location()}
         yield data
-        temp = path.with_name(f".{STATE_NAME}.{os.getpid()}-{secrets.token_hex(4)}")
+        temp = path.with_name(f".{name}.{os.getpid()}-{secrets.token_hex(4)}")
         out = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             with os.fdopen(out, "w") as f:

@@ -251,15 +251,20 @@ def store_errors(store, doing):
 # --- requests -------------------------------------------------------------------------------
 
 
-def list_objects(store, starting=""):
+def list_objects(store, starting="", *, nested=False):
     """{object name under the prefix: (size, modified)} of the objects whose names start with
-    `starting` (one listing request per 1000 objects; nothing in "subfolders")."""
+    `starting` (one listing request per 1000 objects). Only names without a "/" unless
+    `nested` (the site files' `media/objects/HH/HASH`: `starting` is then their folder)."""
     found = {}
     with store_errors(store, "list the offsite copies"):
         if store.client is None:
-            for name in store.storage.listdir("")[1]:
-                if name.startswith(starting):
-                    found[name] = (store.storage.size(name), store.storage.get_modified_time(name))
+            names = (
+                _walk(store.storage, starting.rstrip("/"))
+                if nested
+                else (n for n in store.storage.listdir("")[1] if n.startswith(starting))
+            )
+            for name in names:
+                found[name] = (store.storage.size(name), store.storage.get_modified_time(name))
             return found
         prefix = f"{store.prefix}/" if store.prefix else ""
         pages = store.client.get_paginator("list_objects_v2").paginate(
@@ -268,9 +273,21 @@ def list_objects(store, starting=""):
         for page in pages:
             for item in page.get("Contents", ()):
                 name = item["Key"][len(prefix) :]
-                if "/" not in name:
+                if nested or "/" not in name:
                     found[name] = (item["Size"], item["LastModified"])
     return found
+
+
+def _walk(storage, folder):
+    """The names of the files under `folder` of a Django storage, at any depth."""
+    try:
+        folders, files = storage.listdir(folder)
+    except FileNotFoundError:  # a folder-like storage holding none yet
+        return
+    for name in files:
+        yield posixpath.join(folder, name)
+    for name in folders:
+        yield from _walk(storage, posixpath.join(folder, name))
 
 
 def put_small(store, name, data):
@@ -324,6 +341,26 @@ def open_object(store, name):
         if store.client is None:
             return store.storage.open(name, "rb")
         return store.client.get_object(Bucket=store.bucket, Key=store.key(name))["Body"]
+
+
+def read_plain(store, name, sink, encrypted):
+    """Write the plain bytes of the object `name` into `sink` (a file-like `write`),
+    decrypting it with STANZA_OFFSITE_AGE_IDENTITY when `encrypted`; OffsiteError, with the
+    reason, when it cannot be read or decrypted. The caller checks what arrived."""
+    body = open_object(store, name)
+    with store_errors(store, f"read {name}"), contextlib.closing(body):
+        if not encrypted:
+            while chunk := body.read(CHUNK):
+                sink.write(chunk)
+            return
+        import pyrage
+
+        try:
+            pyrage.decrypt_io(body, sink, identities())
+        except pyrage.DecryptError as err:
+            raise OffsiteError(
+                f"{name} cannot be decrypted with STANZA_OFFSITE_AGE_IDENTITY: {err}"
+            ) from err
 
 
 def delete(store, name):

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from backups_app.core import files
 from backups_app.db import sqlite
+from backups_app.models import ReplicaCanary
 from backups_app.replication.config import (
     RESTORE_TIMEOUT,
     ReplicationError,
@@ -30,6 +31,7 @@ from backups_app.replication.config import (
 )
 from backups_app.replication.positions import Tracker, files_span, replica_files
 from backups_app.replication.status import name_restore, status, window_from
+from backups_app.restore import restore
 
 
 def window(database=None, now=None):
@@ -73,8 +75,6 @@ def restore_at(when, *, trigger, by="", confirm=None, database=None):
     at that time is restored into a scratch file, then goes through the same checks, safety
     backup, copy and record as every restore (`restore.restore_and_record`).
     """
-    from backups_app.restore import restore
-
     database = live_database(database)
     if not enabled():
         raise ReplicationError("replication is off: set STANZA_REPLICA_URL")
@@ -107,9 +107,6 @@ def verify_replica(timeout=60):
     """Write a canary row, wait until the replica holds it (measured as `replicate` measures
     it), restore the replica's latest state into a scratch file, check it fully, and find
     the canary there."""
-    from backups_app.models import ReplicaCanary
-    from backups_app.restore import restore
-
     if not enabled():
         raise ReplicationError("replication is off")
     database = live_database()

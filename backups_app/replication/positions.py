@@ -9,6 +9,8 @@ stretch of which WAL generation that transaction id holds.
 
 So a stopped, hung or dead Litestream, or one that cannot reach the replica, shows as lag as
 soon as the site commits, and a replica whose files were removed shows at its next listing.
+The same local files tell a hung Litestream (its files stop while the site commits on: it
+read nothing) from one that cannot reach the replica (it reads on): `Tracker.unread_for`.
 """
 
 import json
@@ -160,6 +162,9 @@ class Tracker:
         self.files_span = None
         self.listed_at = 0.0
         self.error = ""
+        self.unread = (
+            None  # (time, LivePosition): the oldest commit seen that Litestream has not read
+        )
 
     def beat(self, now=None):
         now = now if now is not None else time.time()
@@ -169,6 +174,7 @@ class Tracker:
         else:
             self.samples = [*self.samples[-MAX_SAMPLES:], (now, self.position)]
         self._read_local()
+        self._note_unread(now)
         pending = any(not self._covered(t, p) for t, p in self.samples)
         if pending or now - self.listed_at >= self.listing_every:
             self._list(now)
@@ -194,6 +200,41 @@ class Tracker:
         if len(self.local) > 4096:  # only the newest are ever needed
             for txid in sorted(self.local)[:-2048]:
                 del self.local[txid]
+
+    def _note_unread(self, now):
+        """Keep the oldest commit a beat saw that Litestream has still not read. Litestream reads
+        the WAL in order: once that one is read, so is every earlier one."""
+        if self.unread is not None and self._read_by_litestream(self.unread[1]):
+            self.unread = None
+        if self.unread is None and not self._read_by_litestream(self.position):
+            self.unread = (now, self.position)
+
+    def unread_for(self, now=None):
+        """Seconds since a beat saw a commit Litestream has still not read (0: none): a stopped
+        or hung Litestream reads nothing while the site commits on. One that cannot reach the
+        replica reads on (its lag shows in `synced_through`)."""
+        if self.unread is None:
+            return 0.0
+        return max(0.0, (now if now is not None else time.time()) - self.unread[0])
+
+    def litestream_restarted(self):
+        """A new Litestream gets its own time to read what the last one left unread."""
+        self.unread = None
+
+    def _read_by_litestream(self, position):
+        """Whether Litestream's local files hold the live database up to `position`."""
+        if position is None:  # no frame in the WAL: nothing to read
+            return True
+        same = [ltx for ltx in self.local.values() if ltx.salts == position.salts]
+        if any(ltx.end >= position.end for ltx in same):
+            return True
+        if not same:
+            return False
+        # Read from a later WAL, which begins only once this one was read through.
+        last = max(ltx.max_txid for ltx in same)
+        return any(
+            ltx.salts != position.salts and ltx.max_txid > last for ltx in self.local.values()
+        )
 
     def _list(self, now):
         self.listed_at = now

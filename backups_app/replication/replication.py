@@ -16,21 +16,17 @@ from backups_app.replication.config import (  # noqa: F401
     enabled,
     format_time,
     litestream_binary,
-    max_lag,
     parse_time,
     read_json,
-    replica_url,
     state_dir,
     write_config,
 )
-from backups_app.replication.pitr import restore_at, verify_replica, window  # noqa: F401
+from backups_app.replication.pitr import restore_at, verify_replica  # noqa: F401
 from backups_app.replication.run import only_replicator, replicate, start_litestream  # noqa: F401
 from backups_app.replication.status import (  # noqa: F401
     STALE_AFTER,
     Status,
-    Window,
     health_problems,
-    history,
     note_restore,
     problems,
     status,

@@ -1,9 +1,11 @@
 """The `replicate` command's work: run Litestream, keep it running, and keep the status file.
 
 Litestream runs in the foreground from the config generated in `config`; it is restarted when
-it dies (backing off), when a restore started a new history, and when the replica lost its
-files (a new Litestream writes a new snapshot). Every HEARTBEAT the `positions.Tracker`
-measures the live database against the replica and the status file is rewritten.
+it dies (backing off), when it hangs (it read none of the site's commits for
+STANZA_REPLICA_MAX_LAG seconds: stopped by SIGSTOP, or stuck), when a restore started a new
+history, and when the replica lost its files (a new Litestream writes a new snapshot). Every
+HEARTBEAT the `positions.Tracker` measures the live database against the replica and the
+status file is rewritten.
 """
 
 import contextlib
@@ -23,6 +25,7 @@ from backups_app.replication.config import (
     child_env,
     litestream_binary,
     live_database,
+    max_lag,
     now_iso,
     private_dir,
     read_json,
@@ -37,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
 STOP_TIMEOUT = 15  # seconds Litestream gets to finish its last sync when asked to stop
+HUNG_TIMEOUT = 5  # seconds a hung Litestream gets after SIGTERM, before SIGKILL
+HUNG_AFTER_MIN = 15.0  # three heartbeats: one slow read is not a hang, whatever the limit
 REPAIR_EVERY = 300.0  # at most one restart per 5 minutes for a replica that lost its files
 
 
@@ -102,15 +107,30 @@ def replicate(stop, database=None):
     backoff = BACKOFF_FIRST
     seen_history = _history_stamp(database)
     repaired = 0.0
+    hung_after = max(float(max_lag()), HUNG_AFTER_MIN)
     while not stop.is_set():
         child = start_litestream(config)
         started = time.monotonic()
         logger.info("litestream started (pid %d) for %s", child.pid, database)
         state.update(litestream_pid=child.pid, litestream_running=True, error="")
-        reason = _watch(child, stop, tracker, state, database, seen_history, repaired)
+        tracker.litestream_restarted()
+        reason = _watch(child, stop, tracker, state, database, seen_history, repaired, hung_after)
         if reason == "stop":
             _stop_child(child)
             break
+        if reason == "hung":
+            seconds = tracker.unread_for()
+            logger.warning(
+                "litestream (pid %d) read none of the site's commits for %.0f s, hung or "
+                "stopped: restarting it",
+                child.pid,
+                seconds,
+            )
+            why = f"it read none of the site's commits for {seconds:.0f} s: hung or stopped"
+            _stop_child(child, HUNG_TIMEOUT)
+            _restarted(state, why)
+            backoff = BACKOFF_FIRST
+            continue
         if reason in ("restore", "repair"):
             if reason == "restore":
                 seen_history = _history_stamp(database)
@@ -124,8 +144,8 @@ def replicate(stop, database=None):
             _stop_child(child)
             backoff = BACKOFF_FIRST
             continue
-        state["restarts"] += 1
         state["error"] = f"litestream exited with status {child.returncode}"
+        _restarted(state, f"it exited with status {child.returncode}")
         state["litestream_running"] = False
         _write_state(state, tracker, database)
         if time.monotonic() - started > BACKOFF_MAX:
@@ -137,9 +157,16 @@ def replicate(stop, database=None):
     _write_state(state, tracker, database)
 
 
-def _watch(child, stop, tracker, state, database, seen_history, repaired):
+def _restarted(state, why):
+    """Count a restart that was not asked for, and keep when and why for the status file."""
+    state["restarts"] += 1
+    state["last_restart"] = {"at": now_iso(), "why": why}
+
+
+def _watch(child, stop, tracker, state, database, seen_history, repaired, hung_after):
     """Beat until the child exits ("died"), a stop is asked ("stop"), a restore happened
-    ("restore") or the replica lost its files ("repair")."""
+    ("restore"), the replica lost its files ("repair") or the child read nothing of the
+    site's commits for `hung_after` seconds ("hung")."""
     next_beat = 0.0
     while True:
         if stop.is_set():
@@ -155,14 +182,19 @@ def _watch(child, stop, tracker, state, database, seen_history, repaired):
             due = not repaired or time.monotonic() - repaired > REPAIR_EVERY
             if tracker.replica_problem and due:
                 return "repair"
+            if tracker.unread_for() > hung_after:
+                return "hung"
         stop.wait(0.2)
 
 
-def _stop_child(child):
+def _stop_child(child, timeout=STOP_TIMEOUT):
+    """SIGTERM (and SIGCONT, so a stopped one can act on it), then SIGKILL after `timeout`."""
     if child.poll() is None:
         child.terminate()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signal.SIGCONT)
         try:
-            child.wait(STOP_TIMEOUT)
+            child.wait(timeout)
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()

@@ -57,12 +57,10 @@ def note_restore(result, database=None):
     The `replicate` command notices the change and restarts Litestream on the restored
     database; the Backups page says from when the new history runs.
     """
-    from backups_app.engine import backups
-
     if not enabled():
         return
     database = live_database(database)
-    if database.resolve() != backups.live_database_path().resolve():
+    if database.resolve() != live_database().resolve():
         return
     record = {
         "began_at": datetime.now(UTC).isoformat(),
@@ -141,7 +139,9 @@ class Status:
     last_sync: datetime | None = None  # every commit before it is in the replica
     lag: float | None = None  # seconds the replica is behind the live database, now
     checked_at: datetime | None = None
-    restarts: int = 0
+    restarts: int = 0  # restarts nobody asked for: Litestream died or hung
+    last_restart_at: datetime | None = None
+    last_restart_why: str = ""  # "it read none of the site's commits for 300 s: hung or stopped"
     error: str = ""
     replica_problem: str = ""  # "empty", "missing files": a restore from it would fail
     history_began: datetime | None = None
@@ -182,6 +182,8 @@ def status(now=None, database=None):
     span = record.get("files_span") or ()
     times = [t for t in map(time_or_none, span if isinstance(span, list) else ()) if t]
     problem = record.get("replica_problem")
+    restart = record.get("last_restart")
+    restart = restart if isinstance(restart, dict) else {}
     return Status(
         **base,
         running=running,
@@ -190,6 +192,8 @@ def status(now=None, database=None):
         lag=lag,
         checked_at=checked,
         restarts=_int(record.get("restarts")),
+        last_restart_at=time_or_none(restart.get("at")),
+        last_restart_why=str(restart.get("why") or "")[:200],
         error=str(record.get("error") or ""),
         replica_problem=problem if problem in ("empty", "missing files") else "",
     )
@@ -239,10 +243,27 @@ ADVICE = {
 }
 
 
-def health_problems(now=None):
-    """The same problems for the health verdict, each with what to do next."""
+def health_problems(now=None, current=None):
+    """The same problems for the health verdict, each with what to do next, and when
+    `replicate` last restarted Litestream on its own (it died or hung).
+
+    `current`: the `status()` the caller has already read (read once per request)."""
+    if current is None:
+        try:
+            current = status(now) if enabled() else None
+        except conf.ConfigError:
+            current = None  # problems() names it
     found = []
-    for words in problems(now):
+    for words in problems(now, current):
         kind = next((k for k in ADVICE if k in words), "")
-        found.append(Problem(words, ADVICE.get(kind, "")))
+        advice = ADVICE.get(kind, "")
+        if current is not None and current.last_restart_at and kind in ("stopped", "behind"):
+            advice += f" {restart_sentence(current)}"
+        found.append(Problem(words, advice.strip()))
     return found
+
+
+def restart_sentence(current):
+    """'`replicate` restarted Litestream at 2026-12-06T23:40:02Z: it read none of ...'."""
+    when = format_time(current.last_restart_at)
+    return f"`replicate` restarted Litestream at {when}: {current.last_restart_why}."

@@ -10,6 +10,7 @@ from the live database: a restore replaces the site's data, not the product's hi
 
 import dataclasses
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from backups_app.restore.checks import (  # noqa: F401 (the restore's checks, as
     is_gzip,
     judge,
     opened_backup,
+    preview_backup_file,
 )
 
 logger = logging.getLogger(__name__)
@@ -205,8 +207,17 @@ def restore_backup(path, *, database=None, backups_folder=None, confirm=None):
             under_lock["at"] = time.monotonic()
             under_lock["paused"] = paused
             if source is None:
-                under_lock["safety"] = _safety_backup(database, folder) if existed else None
-                return
+                under_lock["safety"] = None
+                if not existed:
+                    return None
+                pre_restore.start()
+
+                def finish():
+                    under_lock["safety"] = pre_restore.finish()
+                    # Writers waited this long, up to the commit (SQLite's last step of the copy).
+                    under_lock["paused"] = time.monotonic() - under_lock["at"]
+
+                return finish
             try:  # the swapped-out database, after the swap (see CHECKS_WHILE_RESTORING)
                 under_lock["safety"] = backups.create_backup(
                     source, folder=folder, label="pre-restore"
@@ -218,10 +229,12 @@ def restore_backup(path, *, database=None, backups_folder=None, confirm=None):
                 ) from err
 
         extra = {"checked": checked} if while_restoring else {}
+        pre_restore = _SafetyBackup(database, folder)
         try:
-            kept, notes = engine.restore_live(
-                plain, keep=product_records(), database=database, before=before, **extra
-            )
+            with pre_restore:
+                kept, notes = engine.restore_live(
+                    plain, keep=product_records(), database=database, before=before, **extra
+                )
             locked = under_lock["paused"]
             if locked is None:
                 locked = time.monotonic() - under_lock["at"]
@@ -260,15 +273,65 @@ def restore_backup(path, *, database=None, backups_folder=None, confirm=None):
     return result
 
 
-def _safety_backup(database, folder):
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        safety = backups.create_backup(database, folder=folder, label="pre-restore")
-    except BackupError as err:
-        raise RestoreError(
-            f"the safety backup of the current database failed, so nothing was restored: {err}"
-        ) from err
-    return safety
+class _SafetyBackup:
+    """The `pre-restore` backup, taken while the restore holds the live database's write lock.
+
+    Writers wait for the whole restore, so the safety backup takes as little of that time as it
+    can: start() returns once the live database is copied (the restore's copy writes as much, and
+    the two would share the disk); its checks, hash and site files go on in a thread while the
+    restore copies; finish() waits for them (the restore commits only after). Leaving the `with`
+    waits for the thread whatever happened, so nothing is left half written.
+    """
+
+    def __init__(self, database, folder):
+        self.database, self.folder = database, folder
+        self.thread = None
+        self.copied = threading.Event()
+        self.outcome = {}
+
+    def start(self):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.thread = threading.Thread(target=self._run, name="pre-restore backup", daemon=True)
+        self.thread.start()
+        self.copied.wait()
+        self._raise_if_failed()
+
+    def finish(self):
+        self.thread.join()
+        self._raise_if_failed()
+        return self.outcome["backup"]
+
+    def _run(self):
+        try:
+            self.outcome["backup"] = backups.create_backup(
+                self.database,
+                folder=self.folder,
+                label="pre-restore",
+                locked=True,
+                on_copied=self.copied.set,
+            )
+        except BaseException as err:  # reported by start() or finish(), in the restore's thread
+            self.outcome["error"] = err
+        finally:
+            self.copied.set()
+
+    def _raise_if_failed(self):
+        err = self.outcome.get("error")
+        if err is None:
+            return
+        if isinstance(err, BackupError):
+            raise RestoreError(
+                f"the safety backup of the current database failed, so nothing was restored: {err}"
+            ) from err
+        raise err
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.thread is not None:
+            self.thread.join()
+        return False
 
 
 def record_restore(result=None, *, error=None, trigger="manual"):

@@ -1,9 +1,10 @@
 """Which backups retention keeps, by which rule and until when: one pure function, `decide`.
 
-It reads names, modification times and sizes only (no disk, no settings, no clock), so the
-purge, the Backups page, the dry run and offsite retention give the same answer for the same
-listing, and thousands of backups are decided in milliseconds. The rules (the contract's
-"Retention"), first that applies names the fate:
+It reads what it is given only (names, modification times, sizes, whether the site made each
+backup, the site-file objects they name; no disk, no settings, no clock), so the purge, the
+Backups page, the dry run and offsite retention give the same answer for the same listing, and
+thousands of backups are decided in milliseconds. The rules (the contract's "Retention"), first
+that applies names the fate:
 
 - `recent`: younger than `recent_days` (STANZA_BACKUP_RETENTION_DAYS), until its age reaches it;
 - `daily`, `weekly`, `monthly`, `yearly`: the newest backup of its calendar day, ISO week, month
@@ -14,11 +15,13 @@ listing, and thousands of backups are decided in milliseconds. The rules (the co
 - `newest`, `newest own`: the newest backup, and the newest the site made itself (not
   `uploaded`), among those not ahead of the clock, whatever their age.
 Then, with `max_bytes`, the oldest of the kept go until the rest fit, never the newest or the
-newest own (nor one ahead of the clock before them, being newer than any other).
+newest own (nor one ahead of the clock before them, being newer than any other). What must fit
+is what the folder holds: each kept backup with its sidecars (`Item.size`), and once each, the
+site-file objects a kept backup names (`Shared`); an object is freed only with the last kept
+backup that names it.
 """
 
 import calendar
-import re
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,8 +36,6 @@ MB = 1024 * 1024
 # Files dated after this (year 9000: by hand, on a file system that allows it) fall on its day
 # for the calendar rules, where no arithmetic of a century can overflow.
 MAX_TS = datetime(9000, 1, 1, tzinfo=UTC).timestamp()
-# `NAME.{stamp}[-N].uploaded.{ext}`: a backup the site did not make itself, whatever the engine.
-UPLOADED_RE = re.compile(r"\.\d{8}T\d{6}Z(?:-\d+)?\.uploaded\.", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,27 @@ class Item(NamedTuple):
 
     mtime: float  # seconds since the epoch
     name: str
+    size: int  # the backup's bytes, with its sidecars where the cap should count them
+    own: bool = True  # the site made it (engine: Backup.own); False for an upload
+
+
+class Shared(NamedTuple):
+    """Site-file objects of `size` bytes in all, each named by exactly the same backups: those
+    at the positions `runs` ((first, last), inclusive) of `chronological(items)`."""
+
     size: int
+    runs: tuple
+
+
+class Fates(list):
+    """decide()'s answer, a Fate per item; `kept_bytes`: what the kept hold, when capped."""
+
+    kept_bytes = None
+
+
+def chronological(items):
+    """The items oldest first: the order `Shared.runs` count positions in."""
+    return sorted(items, key=lambda i: (i.mtime, i.name))
 
 
 class Fate(NamedTuple):
@@ -73,18 +94,15 @@ class Fate(NamedTuple):
         return bool(self.rule) and not self.over_cap
 
 
-def is_own(name):
-    """Whether the site made this backup itself (any label but `uploaded`)."""
-    return UPLOADED_RE.search(name) is None
+def decide(items, now, rules, shared=()):
+    """The fate of every item (see the module's docstring), in the order of `items`.
 
-
-def decide(items, now, rules):
-    """The fate of every item (see the module's docstring), in the order of `items`."""
+    `shared`: the site-file objects the items name (Shared), counted against the cap."""
     now_ts = now.timestamp()
-    order = sorted(items, key=lambda i: (i.mtime, i.name), reverse=True)  # newest first
+    order = chronological(items)[::-1]  # newest first
     present = [i for i in order if i.mtime <= now_ts]
     newest = present[0].name if present else None
-    newest_own = next((i.name for i in present if is_own(i.name)), None)
+    newest_own = next((i.name for i in present if i.own), None)
     calendar = _Calendar(now, rules)
     recent_cut = now_ts - rules.recent_days * 86400 if rules.recent_days else float("inf")
     fates = {}
@@ -104,21 +122,42 @@ def decide(items, now, rules):
         else:
             fate = Fate(name)
         fates[name] = fate
+    answer = Fates()
     if rules.max_bytes:
-        _apply_cap(order, fates, rules.max_bytes, protected={newest, newest_own})
-    return [fates[item.name] for item in items]
+        chron = order[::-1]
+        answer.kept_bytes = _apply_cap(chron, fates, rules.max_bytes, {newest, newest_own}, shared)
+    answer.extend(fates[item.name] for item in items)
+    return answer
 
 
-def _apply_cap(order, fates, max_bytes, protected):
-    """Delete the oldest kept backups until the kept fit in `max_bytes` (see decide)."""
-    total = sum(item.size for item in order if fates[item.name].keep)
-    for item in reversed(order):  # oldest first
+def _apply_cap(chron, fates, max_bytes, protected, shared):
+    """Delete the oldest kept backups until the kept, and the objects they name, fit in
+    `max_bytes` (see decide); return the bytes left. Linear in the backups and the runs."""
+    kept = [fates[item.name].keep for item in chron]
+    pinned = [p for p, item in enumerate(chron) if kept[p] and item.name in protected]
+    latest, last = [], -1  # latest[p]: the newest kept position at or before p (-1: none)
+    for p, keep in enumerate(kept):
+        last = p if keep else last
+        latest.append(last)
+    total = sum(item.size for p, item in enumerate(chron) if kept[p])
+    freed = [0] * len(chron)  # freed[p]: the objects' bytes deleting backup p frees
+    for size, runs in shared:
+        runs = [(first, last) for first, last in runs if 0 <= first <= last < len(chron)]
+        newest = max((latest[last] for first, last in runs if latest[last] >= first), default=-1)
+        if newest < 0:
+            continue  # no kept backup names them: they go with the backups the rules delete
+        total += size
+        if not any(first <= p <= last for p in pinned for first, last in runs):
+            # Kept while the newest kept backup naming them is: the cap deletes oldest first.
+            freed[newest] += size
+    for p, item in enumerate(chron):  # oldest first
         if total <= max_bytes:
-            return
+            break
         fate = fates[item.name]
-        if fate.keep and item.name not in protected:
+        if kept[p] and p not in pinned:
             fates[item.name] = fate._replace(over_cap=True)
-            total -= item.size
+            total -= item.size + freed[p]
+    return total
 
 
 def _utc(ts):
@@ -189,12 +228,14 @@ def _month(day):
 
 def summary(fates, rules=None):
     """The purge's result line: "kept 7 recent, 9 daily, 1 newest; deleted 12 (3 over the
-    5000 MB cap)"."""
+    5000 MB cap; 4987.2 MB left)"."""
     counts = Counter(fate.rule for fate in fates if fate.keep)
     kept = ", ".join(f"{counts[rule]} {rule}" for rule in RULES if counts[rule]) or "none"
     deleted = sum(not fate.keep for fate in fates)
     capped = sum(fate.over_cap for fate in fates)
     line = f"kept {kept}; deleted {deleted}"
     if capped:
-        line += f" ({capped} over the {rules.max_mb if rules else '?'} MB cap)"
+        left = getattr(fates, "kept_bytes", None)
+        line += f" ({capped} over the {rules.max_mb if rules else '?'} MB cap"
+        line += f"; {left / MB:.1f} MB left)" if left is not None else ")"
     return line

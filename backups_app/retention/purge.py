@@ -2,8 +2,10 @@
 (the dry run, the Backups page), and clears what killed processes left behind.
 
 The rules come from the settings here (rules_from_settings); nothing else in the app reads them.
+What the folder holds, for the size cap, is retention/usage.py's.
 """
 
+import contextlib
 import dataclasses
 import logging
 from datetime import UTC, datetime, timedelta
@@ -11,8 +13,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 from backups_app import conf
+from backups_app.core.formatting import human_size
 from backups_app.engine import backups
-from backups_app.retention import policy
+from backups_app.media import store as media_store
+from backups_app.retention import policy, usage
 
 logger = logging.getLogger(__name__)
 
@@ -35,27 +39,40 @@ class Purge(NamedTuple):
     fates: list  # policy.Fate of every backup the folder held, newest first
     removed: list  # names deleted
     line: str  # what each rule kept and what was deleted
+    cleaned: str = ""  # "; removed N site file object(s)...": the site files' clean-up
 
 
 def purge_old_backups(folder, rules, now):
-    """Delete the backups in `folder` that `rules` do not keep at `now`, with their sidecars.
+    """Delete the backups in `folder` that `rules` do not keep at `now`, with their sidecars,
+    then the site-file objects no remaining backup names.
 
-    A backup's age is its file's modification time (see policy.decide). Files whose names do
-    not match the backup pattern are never touched, except temporary files of backups whose
-    process died, which are removed.
+    A backup's age is its file's modification time (see policy.decide). The lists of site
+    files are read once, under the media lock (no backup records files meanwhile), for the
+    size cap and the clean-up alike. Files whose names do not match the backup pattern are
+    never touched, except temporary files of backups whose process died, which are removed.
     """
     folder = Path(folder)
-    found = backups.scan_backups(folder)  # newest first; only regular files with backup names
-    fates = policy.decide(found, now, rules)
-    removed = []
-    for fate in fates:
-        if fate.keep:
-            continue
-        try:  # with its sidecars, as every delete
-            backups.delete_backup(fate.name, folder)
-        except backups.BackupError:  # deleted meanwhile by hand or by another purge
-            continue
-        removed.append(fate.name)
+    store = media_store.Store(folder)
+    has_store = store.root.is_dir()
+    with store.lock(exclusive=True) if has_store else contextlib.nullcontext(False) as locked:
+        found = backups.scan_backups(folder)  # newest first; only regular files with backup names
+        measured = usage.measure(folder, found)
+        fates = policy.decide(measured.items[::-1], now, rules, measured.shared)  # newest first
+        removed = []
+        for fate in fates:
+            if fate.keep:
+                continue
+            try:  # with its sidecars, as every delete
+                backups.delete_backup(fate.name, folder)
+            except backups.BackupError:  # deleted meanwhile by hand or by another purge
+                continue
+            removed.append(fate.name)
+        left = usage.remaining(measured, removed)
+        cleaned = ""
+        if has_store:
+            usage.record(folder, left)  # for the Backups page
+            done = usage.clean_up(store, left) if locked else None  # None: a backup records
+            cleaned = media_store.clean_up_words(done, human_size)
     temp_files = backups.remove_abandoned_temp_files(folder)
     line = policy.summary(fates, rules)
     logger.info(
@@ -68,17 +85,18 @@ def purge_old_backups(folder, rules, now):
             "removed": len(removed),
             "kept": sum(fate.keep for fate in fates),
             "over_cap": sum(fate.over_cap for fate in fates),
+            "kept_bytes": fates.kept_bytes,
             "temp_files": temp_files,
         },
     )
-    return Purge(fates, removed, line)
+    return Purge(fates, removed, line, cleaned)
 
 
 def purge_job(now):
     """The local part of the purge-old-backups job; its result line."""
     done = purge_old_backups(backups.backups_dir(), rules_from_settings(), now)
     remove_abandoned_uploads(conf.upload_dir(), now)
-    return done.line
+    return done.line + done.cleaned
 
 
 def describe_rules(rules=None):
@@ -111,7 +129,9 @@ def offsite_fates(copies, now, recent_days=None):
     rules = rules_from_settings("STANZA_OFFSITE_RETENTION_DAYS", cap=False)
     if recent_days is not None:
         rules = dataclasses.replace(rules, recent_days=recent_days)
-    items = [policy.Item(_captured(c.name), c.name, c.size) for c in copies]
+    items = [
+        policy.Item(_captured(c.name), c.name, c.size, backups.is_own_name(c.name)) for c in copies
+    ]
     return {fate.name: fate for fate in policy.decide(items, now, rules)}
 
 
@@ -123,22 +143,28 @@ def _captured(name):
 # --- previews: the dry run and the Backups page -----------------------------------------------
 
 
-def fates_by_name(listed, now):
+def fates_by_name(listed, now, folder=None):
     """{name: policy.Fate} of every backup in `listed` (the folder's listing) for a page;
-    {} when a retention setting is bad (the page's health banner names it)."""
+    {} when a retention setting is bad (the page's health banner names it). With the size
+    cap, what the folder holds comes from the last purge's record (usage.for_page): no list
+    of site files is read on a request."""
     try:
         rules = rules_from_settings()
     except conf.ConfigError:
         return {}
-    return {fate.name: fate for fate in policy.decide(listed, now, rules)}
+    items, shared = listed, ()
+    if rules.max_bytes:
+        items, shared = usage.for_page(folder or backups.backups_dir(), listed)
+    return {fate.name: fate for fate in policy.decide(items, now, rules, shared)}
 
 
 def preview(now, folder=None):
     """The decisions the purge would make now, one line per backup and the result line;
-    nothing is deleted."""
+    nothing is deleted (the lists of site files are read as the purge reads them)."""
     rules = rules_from_settings()
-    found = backups.scan_backups(folder or backups.backups_dir())
-    fates = policy.decide(found, now, rules)
+    folder = folder or backups.backups_dir()
+    measured = usage.measure(folder, backups.scan_backups(folder))
+    fates = policy.decide(measured.items[::-1], now, rules, measured.shared)
     return [
         *fate_lines(fates, rules),
         f"a purge now would have {policy.summary(fates, rules)} (dry run: nothing deleted)",

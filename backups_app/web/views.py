@@ -25,7 +25,6 @@ from backups_app.health import health, recovery
 from backups_app.jobs import actions, jobs
 from backups_app.media import store as media_store
 from backups_app.offsite import state as offsite_state
-from backups_app.replication import replication
 from backups_app.restore import drill, uploads
 from backups_app.retention import purge
 from backups_app.web.common import (
@@ -71,11 +70,12 @@ def backups_page(request):
     own = health.newest_own(found)
     newest = own.backup(folder) if own else None
     verdict = health.verdict(scanned=None if problem else found)
-    rpo_rto = recovery.state(listed=found, drills=verdict.drills)  # recovery point and time
+    # Recovery point and time, from what the verdict read (replicate's status file: once).
+    rpo_rto = recovery.state(listed=found, drills=verdict.drills, replica=verdict.replica)
     page = Paginator(found, BACKUPS_PAGE_SIZE).get_page(request.GET.get("page"))
     shown = [item.backup(folder) for item in page]
     now = timezone.now()
-    fates = purge.fates_by_name(found, now)  # decided over the whole folder, as the purge does
+    fates = purge.fates_by_name(found, now, folder)  # the whole folder, as the purge decides
     links = {view: backup_link(view) for view in ("download", "restore", "delete")}
     return render(
         request,
@@ -108,7 +108,7 @@ def backups_page(request):
             stale_after_hours=int(health.MAX_BACKUP_AGE.total_seconds() // 3600),
             alert_emails=list(conf.get("STANZA_ALERT_EMAILS")),
             verdict=verdict,
-            replica=replication.status(),  # read once, for the replication card
+            replica=verdict.replica,  # the replication card: what the verdict read
             recovery=rpo_rto,
             recovery_stale=(rpo_rto.point_seconds or 0) > health.MAX_BACKUP_AGE.total_seconds(),
             offsite=offsite_state.page_state(found),  # what the jobs recorded: no network

@@ -18,14 +18,17 @@ class Command(BaseCommand):
     def handle(self, *args, notify, **options):
         if notify:
             alerts.check_lateness()
-        problems = health.problems()
+        verdict = health.verdict()
+        problems = verdict.words
         if not problems:
             self.stdout.write("OK: backups are healthy")
         else:
             self.stdout.write(f"FAILING: {'; '.join(problems)}")
             for problem in problems:
                 self.stdout.write(f"- {problem}")
-        for line in recovery.state().sentences():  # after the verdict's lines, which scripts read
+        # After the verdict's lines, which scripts read; from what the verdict read.
+        state = recovery.state(drills=verdict.drills, replica=verdict.replica)
+        for line in state.sentences():
             self.stdout.write(line)
         if problems:
             sys.exit(1)
