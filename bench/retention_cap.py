@@ -2,7 +2,7 @@
 
 Run by hand: `python bench/retention_cap.py [BACKUPS] [FILES]` (defaults 400 and 10000). Builds,
 in a temporary data folder, BACKUPS backups a day apart, each with its `.sha256` and a NAME.media
-listing FILES site files (from one backup to the next 20 change, 5 appear, 5 go), and prints:
+listing FILES site files (from one backup to the next 25 change, 5 appear, 5 go), and prints:
 
 - the purge's one read of every list (retention/usage.measure), against reading them line by
   line as the clean-up did before (lists.read: the baseline, one run);
@@ -72,7 +72,7 @@ def build(folder):
         path.write_bytes(b"\0" * 4096)
         (folder / (name + ".sha256")).write_text(f"{'0' * 64}  {name}\n")
         if n:
-            for key in rng.sample(sorted(files), 25):  # 20 change, 5 go
+            for key in rng.sample(sorted(files), 25):  # 25 change
                 files[key] = content()
             for key in list(files)[:5]:
                 del files[key]

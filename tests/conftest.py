@@ -467,6 +467,21 @@ def copy_database(source, dest, *, page_size=None, wal=True):
     return dest
 
 
+@pytest.fixture
+def offsite_folder(settings, tmp_path):
+    """Offsite copies in another Django storage than S3 (a FileSystemStorage): its folder."""
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "offsite": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(folder)},
+        },
+    }
+    return folder
+
+
 # --- S3 on loopback (moto's server) ----------------------------------------------------------
 
 

@@ -142,21 +142,12 @@ def test_an_object_that_cannot_be_decrypted_is_refused_with_the_reason(
 
 
 def test_another_storage_backend_holds_each_site_file_once_and_gives_it_back(
-    settings, tmp_path, live, backups_folder, site_media_root
+    offsite_folder, live, backups_folder, site_media_root
 ):
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "offsite": {
-            "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": str(elsewhere)},
-        },
-    }
     write(site_media_root, "a.txt", b"a")
     first = make_backup(live, backups_folder, label="manual")
     assert jobs.run_job("copy-offsite").status == CronRun.Status.SUCCESS
-    stored = elsewhere / "media" / "objects" / sha(b"a")[:2] / sha(b"a")
+    stored = offsite_folder / "media" / "objects" / sha(b"a")[:2] / sha(b"a")
     inode = stored.stat().st_ino
     make_backup(live, backups_folder, label="manual")
 

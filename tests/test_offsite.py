@@ -400,24 +400,15 @@ def test_the_job_is_registered_only_when_offsite_copies_are_on(settings, data_di
 
 @pytest.mark.django_db
 def test_another_django_storages_backend_works_through_the_storages_alias(
-    settings, tmp_path, live, backups_folder
+    offsite_folder, live, backups_folder
 ):
     """Any storage: the copy is read back and hashed, since it has no checksum on upload."""
-    store = tmp_path / "elsewhere"
-    store.mkdir()
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "offsite": {
-            "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": str(store)},
-        },
-    }
     backup = make_backup(live, backups_folder)
 
     run = jobs.run_job("copy-offsite")
 
     assert run.status == CronRun.Status.SUCCESS, run.error
-    assert (store / backup.name).read_bytes() == backup.path.read_bytes()
+    assert (offsite_folder / backup.name).read_bytes() == backup.path.read_bytes()
     assert copies.list_copies()[backup.name].complete
 
 
