@@ -24,6 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import _common
+from _common import run_child
+
 REPO_DIR = Path(__file__).resolve().parent.parent
 MANAGE = REPO_DIR / "manage.py"
 PYTHON = sys.executable
@@ -201,21 +204,6 @@ def latency_stats(samples, windows):
 # --- the methods ----------------------------------------------------------------------------
 
 
-def run_child(args, *, env=None, stdout=None):
-    """Run a command; return (seconds, peak RSS in MB, stderr) from wait4's rusage."""
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        args, env={**os.environ, **(env or {})}, stdout=stdout, stderr=subprocess.PIPE
-    )
-    stderr = proc.stderr.read().decode()
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.monotonic() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"{args[0]} failed ({proc.returncode}): {stderr}")
-    return elapsed, usage.ru_maxrss / 1024, stderr
-
-
 VACUUM = """
 import sqlite3, sys
 sqlite3.connect(sys.argv[1], isolation_level=None).execute("VACUUM INTO ?", (sys.argv[2],))
@@ -298,16 +286,9 @@ STORAGES = {
 
 
 def dbbackup_python(workdir):
-    """The python of a throwaway venv holding django-dbbackup (made once, in the workdir)."""
-    venv = workdir / "dbbackup-venv"
-    python = venv / "bin" / "python"
-    if not python.exists():
-        print(f"installing django-dbbackup into {venv} (once)...", file=sys.stderr, flush=True)
-        subprocess.run([PYTHON, "-m", "venv", str(venv)], check=True)
-        pip = [str(python), "-m", "pip", "install", "-q", *DBBACKUP_REQUIREMENTS]
-        subprocess.run(pip, check=True)
-    (workdir / "dbbackup_bench_settings.py").write_text(DBBACKUP_SETTINGS)
-    return python
+    return _common.dbbackup_python(
+        workdir, DBBACKUP_REQUIREMENTS, "dbbackup_bench_settings", DBBACKUP_SETTINGS
+    )
 
 
 def _dbbackup(db, out, ctx, *extra):

@@ -35,6 +35,9 @@ MANAGE = REPO_DIR / "manage.py"
 PYTHON = sys.executable
 sys.path.insert(0, str(REPO_DIR))
 
+import _common  # noqa: E402
+from _common import run_child  # noqa: E402
+
 from tests.pgcluster import SITE_ROLE, start_cluster  # noqa: E402
 
 SITE = "benchshop"
@@ -105,18 +108,9 @@ def pg_env(cluster, dbname=SITE):
 # --- running and measuring ----------------------------------------------------------------------
 
 
-def run(args, *, env=None, stdout=subprocess.DEVNULL):
-    """Run a command; return (seconds, peak RSS in MB, stderr) from wait4's rusage."""
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        args, env={**os.environ, **(env or {})}, stdout=stdout, stderr=subprocess.PIPE
-    )
-    stderr = proc.stderr.read().decode()
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.monotonic() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{args[:3]} failed: {stderr[-2000:]}")
-    return elapsed, usage.ru_maxrss / 1024, stderr
+def run(args, *, env=None):
+    """Run a command (its output dropped); return (seconds, peak RSS in MB, stderr)."""
+    return run_child(args, env=env, stdout=subprocess.DEVNULL)
 
 
 class Writer:
@@ -178,6 +172,8 @@ def app_backup(cluster, out, workdir):
             entry = json.loads(line)
             result["engine"] = entry.get("duration")
             result.update({f"t_{k}": v for k, v in entry.get("timings", {}).items()})
+        if line.startswith("{") and '"event": "pg_dump"' in line:
+            result.update({f"p_{k}": v for k, v in json.loads(line)["timings"].items()})
     for sidecar in (f"{out}.sha256", f"{out}.json"):
         Path(sidecar).unlink(missing_ok=True)
     return result
@@ -205,16 +201,9 @@ STORAGES = {
 
 
 def dbbackup_python(workdir):
-    """The python of a throwaway venv holding django-dbbackup (made once, in the workdir)."""
-    venv = workdir / "dbbackup-venv"
-    python = venv / "bin" / "python"
-    if not python.exists():
-        print(f"installing django-dbbackup into {venv} (once)...", file=sys.stderr, flush=True)
-        subprocess.run([PYTHON, "-m", "venv", str(venv)], check=True)
-        pip = [str(python), "-m", "pip", "install", "-q", *DBBACKUP_REQUIREMENTS]
-        subprocess.run(pip, check=True)
-    (workdir / "dbbackup_pg_settings.py").write_text(DBBACKUP_SETTINGS)
-    return python
+    return _common.dbbackup_python(
+        workdir, DBBACKUP_REQUIREMENTS, "dbbackup_pg_settings", DBBACKUP_SETTINGS
+    )
 
 
 def dbbackup(cluster, out, workdir, python):
@@ -337,6 +326,14 @@ def report(results, load):
         f"- writers' longest pause during the restore: {median(results['restore'], 'pause'):.2f} s "
         f"(target < 2), the swap itself {median(results['restore'], 'locked') or 0:.2f} s; "
         f"{median(results['restore'], 'errors'):.0f} failed commits retried"
+    )
+    rows = results["backup"]
+    print(
+        f"- where the backup's time goes: start-up and exit "
+        f"{median(rows, 'time') - median(rows, 'engine'):.1f} s, pg_dump "
+        f"{median(rows, 'p_dump'):.1f} s, then quick check {median(rows, 'p_quick_check'):.2f} s "
+        f"(rows counted alongside in {median(rows, 'p_counts'):.2f} s), verify step in all "
+        f"{median(rows, 't_verify'):.2f} s (with the SHA-256 and fsync)"
     )
     steps = ("t_restore", "t_check", "t_swap", "t_safety")
     print(

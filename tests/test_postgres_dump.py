@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from backups_app.db import facts, postgres, postgres_client
+from backups_app.db import facts, postgres, postgres_contents
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.postgres
 
@@ -45,7 +46,7 @@ def test_it_dumps_with_the_row_counts_of_the_dump_itself(pg_live, tmp_path):
     assert problems == []
     assert {"item", "django_migrations", "cron_runs"} <= tables
     assert counts["item"] == 50 and counts["django_migrations"] > 10
-    assert postgres_client.list_contents(dest).dbname == pg_live.name
+    assert postgres_contents.list_contents(dest).dbname == pg_live.name
     assert postgres.is_backup_header(dest.read_bytes()[:100])
     assert os.listdir(dest.parent) == ["out.dump"]  # no passfile left behind
     assert postgres.base_name() == pg_live.name
@@ -65,6 +66,29 @@ def test_the_full_check_restores_into_a_scratch_database_and_drops_it(pg_live, t
     assert read.columns["item"] == ("id", "name")
     assert ("backups_app", "0001_initial") in read.migrations
     assert pg_live.cluster.databases() == before
+
+
+def test_it_reads_what_a_dump_holds_without_restoring_it(pg_live, monkeypatch, settings, tmp_path):
+    add_items(pg_live, 20)
+    pg_live.query(
+        'CREATE TABLE "Odd ""Name""" ("Mixed Case" int, plain text, CHECK (plain <> \'\'))'
+    )
+    pg_live.query("CREATE SCHEMA shop")
+    pg_live.query("CREATE TABLE shop.invoice (id serial PRIMARY KEY, total int)")
+    dest, _tables = make_dump(tmp_path)
+    full = postgres.read_file(dest)
+    # No server is needed: the database settings now point where nobody listens.
+    nowhere = {**pg_live.cluster.settings(pg_live.name), "PORT": str(free_port())}
+    monkeypatch.setitem(settings.DATABASES, "default", nowhere)
+
+    read = postgres.read_contents(dest)
+
+    assert read.columns == full.columns
+    assert read.columns['Odd "Name"'] == ("Mixed Case", "plain")
+    assert read.columns["shop.invoice"] == ("id", "total")
+    assert read.migrations == full.migrations
+    assert ("backups_app", "0001_initial") in read.migrations
+    assert read.counts == {} and read.details == {"full_check": False}
 
 
 def test_a_file_that_is_no_dump_is_a_bad_file_in_words(pg_live, tmp_path):
@@ -176,7 +200,7 @@ def test_the_counts_are_the_dumps_own_while_a_writer_commits(pg_live, tmp_path):
     finally:
         stop.set()
         thread.join()
-    counted = dict(postgres._counted[str(dest)])
+    counted = postgres._counted[str(dest)].result()
 
     problems, restored = postgres.check_file(dest, "full")
 

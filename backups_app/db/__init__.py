@@ -47,6 +47,11 @@ Checking a backup file
         tables and their columns, row counts, the applied migrations (None when it has no
         django_migrations table). Raises BadFile (words that follow the file's name: "is
         truncated", "failed the integrity check: ...") when it is not a sound backup file.
+    read_contents(path) -> FileFacts
+        What the restore confirmation page judges (a page never waits on long work): as
+        read_file, without a full check that is long (PostgreSQL: the dump's tables, columns
+        and migrations read by pg_restore on this machine, no restore; `counts` is {} and
+        details["full_check"] False, the caller has NAME.json's). SQLite: read_file itself.
 
 Restoring
     restore_live(plain, *, keep, database=None, before=None) -> (kept, notes)

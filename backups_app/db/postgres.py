@@ -2,11 +2,12 @@
 
 A backup is `pg_dump`'s custom format of the live database (`DBNAME.{timestamp}.dump`), taken
 in a snapshot our own connection exports, so the row counts its `NAME.json` records are the
-dump's own. Quick check: `pg_restore --list` reads the whole table of contents, with a table for
-every table counted. Full check: the dump restored into a scratch database on the same server
-(the site's user needs CREATEDB), read there, and dropped whatever happens. A restore swaps a
-checked scratch database in for the live one (postgres_scratch). The client side (who the site
-is, pg_dump and pg_restore, passfiles) is postgres_client.
+dump's own (postgres_dump). Quick check: `pg_restore --list` reads the whole table of contents,
+with a table for every table counted. Full check: the dump restored into a scratch database on
+the same server (the site's user needs CREATEDB), read there, and dropped whatever happens. The
+confirmation page reads the dump without restoring it (read_contents, postgres_contents). A
+restore swaps a checked scratch database in for the live one (postgres_scratch). The client
+side (who the site is, pg_dump and pg_restore, passfiles, timeouts) is postgres_client.
 """
 
 import errno
@@ -21,14 +22,15 @@ from backups_app.db.postgres_client import (
     NeedsCreatedb,
     PostgresError,
     applied_migrations,
-    dump,
     first_line,
-    list_contents,
     live_server,
     psycopg,
     row_counts,
     tables,
 )
+from backups_app.db.postgres_contents import list_contents
+from backups_app.db.postgres_contents import read_contents as read_dump_contents
+from backups_app.db.postgres_dump import dump
 from backups_app.db.postgres_scratch import SCRATCH_RE, drop_database, scratch_restore, swap_in
 
 NAME = "PostgreSQL"
@@ -45,8 +47,11 @@ Error = (PostgresError, psycopg.Error) if psycopg else PostgresError
 CHECKS_WHILE_RESTORING = True
 HEADER = b"PGDMP"
 SAFETY_COMPRESSION = 1
-# The row counts of dumps this process made, read in the dump's own snapshot: {path: counts}.
+# The row counts of dumps this process made, read in the dump's own snapshot, maybe still
+# being read: {path: postgres_dump.Counting}.
 _counted = {}
+# A page that reads the live database waits this long (seconds) for a lock, then goes without.
+PAGE_LOCK_WAIT = 2
 
 
 # --- the seam: names --------------------------------------------------------------------------
@@ -102,10 +107,11 @@ def source_problem(database=None):
 
 
 def copy_live(dest, *, database=None, progress=None, flush=True, locked=False):
-    """`pg_dump -Fc` of the database into `dest`; return its tables (see postgres_client.dump).
+    """`pg_dump -Fc` of the database into `dest`; return its tables (see postgres_dump).
 
-    The counts, read in the dump's snapshot, wait for check_file's quick check of `dest`.
-    `locked` changes nothing here: a dump reads one snapshot either way.
+    The rows, counted in the dump's snapshot while the engine hashes `dest`, are collected by
+    check_file's quick check of it. `locked` changes nothing here: a dump reads one snapshot
+    either way.
     """
     server = live_server()
     # A database a restore swapped out is dumped while the restore's caller waits: at gzip
@@ -113,12 +119,12 @@ def copy_live(dest, *, database=None, progress=None, flush=True, locked=False):
     database = _dbname(database)
     swapped_out = database and (m := SCRATCH_RE.search(database)) and m["kind"] == "old"
     level = SAFETY_COMPRESSION if swapped_out else COMPRESSION
-    counts = dump(server, dest, Path(dest).parent, dbname=database, compression=level)
-    _counted[str(dest)] = counts
+    counting = dump(server, dest, Path(dest).parent, dbname=database, compression=level)
+    _counted[str(dest)] = counting
     if progress:
         size = Path(dest).stat().st_size
         progress(size, size)
-    return frozenset(counts)
+    return counting.tables
 
 
 def error_kind(err):
@@ -147,13 +153,16 @@ def check_file(path, kind="quick", *, cancel=None):
     counts are those copy_live read; {} for a dump this process did not make). "full": it
     restores into a scratch database, whose rows are counted (and compared with the dump's).
     """
-    counted = _counted.pop(str(path), None)
+    counting = _counted.pop(str(path), None)
     try:
         if kind == "quick":
-            contents = list_contents(path)
-            missing = sorted(set(counted or ()) - contents.tables)
+            started = time.monotonic()
+            contents = list_contents(path)  # while the rows are counted
+            counted = _collect(counting, started)
+            missing = sorted(set(counted) - contents.tables)
             problems = [f"tables missing: {', '.join(missing[:5])}"] if missing else []
-            return problems, dict(counted or {})
+            return problems, counted
+        counted = _collect(counting)
         facts = read_file(path)
     except (PostgresError, BadFile) as err:
         return [str(err)], {}
@@ -163,6 +172,30 @@ def check_file(path, kind="quick", *, cancel=None):
         if facts.counts.get(t) != n
     ]
     return problems, facts.counts
+
+
+def _collect(counting, started=None):
+    """{table: rows} of a dump this process made ({} for another), once counted."""
+    if counting is None:
+        return {}
+    counts = counting.result()
+    if started is not None:
+        logger.info(
+            "pg_dump took %.2f s; its rows were counted in %.2f s alongside the quick check "
+            "(%.2f s in all)",
+            counting.dumped,
+            counting.seconds,
+            time.monotonic() - started,
+            extra={
+                "event": "pg_dump",
+                "timings": {
+                    "dump": round(counting.dumped, 3),
+                    "counts": round(counting.seconds, 3),
+                    "quick_check": round(time.monotonic() - started, 3),
+                },
+            },
+        )
+    return counts
 
 
 def read_file(path):
@@ -187,9 +220,16 @@ def read_file(path):
         raise BadFile(str(err)) from err
 
 
+def read_contents(path):
+    """What the restore confirmation page judges, without a restore: the dump's tables, their
+    columns and its migrations (postgres_contents); no row counts (the caller has NAME.json's).
+    """
+    return read_dump_contents(path)
+
+
 def _facts(conn):
     found = tables(conn)
-    shape = {key: tuple(columns(conn, t)) for key, (_s, t) in found.items()}
+    shape = {key: tuple(columns(conn, t, s)) for key, (s, t) in found.items()}
     migrations = applied_migrations(conn)
     return FileFacts(
         columns=shape,
@@ -267,6 +307,8 @@ def kept_now(keep, database=None):
     """(tables, {what: rows}) of the live database: what a restore would carry forward."""
     try:
         with live_server().connect(_dbname(database), autocommit=True) as conn:
+            # A page: a lock held elsewhere (a migration) is not waited for.
+            conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{PAGE_LOCK_WAIT}s",))
             return kept_rows(conn, keep)
     except Error:
         return None

@@ -11,12 +11,12 @@ from backups_app.db.postgres_client import sql, tables
 AUDIT_COLUMNS = ("action_time", "object_id", "object_repr", "action_flag", "change_message")
 
 
-def columns(conn, table):
-    """The columns of a public table, in their order."""
+def columns(conn, table, schema="public"):
+    """The columns of a table, in their order."""
     rows = conn.execute(
         "SELECT column_name FROM information_schema.columns "
-        "WHERE table_schema = 'public' AND table_name = %s ORDER BY ordinal_position",
-        (table,),
+        "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
+        (schema, table),
     ).fetchall()
     return [name for (name,) in rows]
 

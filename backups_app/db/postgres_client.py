@@ -1,8 +1,11 @@
 """PostgreSQL's client side: who the site is on the server, and pg_dump/pg_restore run safely.
 
 Credentials reach the client programs through a 0600 passfile and their environment, never
-their command line (`ps` shows it) nor a message. Errors are PostgresError, in words. Imports
-nothing of the app but core.files. psycopg is imported when there: an SQLite site needs none.
+their command line (`ps` shows it) nor a message. Nothing waits forever: connections give up
+after CONNECT_TIMEOUT (ours, and the client programs' PGCONNECT_TIMEOUT), a lock another
+session holds after LOCK_WAIT (our sessions' lock_timeout), a program reading a local file
+after LOCAL_WAIT. Errors are PostgresError, in words. Imports nothing of the app but
+core.files. psycopg is imported when there: an SQLite site needs none.
 """
 
 import contextlib
@@ -24,7 +27,16 @@ except ImportError:  # pragma: no cover -- no `postgres` extra: an SQLite site n
 
 # pg_dump's own default (gzip level 6): the size of django-dbbackup's dumps, which use it too.
 COMPRESSION = 6
+# Seconds: a server that does not answer a connection (libpq's connect_timeout, and the client
+# programs' PGCONNECT_TIMEOUT).
 CONNECT_TIMEOUT = 10
+# Seconds a job waits for a lock another session holds (a migration's ACCESS EXCLUSIVE, a long
+# transaction) before it fails saying so: pg_dump's --lock-wait-timeout, our lock_timeout.
+LOCK_WAIT = 60
+# Seconds a client program that only reads a file here (`pg_restore --list`) may take.
+LOCAL_WAIT = 120
+# Seconds a client program has to end after SIGTERM before it is killed.
+STOP_WAIT = 10
 # The maintenance databases a role may connect to for CREATE/DROP/ALTER DATABASE.
 MAINTENANCE = ("postgres", "template1")
 # How many lines of a client program's error output a message quotes.
@@ -83,11 +95,19 @@ class Server:
             "application_name": "stanza-backups",
         }
         try:
-            return psycopg.connect(**{k: v for k, v in params.items() if v is not None}, **kwargs)
+            conn = psycopg.connect(**{k: v for k, v in params.items() if v is not None}, **kwargs)
         except psycopg.OperationalError as err:
             raise PostgresError(
                 f"cannot connect to database {dbname or self.name}: {first_line(err)}"
             ) from err
+        try:  # a session variable, not the `options` parameter (which pgbouncer refuses)
+            conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{LOCK_WAIT}s",))
+            if not conn.autocommit:
+                conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def maintenance(self):
         """An autocommit connection to a database other than the live one (for DDL on it)."""
@@ -125,11 +145,26 @@ SERVER_GONE = re.compile(
     re.IGNORECASE,
 )
 SERVER_GONE_WORDS = "the PostgreSQL server stopped or closed the connection"
+LOCK_TIMEOUT = re.compile(r"canceling statement due to lock timeout", re.IGNORECASE)
+
+
+def lock_words(table=None):
+    """A job that waited LOCK_WAIT seconds for a lock, in words."""
+    what = f"a lock on table {table}" if table else "a lock"
+    return (
+        f"waited {LOCK_WAIT} s for {what} held by another session (a migration or a long "
+        "transaction); try again once it is done"
+    )
 
 
 def plain_reason(text):
-    """A reason in a person's words: the server going away is one sentence, however libpq put it."""
-    return SERVER_GONE_WORDS if SERVER_GONE.search(text) else text
+    """A reason in a person's words: the server going away is one sentence, however libpq put
+    it, and so is a lock waited for in vain."""
+    if SERVER_GONE.search(text):
+        return SERVER_GONE_WORDS
+    if LOCK_TIMEOUT.search(text):
+        return lock_words()
+    return text
 
 
 # --- the client programs -------------------------------------------------------------------
@@ -183,7 +218,15 @@ def client_env(server, folder, dbname=None):
         os.close(fd)
 
 
-def _complaint(stderr, returncode):
+# pg_dump's --lock-wait-timeout ends in a statement timeout on one of these.
+DUMP_LOCK = re.compile(
+    r"canceling statement due to (statement|lock) timeout.*?LOCK TABLE (\S+)", re.S
+)
+
+
+def complaint(stderr, returncode):
+    if waited := DUMP_LOCK.search(stderr):
+        return lock_words(waited[2])
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     # "pg_dump: error: connection to server ...": the program's name says nothing to a reader.
     lines = [re.sub(r"\A(pg_dump|pg_restore|psql): (error: |detail: )?", "", x) for x in lines]
@@ -231,34 +274,7 @@ def applied_migrations(conn):
     return {(str(app), str(name)) for app, name in rows}
 
 
-# --- dump and table of contents -------------------------------------------------------
-
-
-def dump(server, dest, folder, *, dbname=None, compression=COMPRESSION):
-    """`pg_dump -Fc` of the database into `dest`; return its {table: rows} at the dump's moment.
-
-    The counts are read in the snapshot this connection exports and pg_dump imports, so they
-    are exactly the dump's. The caller owns `dest` (a locked temporary file, removed on failure).
-    """
-    dbname = dbname or server.name
-    with server.connect(dbname) as conn:
-        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        (snapshot,) = conn.execute("SELECT pg_export_snapshot()").fetchone()
-        with client_env(server, folder, dbname) as env:
-            args = [
-                client("pg_dump"),
-                "--format=custom",
-                f"--compress={int(compression)}",
-                f"--snapshot={snapshot}",
-                "--no-password",
-                f"--file={dest}",
-            ]
-            finish(start(args, env), "pg_dump failed")
-        # Counted after the dump, in the same snapshot: 0.3 s on 1 GB, where counting while
-        # pg_dump ran cost it 3-4 s (bench/postgres.py).
-        counts = row_counts(conn)
-        conn.rollback()
-    return counts
+# --- running the client programs -----------------------------------------------------
 
 
 def start(args, env):
@@ -270,10 +286,18 @@ def start(args, env):
         raise PostgresError(f"{Path(args[0]).name} failed: {err.strerror or err}") from err
 
 
-def stop(child):
+def stop(child, *, read=True):
+    """End a client program (SIGTERM, then SIGKILL if it lingers); `read`: drain its output."""
     with contextlib.suppress(ProcessLookupError):
         child.send_signal(signal.SIGTERM)
-    child.communicate()
+    try:
+        if read:
+            child.communicate(timeout=STOP_WAIT)
+        else:
+            child.wait(STOP_WAIT)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
 
 
 def finish(child, failed):
@@ -283,39 +307,34 @@ def finish(child, failed):
     except BaseException:
         stop(child)
         raise
-    if child.returncode != 0:
-        raise PostgresError(f"{failed}: {_complaint(stderr, child.returncode)}")
+    check_exit(child.returncode, stderr, failed)
 
 
-@dataclass(frozen=True)
-class Contents:
-    """What `pg_restore --list` read in an archive's table of contents."""
-
-    dbname: str
-    tables: frozenset  # table keys with a TABLE entry
-    data: frozenset  # table keys with a TABLE DATA entry
+def check_exit(returncode, stderr, failed):
+    if returncode != 0:
+        raise PostgresError(f"{failed}: {complaint(stderr, returncode)}")
 
 
-TOC_LINE = re.compile(r"\A\d+; \d+ \d+ (?P<kind>TABLE DATA|TABLE) (?P<schema>\S+) (?P<name>\S+) ")
+def run_local(args, failed, *, stdin=""):
+    """Run a client program that reads a file on this machine (no server); its output.
 
-
-def list_contents(path):
-    """Read a dump's table of contents (no server needed); PostgresError when it is no dump."""
-    done = subprocess.run(
-        [client("pg_restore"), "--list", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={k: v for k, v in os.environ.items() if not k.startswith("PG")},
-    )
-    if done.returncode != 0:
-        raise PostgresError(
-            f"is not a readable PostgreSQL dump: {_complaint(done.stderr, done.returncode)}"
+    Bounded by LOCAL_WAIT: such a program that takes longer is stuck (a file that is not what
+    it seems), and is stopped. PostgresError("{failed}: ...") when it fails.
+    """
+    try:
+        done = subprocess.run(
+            args,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=LOCAL_WAIT,
+            env={k: v for k, v in os.environ.items() if not k.startswith("PG")},
         )
-    dbname, found = "", {"TABLE": set(), "TABLE DATA": set()}
-    for line in done.stdout.splitlines():
-        if line.startswith(";     dbname: "):
-            dbname = line.split(": ", 1)[1].strip()
-        elif match := TOC_LINE.match(line):
-            found[match["kind"]].add(table_key(match["schema"], match["name"]))
-    return Contents(dbname, frozenset(found["TABLE"]), frozenset(found["TABLE DATA"]))
+    except subprocess.TimeoutExpired as err:
+        raise PostgresError(f"{failed}: reading it took longer than {LOCAL_WAIT} s") from err
+    except OSError as err:
+        raise PostgresError(f"{failed}: {err.strerror or err}") from err
+    if done.returncode != 0:
+        raise PostgresError(f"{failed}: {complaint(done.stderr, done.returncode)}")
+    return done.stdout

@@ -277,6 +277,10 @@ def read_file(path):
     )
 
 
+# The confirmation page's reading of a backup file is the full check: it reads the file alone.
+read_contents = read_file
+
+
 def _columns(conn, table):
     """A table's columns, generated ones too (table_xinfo; hidden columns of virtual tables,
     hidden 1, are not the table's own)."""

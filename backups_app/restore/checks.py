@@ -44,6 +44,9 @@ class BackupInfo:
     row_counts: dict = field(default_factory=dict)  # {table: rows}
     migrations: frozenset = frozenset()  # {(app, name)} applied in the backup
     pending_migrations: tuple = ()  # known to the code, not applied in the backup
+    # False: read without the engine's full check (the confirmation page of an engine whose
+    # full check is a restore); the row counts are NAME.json's (None: not recorded).
+    full_check: bool = True
 
     @property
     def name(self):
@@ -51,7 +54,7 @@ class BackupInfo:
 
     @property
     def total_rows(self):
-        return sum(self.row_counts.values())
+        return sum(rows for rows in self.row_counts.values() if rows is not None)
 
 
 def check_backup_file(path, *, scratch_dir=None):
@@ -98,6 +101,25 @@ def _inspected(path, plain, compressed, checksum_verified, check):
         page_size=0,
         checksum_verified=checksum_verified,
     )
+
+
+def preview_backup_file(path):
+    """What the restore confirmation page shows of `path`: a BackupInfo, or RestoreError.
+
+    The file's own checks, then the engine's reading that does not wait on long work
+    (`read_contents`: SQLite's is its full check; PostgreSQL's reads the dump's tables,
+    columns and migrations without restoring it, and the row counts are those NAME.json
+    recorded). A restore runs the full check itself, before anything changes.
+    """
+    with opened_backup(path, check=False) as (info, plain):
+        facts = _read(backups.database_engine().read_contents, plain, info.name)
+    info = dataclasses.replace(info, page_size=facts.details.get("page_size", 0))
+    if not facts.details.get("full_check", True):
+        recorded = (backups.read_manifest(path) or {}).get("tables") or {}
+        counts = {table: recorded.get(table) for table in sorted(facts.columns)}
+        facts = dataclasses.replace(facts, counts=counts)
+        info = dataclasses.replace(info, full_check=False)
+    return judge(info, facts)
 
 
 def _check_is_file(path):
@@ -190,15 +212,7 @@ def inspect(path, plain, compressed, checksum_verified, name=None):
     `name` is how errors call the file (default: its own name).
     """
     name = name or path.name
-    engine = backups.database_engine()
-    try:
-        facts = engine.read_file(plain)
-    except db.BadFile as err:
-        raise RestoreError(f"{name} {err}") from err
-    except engine.Error as err:
-        if engine.interrupted(err):
-            raise KeyboardInterrupt from err
-        raise RestoreError(f"{name} is not a sound {engine.NAME} database: {err}") from err
+    facts = _read(backups.database_engine().read_file, plain, name)
     info = BackupInfo(
         path=path,
         compressed=compressed,
@@ -208,6 +222,19 @@ def inspect(path, plain, compressed, checksum_verified, name=None):
         checksum_verified=checksum_verified,
     )
     return judge(info, facts, name)
+
+
+def _read(reader, plain, name):
+    """FileFacts from the engine's `reader` of the plain file; RestoreError in words."""
+    engine = backups.database_engine()
+    try:
+        return reader(plain)
+    except db.BadFile as err:
+        raise RestoreError(f"{name} {err}") from err
+    except engine.Error as err:
+        if engine.interrupted(err):
+            raise KeyboardInterrupt from err
+        raise RestoreError(f"{name} is not a sound {engine.NAME} database: {err}") from err
 
 
 def judge(info, facts, name=None):

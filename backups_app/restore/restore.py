@@ -31,6 +31,7 @@ from backups_app.restore.checks import (  # noqa: F401 (the restore's checks, as
     is_gzip,
     judge,
     opened_backup,
+    preview_backup_file,
 )
 
 logger = logging.getLogger(__name__)

@@ -103,12 +103,13 @@ def offsite_words():
 
 @confirm_view
 def restore_backup(request, backup):
-    """GET: what restoring this backup would do (it is checked; nothing changes). POST: do it."""
+    """GET: what restoring this backup would do (nothing changes; the full check of an engine
+    whose full check is a restore runs in the POST). POST: do it."""
     form = RestoreForm(posted(request))
     if request.method == "POST" and form.is_valid():
         return restore_now(request, backup)
     try:
-        info, problem = restore.check_backup_file(backup.path), ""
+        info, problem = restore.preview_backup_file(backup.path), ""
     except backups.BackupError as err:
         info, problem = None, str(err)
     return render(
