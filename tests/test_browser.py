@@ -262,7 +262,7 @@ def test_two_clicks_at_once_never_make_a_broken_backup(page, stack):
     for status, body in statuses:
         if status == 409:
             assert re.fullmatch(
-                r"a backup is running \(by admin, since \d\d:\d\d:\d\d UTC\); "
+                r"a backup is running \(by admin, since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\); "
                 r"try again when it has finished",
                 body["error"],
             )

@@ -182,6 +182,7 @@ NEVER = {
     "a query string": re.compile(r"\?list-type"),
     "a raw ISO time": re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d"),
     "SQLite's check output": re.compile(r"On tree page"),
+    "markdown in plain text": re.compile(r"`"),
 }
 LOCAL_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (GMT\+1|CET)$")
 

@@ -79,3 +79,9 @@ def test_it_puts_sqlites_check_output_behind_one_sentence():
     assert details.splitlines()[0] == "On tree page 2 cell 0: Rowid 0 out of order"
     assert details.splitlines()[-1] == "... and 10 more lines"
     assert "\n" not in headline
+
+
+def test_it_shows_commands_in_plain_words_not_markdown():
+    headline, _ = split_details("replication stopped (is `manage.py replicate` running?)")
+
+    assert headline == "replication stopped (is manage.py replicate running?)"

@@ -15,8 +15,10 @@ from django.utils import timezone
 
 from backups_app.engine import backups
 from backups_app.jobs import jobs
-from backups_app.offsite import lock
+from backups_app.offsite import lock, state
+from backups_app.offsite import media as media_offsite
 from backups_app.offsite import purge as offsite_purge
+from backups_app.offsite import store as offsite_store
 
 pytestmark = [pytest.mark.s3, pytest.mark.django_db]
 
@@ -267,3 +269,43 @@ def test_a_reused_object_retained_long_enough_costs_no_request_and_is_never_shor
     assert s3.head_object(Bucket=locked_bucket, Key=key)["ObjectLockRetainUntilDate"] == far
     assert log.count(f"/{locked_bucket}/{key}") == requests_before
     assert requests_before > 0  # the log does show the requests on it
+
+
+def test_the_purge_leaves_a_site_file_until_its_recorded_retention_ends(
+    s3, locked_bucket, live_database, backups_folder, site_media_root
+):
+    site_media_root.mkdir(parents=True)
+    (site_media_root / "photo.jpg").write_bytes(b"a site file")
+    (backup,) = copies_made(1, backups_folder)
+    key = site_file_key(s3, locked_bucket)
+    # No list names it any more, and the store would let it go (the owner ended its lock early:
+    # moto's clock cannot be moved); the copy recorded it as retained for 10 days.
+    for name in (f"site/{backup.name}.media", key):
+        for version in versions(s3, locked_bucket, name):
+            if name == key:
+                s3.put_object_retention(
+                    Bucket=locked_bucket,
+                    Key=name,
+                    VersionId=version["VersionId"],
+                    Retention={
+                        "Mode": "GOVERNANCE",
+                        "RetainUntilDate": timezone.now() + timedelta(seconds=1),
+                    },
+                    BypassGovernanceRetention=True,
+                )
+            else:
+                s3.delete_object(
+                    Bucket=locked_bucket,
+                    Key=name,
+                    VersionId=version["VersionId"],
+                    BypassGovernanceRetention=True,
+                )
+    time.sleep(2)
+    store = offsite_store.storage()
+
+    left = media_offsite.purge(store, set(), timezone.now() + timedelta(hours=7))
+    gone = media_offsite.purge(store, set(), timezone.now() + timedelta(days=LOCK_DAYS, hours=1))
+
+    assert (left, gone) == (0, 1)
+    assert versions(s3, locked_bucket, key) == []
+    assert key.removeprefix("site/") not in state.locked_until()

@@ -87,7 +87,7 @@ def test_the_page_shows_what_the_purge_will_delete_from_the_purges_record(
 
     assert [line.split()[0] for line in dry_run[:4]] == ["keep", "keep", "delete", "delete"]
     assert [fates[n].over_cap for n in four_backups] == [True, True, False, False]
-    assert html.count("(over the 4 MB cap)") == 2
+    assert html.count("over the 4 MB cap: deleted by the next purge at <time") == 2
 
 
 def test_a_backup_made_since_the_record_counts_its_new_files(

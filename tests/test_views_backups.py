@@ -328,7 +328,8 @@ def test_a_click_in_the_instant_another_takes_the_lock_still_names_who_holds_it(
 
     assert api.status_code == 409
     assert api.json()["error"] == (
-        "a backup is running (by admin, since 23:30:00 UTC); try again when it has finished"
+        "a backup is running (by admin, since 2026-11-27 23:30:00 UTC); try again when it has "
+        "finished"
     )
 
 

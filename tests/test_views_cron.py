@@ -209,6 +209,7 @@ def test_it_offers_every_job_and_restores_in_the_filter_before_they_ran(staff_cl
         "daily-backup",
         "always-fails",
         "restore",
+        "delete-offsite",  # deleting an offsite copy from the delete page
     ]
 
 

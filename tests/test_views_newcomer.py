@@ -96,6 +96,18 @@ def test_a_damaged_upload_is_one_sentence_with_the_checks_lines_behind_details(
     assert backups.list_backups(backups_folder) == []
 
 
+def test_the_health_box_says_replication_stopped_in_plain_words(
+    staff_client, settings, tmp_path, live_database
+):
+    settings.STANZA_REPLICA_URL = f"file://{tmp_path / 'replica'}"  # and no `replicate` running
+
+    html = staff_client.get(URL).content.decode()
+    health = re.sub(r"<[^>]+>", "", html.split('id="health"', 1)[1].split("</section>", 1)[0])
+
+    assert "Start manage.py replicate (scripts/run starts it" in health
+    assert "`" not in health  # markdown's code quotes, shown as they are in plain text
+
+
 # --- delete and the offsite copy ----------------------------------------------------------
 
 

@@ -156,7 +156,7 @@ def test_it_says_to_migrate_after_restoring_an_older_schema_only(
 
     assert len(after_older) == 2
     assert re.fullmatch(
-        r"This backup predates \d+ migrations? of this code: run `python manage.py migrate` "
+        r"This backup predates \d+ migrations? of this code: run python manage.py migrate "
         r"\(or restart with scripts/run\) before using the site\.",
         after_older[1],
     )
@@ -233,7 +233,7 @@ def test_it_restores_one_at_a_time(staff_client, backup, live_database, backups_
 
     [message] = messages_of(page)
     assert re.fullmatch(
-        r"A backup is running \(by admin, since \d\d:\d\d:\d\d UTC\); "
+        r"A backup is running \(by admin, since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\); "
         r"try again when it has finished\.",
         message,
     )

@@ -4,7 +4,7 @@ for the pages, messages and alerts.
 The whole error output stays in the run's record (and, folded, on its detail page); what a
 person reads first is `explain()` (a sentence with advice) or `split_details()` (a sentence,
 and any tool output behind it for a "details" disclosure). Neither shows an exception's class
-name, a module path or a URL's query string.
+name, a module path, a URL's query string or markdown's `code` quotes.
 """
 
 import re
@@ -16,6 +16,8 @@ EXCEPTION = re.compile(
 # A URL's query string (a store's `?list-type=2&prefix=...`): what a person reads stops at the path.
 QUERY = re.compile(r"(\bhttps?://[^\s?'\"]+)\?[^\s'\"]*")
 ERRNO = re.compile(r"\[Errno \d+\] ")
+# Markdown's code quotes (`manage.py replicate`), which plain text shows as they are.
+CODE_QUOTES = re.compile(r"`([^`\n]*)`")
 # Exceptions that carry no message of their own: what happened, in words.
 BARE = {
     "KeyboardInterrupt": "interrupted: the process was stopped during the run",
@@ -99,8 +101,8 @@ def message_of(text):
 
 
 def plain(message):
-    """A message as a person reads it: no errno, no URL query strings."""
-    return QUERY.sub(r"\1", ERRNO.sub("", message))
+    """A message as a person reads it: no errno, no URL query strings, no markdown quotes."""
+    return CODE_QUOTES.sub(r"\1", QUERY.sub(r"\1", ERRNO.sub("", message)))
 
 
 def split_details(message):

@@ -95,7 +95,8 @@ def create_backup(
     reader ever sees a partial backup or one without its `.sha256` and `.json`. With
     `output` the exact path is written; otherwise a standard name in `folder` (the backups
     folder). `progress(phase, done, total)` is called from time to time during long steps
-    (phases "copy", "verify", "compress", and "done" once at the end); it may be called from
+    (phases "copy", "verify", "compress", and "done" once at the end; "files" counts the site
+    files recorded so far, with their bytes as a fourth argument); it may be called from
     another thread. `on_published(path)` is called the moment the backup has its name.
     `locked`: the caller holds the database's write lock (a restore's safety backup), so the
     engine may copy it the quickest way; `on_copied()` is called once the copy is made (the

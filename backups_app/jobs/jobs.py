@@ -21,6 +21,7 @@ from backups_app import conf, signals
 from backups_app.core.formatting import human_size
 from backups_app.cron import crontab_trigger
 from backups_app.engine import backups
+from backups_app.jobs import actions
 from backups_app.media import record as media_record
 from backups_app.models import CronRun
 from backups_app.offsite import purge as offsite_purge
@@ -59,11 +60,7 @@ OPERATION_WAIT = 30 * 60
 
 
 def daily_backup():
-    from backups_app.core import operations
-
-    # The same lock as "Back up now", uploads and restores (web or command line).
-    with operations.exclusive("backup", by="the daily-backup job", wait=OPERATION_WAIT):
-        backup = backups.create_backup()
+    backup = actions.backup_locked(by="the daily-backup job", wait=OPERATION_WAIT)
     copy_offsite_soon()  # its own recorded run; an offsite failure never fails the backup
     return f"{backup.name} ({human_size(backup.size)})" + media_record.words(
         (backups.read_manifest(backup.path) or {}).get("media"), human_size
@@ -316,7 +313,7 @@ def run_scheduled(name):
 # --- for the dashboard -----------------------------------------------------------------------
 
 # Names the run history records that are not scheduled jobs: they cannot be run again.
-PSEUDO_JOBS = ("restore",)
+PSEUDO_JOBS = ("restore", "delete-offsite")
 
 
 def history_names():

@@ -154,13 +154,19 @@ def named(path):
     except OSError as err:
         raise ListError(f"{Path(path).name} cannot be read: {err.strerror}") from None
     with open(fd, "rb") as raw:
-        try:
-            text = gzip.decompress(raw.read()).decode("utf-8", "surrogateescape")
-        except (OSError, EOFError, zlib.error) as err:
-            raise ListError(f"{Path(path).name} is damaged: not a whole gzip file") from err
-    pairs = CONTENT_RE.findall(text)
-    if len(pairs) != text.count("\n") or (text and not text.endswith("\n")):
-        entries = read_all(path)  # not as encode() writes lines: each line decoded and checked
+        return named_in(raw.read(), Path(path).name)
+
+
+def named_in(data, what):
+    """What named() says of a list's bytes `data` (gzip'd); `what` names it in errors."""
+    try:
+        text = gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as err:
+        raise ListError(f"{what} is damaged: not a whole gzip file") from err
+    pairs = CONTENT_RE.findall(text.decode("utf-8", "surrogateescape"))
+    if len(pairs) != text.count(b"\n") or (text and not text.endswith(b"\n")):
+        # Not as encode() writes lines: each line decoded and checked.
+        entries = [decode(line) for line in text.splitlines(keepends=True)]
         return Named({e.sha256: e.size for e in entries}, sum(e.size for e in entries))
     sizes = list(map(int, map(itemgetter(0), pairs)))
     return Named(dict(zip(map(itemgetter(1), pairs), sizes, strict=True)), sum(sizes))

@@ -273,7 +273,7 @@ def record_files(media_folder, backups_folder, out, *, last_list=None, progress=
         summary.bytes += entry.size
         if progress and time.monotonic() - last_report > 0.5:
             last_report = time.monotonic()
-            progress("files", summary.files, 0)
+            progress("files", summary.files, 0, summary.bytes)  # the total is not known ahead
 
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
         try:

@@ -7,7 +7,6 @@ Offsite retention deletes NAME.media with its copy and the objects no remaining 
 against its SHA-256. Imports: media, offsite.store, offsite.lock, offsite.state.
 """
 
-import gzip
 import hashlib
 import logging
 import os
@@ -161,9 +160,8 @@ def _read_stored_list(store, key):
     if key.endswith(AGE):
         data = _decrypt(data, key)
     try:
-        text = gzip.decompress(data)
-        return [lists.decode(line).sha256 for line in text.splitlines() if line]
-    except (OSError, EOFError, lists.ListError) as err:
+        return lists.named_in(data, key).sizes.keys()
+    except lists.ListError as err:
         raise OffsiteError(f"the offsite {key} cannot be read, so no site file was purged") from err
 
 

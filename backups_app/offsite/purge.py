@@ -94,6 +94,34 @@ def _retained(store, copy, now):
         return lock.retained(store, copy.members, now)
 
 
+def delete_copy(name, now=None):
+    """Delete the offsite copy of backup `name` now (a person asked for it on the delete page):
+    its objects (the .sha256 first, as the purge does) and its NAME.media; the site file
+    objects no remaining copy names go with the next purge. OffsiteError while Object Lock
+    still retains any of it. Returns the result line."""
+    now = now or timezone.now()
+    store = offsite_store.storage()
+    with state.recording() as record:
+        objects = offsite_store.list_objects(store, starting=name)
+        copy = list_copies(store, objects).get(name)
+        lists = {media_offsite.list_key(name, encrypted) for encrypted in (False, True)}
+        members = [*(copy.members if copy else ()), *(key for key in objects if key in lists)]
+        if not members:
+            record.deleted(name)
+            return f"no offsite copy of {name} was left in {offsite_store.location()}"
+        with store_errors(store, f"read the retention of {name}"):
+            locked = lock.retained(store, members, now)
+        if locked:
+            raise offsite_store.OffsiteError(
+                f"the offsite copy of {name} is under Object Lock, which refuses every delete "
+                "until its retention ends; offsite retention deletes it after that"
+            )
+        for member in sorted(members, key=lambda o: not o.endswith(CHECKSUM_SUFFIX)):
+            offsite_store.delete(store, member)
+            record.deleted(name)
+    return f"deleted the offsite copy of {name} from {offsite_store.location()}"
+
+
 def preview(now):
     """What the offsite purge would do now, for the dry run: a line per copy (newest first; one
     still under Object Lock says so) and the result line; nothing is deleted."""

@@ -16,6 +16,7 @@ from django.utils.safestring import mark_safe
 from backups_app.core import failures
 from backups_app.core.formatting import human_size
 from backups_app.engine import backups
+from backups_app.jobs import jobs
 
 register = template.Library()
 
@@ -193,7 +194,7 @@ def trigger_words(run):
     trigger = run.trigger or ""
     who, _, user = trigger.partition(":")
     if who == "admin":
-        if run.job_name == "restore":
+        if run.job_name in jobs.PSEUDO_JOBS:  # a restore, deleting an offsite copy
             return f"by {user} from the Backups page"
         return f"run by {user} with Run now"
     return TRIGGERS.get(trigger, trigger or "—")

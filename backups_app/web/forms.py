@@ -18,9 +18,12 @@ class RestoreForm(forms.Form):
 
 
 class DeleteForm(forms.Form):
-    """Deleting the only backup left needs a second, explicit confirmation."""
+    """Deleting the only backup left needs a second, explicit confirmation; deleting the
+    offsite copy too is asked for, never the default."""
 
     confirm_last = forms.BooleanField(required=False, label="Yes, delete the only backup there is")
+    # Shown only where the page offers it (restore_views.offsite_facts: a copy, not locked).
+    delete_offsite = forms.BooleanField(required=False, label="Also delete its offsite copy")
 
     def __init__(self, *args, is_last=False, **kwargs):
         super().__init__(*args, **kwargs)

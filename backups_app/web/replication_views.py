@@ -59,7 +59,7 @@ def restore_at(request):
     current = replication.status()
     problem = ""
     if current.window is None:
-        problem = "the replica's window is not known yet (is `manage.py replicate` running?)"
+        problem = "the replica's window is not known yet (is manage.py replicate running?)"
     elif when not in current.window:
         problem = (
             f"{replication.format_time(when)} is outside the replica's window ({current.window})"

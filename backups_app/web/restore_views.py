@@ -1,6 +1,7 @@
 """Deleting and restoring one backup: the confirmation pages and the actions."""
 
 import logging
+from datetime import timedelta
 from types import SimpleNamespace
 
 from django.contrib import messages
@@ -9,13 +10,17 @@ from django.db import DatabaseError, connection
 from django.db.migrations.recorder import MigrationRecorder
 from django.http import JsonResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 
 from backups_app import conf
 from backups_app.audit import DELETION, audit
 from backups_app.core import failures, operations
 from backups_app.core.formatting import human_size
 from backups_app.engine import backups
+from backups_app.jobs import actions
 from backups_app.media import put_back as media_put_back
+from backups_app.offsite import lock as offsite_lock
+from backups_app.offsite import state as offsite_state
 from backups_app.offsite import store as offsite_store
 from backups_app.restore import restore
 from backups_app.web.common import (
@@ -34,9 +39,11 @@ logger = logging.getLogger(__name__)
 
 @confirm_view
 def delete_backup(request, backup):
-    """GET: what deleting this backup means (nothing changes). POST: delete it and its sidecars."""
+    """GET: what deleting this backup means (nothing changes). POST: delete it and its sidecars,
+    and with "Also delete its offsite copy", start deleting that in the background."""
+    offsite = offsite_facts(backup.name)
     if request.method != "POST":
-        return delete_page(request, backup, *delete_form(request, backup))
+        return delete_page(request, backup, *delete_form(request, backup), offsite)
     try:
         with operations.exclusive("delete", by=request.user.get_username()):
             # The folder is read under the lock: two deletes at once cannot both find another
@@ -52,14 +59,30 @@ def delete_backup(request, backup):
     if form.errors:
         if wants_json(request):
             return JsonResponse({"error": form.non_field_errors()[0]}, status=400)
-        return delete_page(request, backup, form, listed)
+        return delete_page(request, backup, form, listed, offsite)
+    also_offsite = bool(offsite and offsite["can_delete"] and form.cleaned_data["delete_offsite"])
+    if also_offsite:
+        actions.delete_offsite_soon(backup.name, request.user)  # the answer does not wait
+    return deleted(request, backup, offsite, also_offsite)
+
+
+def deleted(request, backup, offsite, also_offsite):
+    """Say what was done: the backup is gone; its offsite copy is being deleted, or stays."""
     size = human_size(backup.size)
     logger.info("backup %s deleted by %s", backup.name, request.user.get_username())
-    audit(request.user, f"Deleted backup {backup.name} ({size})", flag=DELETION)
+    action = f"Deleted backup {backup.name} ({size})"
     text = f"Deleted {backup.name} ({size})."
-    if offsite_store.enabled():
+    if also_offsite:
+        action += f"; deleting its offsite copy in {offsite['location']} in the background"
+        text += (
+            f" Its offsite copy in {offsite['location']} is being deleted in the background: "
+            "Recent dashboard actions and the run history (delete-offsite) say when it is gone."
+        )
+    elif offsite:
         text += " Its offsite copy, if one was made, stays in the offsite store."
-    return done(request, {"deleted": backup.name}, text)
+    audit(request.user, action, flag=DELETION)
+    data = {"deleted": backup.name, **({"offsite": "deleting"} if also_offsite else {})}
+    return done(request, data, text)
 
 
 def delete_form(request, backup):
@@ -69,7 +92,7 @@ def delete_form(request, backup):
     return DeleteForm(posted(request), is_last=not others), listed
 
 
-def delete_page(request, backup, form, listed):
+def delete_page(request, backup, form, listed, offsite):
     return render(
         request,
         "backups/delete.html",
@@ -80,21 +103,35 @@ def delete_page(request, backup, form, listed):
             form=form,
             is_last=form.is_last,
             is_newest=bool(listed) and listed[0].name == backup.name,
-            offsite=offsite_words(),
+            offsite=offsite,
         ),
         status=400 if form.errors else 200,
     )
 
 
-def offsite_words():
-    """Where offsite copies go and how long they stay, for what a delete leaves (None: off).
+def offsite_facts(name):
+    """What the delete page says of the backup's offsite copy (None: offsite copies are off):
+    where copies go and how long they stay, the copy the jobs recorded (or None), until when
+    Object Lock keeps it, and whether it may be deleted now.
 
-    From the settings alone: the page never asks the store."""
+    From the settings and the jobs' record alone: the page never asks the store. A copy's
+    objects were locked for STANZA_OFFSITE_LOCK_DAYS when they were written, its .sha256 last.
+    """
     if not offsite_store.enabled():
         return None
+    copy = offsite_state.recorded().copies.get(name)
+    locked_until = None
+    if copy is not None and offsite_lock.days():
+        copied = copy.copied or timezone.now()  # unknown: as if copied now (not offered)
+        locked_until = copied + timedelta(days=offsite_lock.days())
+        if locked_until <= timezone.now():
+            locked_until = None
     return {
         "location": offsite_store.location(),
         "retention_days": conf.get("STANZA_OFFSITE_RETENTION_DAYS"),
+        "copy": copy,
+        "locked_until": locked_until,
+        "can_delete": copy is not None and locked_until is None,
     }
 
 
@@ -185,7 +222,7 @@ def restored(request, result, named=None):
         messages.warning(
             request,
             f"This backup predates {pending} migration{'s' if pending != 1 else ''} of this "
-            "code: run `python manage.py migrate` (or restart with scripts/run) before using "
+            "code: run python manage.py migrate (or restart with scripts/run) before using "
             "the site.",
         )
     key = request.session.session_key

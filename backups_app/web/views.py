@@ -3,12 +3,12 @@ Each view: one check, one call, one ending (the shared parts are in common.py)."
 
 import logging
 import shutil
-from datetime import timedelta
 from urllib.parse import quote
 
 from django.core.paginator import Paginator
-from django.http import FileResponse
+from django.http import FileResponse, JsonResponse
 from django.shortcuts import render
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -22,7 +22,7 @@ from backups_app.core import operations
 from backups_app.core.formatting import human_size
 from backups_app.engine import backups
 from backups_app.health import health, recovery
-from backups_app.jobs import jobs
+from backups_app.jobs import actions, jobs
 from backups_app.media import store as media_store
 from backups_app.offsite import state as offsite_state
 from backups_app.restore import drill, uploads
@@ -36,6 +36,7 @@ from backups_app.web.common import (
     lookup,
     post_only,
     staff_required,
+    wants_json,
 )
 from backups_app.web.forms import UploadForm
 
@@ -49,6 +50,8 @@ BACKUPS_PAGE_SIZE = 50
 @staff_required
 @require_safe
 def backups_page(request):
+    if "progress" in request.GET and wants_json(request):
+        return operation_progress(request)
     found, problem = [], ""
     try:
         folder = backups.backups_dir()
@@ -111,18 +114,26 @@ def backups_page(request):
             offsite=offsite_state.page_state(found),  # what the jobs recorded: no network
             upload_form=UploadForm(),
             audit_entries=recent_entries(),
+            operation=operations.running(),
         ),
     )
 
 
+def operation_progress(request):
+    """`GET /admin/backups/?progress` (JSON): the operation running now and how far it got,
+    with the words the page shows (what "Back up now" polls while its POST is pending). Two
+    small local files are read, nothing else."""
+    operation = operations.running()
+    html = render_to_string("backups/_operation.html", {"operation": operation}).strip()
+    return JsonResponse({"running": operation is not None, "operation": operation, "html": html})
+
+
 def retention_context(now):
     """What the "kept" badges need besides each backup's fate: when the next purge runs
-    ("deleted by the next purge at 02:30"), the size cap, and today."""
-    next_purge = jobs.next_run_time(jobs.registry()["purge-old-backups"], now)
+    ("deleted by the next purge at 2026-12-07 02:30:00 UTC"), the size cap, and today."""
     return {
         "cap_mb": conf.get("STANZA_BACKUPS_MAX_MB"),
-        "next_purge": next_purge,
-        "next_purge_soon": next_purge is not None and next_purge - now < timedelta(days=1),
+        "next_purge": jobs.next_run_time(jobs.registry()["purge-old-backups"], now),
         "today": timezone.localdate(now),
     }
 
@@ -158,8 +169,7 @@ def drill_status(backup):
 @post_only(BACKUPS_PAGE, "Back up now")
 def backup_now(request):
     try:
-        with operations.exclusive("backup", by=request.user.get_username()):
-            backup = backups.create_backup(label="manual")
+        backup = actions.backup_locked("manual", by=request.user.get_username())
     except operations.OperationRunning as err:
         return failed(request, str(err), 409)
     except backups.BackupError as err:

@@ -117,7 +117,7 @@ class Progress:
         self.shown = False
         self.lock = threading.Lock()  # called from the engine's helper threads too
 
-    def __call__(self, phase, done, total):
+    def __call__(self, phase, done, total, size=None):
         if phase == "done":
             self.clear()
             return
@@ -125,7 +125,7 @@ class Progress:
             return
         verb = self.VERBS.get(phase, phase)
         if phase == "files":  # counted as they are recorded: the total is not known ahead
-            text = f"{verb}: {done} so far"
+            text = f"{verb}: {done} so far" + (f" ({human_size(size)})" if size else "")
         elif total:
             text = f"{verb}: {human_size(done)} of {human_size(total)} ({100 * done // total}%)"
         else:

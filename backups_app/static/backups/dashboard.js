@@ -1,6 +1,7 @@
 /* The dashboard's small script: the browser's local time (UTC on hover) and the time
-   picker in it, buttons that say they are working and cannot be pressed twice, and "Copy" for
-   checksums. The pages work without it. */
+   picker in it, buttons that say they are working and cannot be pressed twice, the progress
+   of "Back up now" while its request runs, and "Copy" for checksums. The pages work without
+   it. */
 (function () {
     "use strict";
 
@@ -76,8 +77,36 @@
                     button.classList.add("stanza-busy");
                     button.textContent = button.dataset.busyText;
                 }, 0);
+                if (form.dataset.progressUrl) { followProgress(form); }
             });
         });
+    }
+
+    /* While the form's request runs (the page stays until its answer arrives), ask the page
+       what is running and how far it got, and show it under the button. */
+    function followProgress(form) {
+        var box = document.getElementById(form.dataset.progressBox);
+        if (!box || !window.fetch) { return; }
+        var asking = false;
+        function ask() {
+            if (asking) { return; }
+            asking = true;
+            fetch(form.dataset.progressUrl, {
+                headers: { "Accept": "application/json" }, credentials: "same-origin"
+            }).then(function (response) {
+                return response.ok ? response.json() : null;
+            }).then(function (answer) {
+                if (answer && answer.running) {
+                    box.innerHTML = answer.html; /* the server's template, escaped there */
+                    box.hidden = false;
+                    localTimes(box);
+                }
+            }).catch(function () { /* the next try may reach it */ }).then(function () {
+                asking = false;
+            });
+        }
+        setTimeout(ask, 300);
+        setInterval(ask, 700);
     }
 
     function copyButtons(root) {
