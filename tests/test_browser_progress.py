@@ -18,6 +18,7 @@ from tests.test_browser import (  # noqa: F401 (fixtures)
     base_url,
     browser_type_launch_args,
 )
+from tests.test_browser_newcomer import OVERFLOW
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -75,7 +76,18 @@ def test_back_up_now_shows_the_files_step_then_the_success_message(browser, stac
         # (Playwright reaches a page only once its navigation ends, as a person's eyes do not).
         page.evaluate(WATCH)
 
-        page.click("#backup-now")
+        page.click("#backup-now", no_wait_after=True)
+
+        # Meanwhile the Backups page, opened afresh on a phone, says what runs (server-rendered).
+        other = context.new_page()
+        other.set_viewport_size({"width": 390, "height": 844})
+        other.goto(stack["url"] + "/admin/backups/")
+        running = other.locator("#operation")
+        expect(running).to_be_visible()
+        expect(running).to_contain_text("A backup is running, started by admin")
+        assert other.evaluate(OVERFLOW) == []
+        ARTIFACTS.mkdir(exist_ok=True)
+        other.screenshot(path=str(ARTIFACTS / "backup-progress-390.png"), full_page=True)
 
         success = page.locator(".messagelist .success")
         expect(success).to_contain_text(re.compile(r"Backup \S+ made"), timeout=60_000)
@@ -91,7 +103,6 @@ def test_back_up_now_shows_the_files_step_then_the_success_message(browser, stac
         assert counts == sorted(counts) and counts[-1] <= FILES
         assert asked, "the page never asked for the progress"
         expect(page.locator("#operation")).to_be_hidden()  # the new page: nothing is running
-        ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "backup-progress-done-1280.png"), full_page=True)
     finally:
         context.close()
