@@ -602,32 +602,43 @@ def health_of(settings, monkeypatch):
     return point
 
 
+LIMIT = 15  # STANZA_REPLICA_MAX_LAG of the tests that stop Litestream
+
+
+@contextlib.contextmanager
+def litestream_stopped(folder, run, problems, writer):
+    """Once `run` has synced and `writer` commits with health clean, stop `run`'s Litestream
+    with SIGSTOP (hung: alive, holding its files, doing nothing) and yield its pid; SIGCONT
+    it on the way out, unless `replicate` has ended it."""
+    run.wait_synced()
+    pid = wait_until(lambda: litestream_pid(folder), interval=0.2)
+    wait_until(lambda: writer.count > 20 and problems() == [], interval=0.2)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
 @pytest.mark.litestream
 @pytest.mark.slow
 def test_it_reports_a_stopped_litestream_as_behind_within_the_limit(
     live_data, replicating, tmp_path, health_of
 ):
-    limit = 15
     url = f"file://{tmp_path / 'replica'}"
-    run = replicating(url, STANZA_REPLICA_MAX_LAG=str(limit))
-    problems = health_of(live_data, url, limit)
-    run.wait_synced()
-    pid = wait_until(lambda: litestream_pid(live_data), interval=0.2)
+    run = replicating(url, STANZA_REPLICA_MAX_LAG=str(LIMIT))
+    problems = health_of(live_data, url, LIMIT)
     with Writer(live_data / "database.sqlite") as writer:
-        wait_until(lambda: writer.count > 20 and problems() == [], interval=0.2)
-        os.kill(pid, signal.SIGSTOP)  # hung: alive, holding its files, doing nothing
-        try:
+        with litestream_stopped(live_data, run, problems, writer):
             behind = wait_until(
                 lambda: [p for p in problems() if "behind" in p],
-                timeout=limit + positions.HEARTBEAT + 10,
+                timeout=LIMIT + positions.HEARTBEAT + 10,
                 interval=0.5,
             )
-            assert behind[0].startswith("replication ") and f"(limit {limit} s)" in behind[0]
+            assert behind[0].startswith("replication ") and f"(limit {LIMIT} s)" in behind[0]
             checked = manage("checkbackups", env=run.env)
             assert checked.returncode == 1 and "behind" in checked.stdout
-        finally:
-            with contextlib.suppress(ProcessLookupError):  # replicate may have restarted it
-                os.kill(pid, signal.SIGCONT)
         wait_until(lambda: problems() == [], timeout=60, interval=0.5)  # it catches up
 
 
@@ -710,26 +721,18 @@ def test_it_restarts_a_litestream_stopped_by_sigstop_and_the_replica_catches_up(
 ):
     from backups_app.replication import run as replicate_run
 
-    limit = 15
     url = f"file://{tmp_path / 'replica'}"
-    run = replicating(url, STANZA_REPLICA_MAX_LAG=str(limit))
-    problems = health_of(live_data, url, limit)
-    run.wait_synced()
-    hung = wait_until(lambda: litestream_pid(live_data), interval=0.2)
+    run = replicating(url, STANZA_REPLICA_MAX_LAG=str(LIMIT))
+    problems = health_of(live_data, url, LIMIT)
     with Writer(live_data / "database.sqlite") as writer:
-        wait_until(lambda: writer.count > 20 and problems() == [], interval=0.2)
-        os.kill(hung, signal.SIGSTOP)  # alive, holding its files, reading nothing
-        try:
+        with litestream_stopped(live_data, run, problems, writer) as hung:
             # Seen unread within a beat, restarted a limit and a beat later, gone in 5 s.
-            bound = limit + 2 * positions.HEARTBEAT + replicate_run.HUNG_TIMEOUT + 20
+            bound = LIMIT + 2 * positions.HEARTBEAT + replicate_run.HUNG_TIMEOUT + 20
             fresh = wait_until(
                 lambda: (pid := litestream_pid(live_data)) and pid != hung and pid,
                 timeout=bound,
                 interval=0.2,
             )
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(hung, signal.SIGCONT)
         assert _alive(hung) is None  # ended, not left stopped beside the new one
         restarted = replication.status()
         assert restarted.restarts == 1
