@@ -91,6 +91,8 @@ def test_back_up_now_shows_the_files_step_then_the_success_message(browser, stac
 
         success = page.locator(".messagelist .success")
         expect(success).to_contain_text(re.compile(r"Backup \S+ made"), timeout=60_000)
+        # The page opened meanwhile followed the backup to its end.
+        expect(running).to_have_text("It has finished: reload the page to see what it did.")
         shown = json.loads(page.evaluate("() => sessionStorage.getItem('shown') || '[]'"))
         files = [" ".join(text.split()) for text in shown if "site files" in text]
         assert files, shown

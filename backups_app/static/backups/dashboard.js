@@ -83,11 +83,12 @@
     }
 
     /* While the form's request runs (the page stays until its answer arrives), ask the page
-       what is running and how far it got, and show it under the button. */
-    function followProgress(form) {
+       what is running and how far it got, and show it under the button. A page opened while
+       an operation runs (`watching`) follows it too, and says when it has finished. */
+    function followProgress(form, watching) {
         var box = document.getElementById(form.dataset.progressBox);
         if (!box || !window.fetch) { return; }
-        var asking = false;
+        var asking = false, timer;
         function ask() {
             if (asking) { return; }
             asking = true;
@@ -100,13 +101,22 @@
                     box.innerHTML = answer.html; /* the server's template, escaped there */
                     box.hidden = false;
                     localTimes(box);
+                } else if (answer && watching) {
+                    clearInterval(timer);
+                    box.textContent = box.dataset.finishedText;
                 }
             }).catch(function () { /* the next try may reach it */ }).then(function () {
                 asking = false;
             });
         }
         setTimeout(ask, 300);
-        setInterval(ask, 700);
+        timer = setInterval(ask, watching ? 1000 : 700);
+    }
+
+    function watchOperation(root) {
+        var box = root.getElementById("operation");
+        var form = root.querySelector("form[data-progress-url]");
+        if (box && form && !box.hidden) { followProgress(form, true); }
     }
 
     function copyButtons(root) {
@@ -142,6 +152,7 @@
         timePickers(document);
         openTarget();
         busyButtons(document);
+        watchOperation(document);
         copyButtons(document);
     });
 })();
