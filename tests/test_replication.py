@@ -136,7 +136,7 @@ def test_replication_off_is_no_problem(settings):
 
 
 def test_replication_without_a_status_file_is_stopped(replica_on):
-    assert replication.problems() == ["replication stopped (is `manage.py replicate` running?)"]
+    assert replication.problems() == ["replication stopped (is manage.py replicate running?)"]
 
 
 def test_replication_in_sync_is_healthy(replica_on):
