@@ -706,7 +706,7 @@ def test_it_says_when_and_why_replicate_restarted_litestream(replica_on, db):
     assert current.last_restart_at == datetime(2026, 12, 6, 23, 40, 2, tzinfo=UTC)
     assert str(problem) == "replication 400 s behind (limit 300 s)"  # the words stay
     assert problem.sentence.endswith(
-        f"`replicate` restarted Litestream at 2026-12-06T23:40:02Z: {HUNG_WHY}."
+        f"replicate restarted Litestream at 2026-12-06T23:40:02Z: {HUNG_WHY}."
     )
     assert replication.health_problems()[0].sentence == problem.sentence  # reading it itself
 
