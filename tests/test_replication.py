@@ -136,7 +136,7 @@ def test_replication_off_is_no_problem(settings):
 
 
 def test_replication_without_a_status_file_is_stopped(replica_on):
-    assert replication.problems() == ["replication stopped (is `manage.py replicate` running?)"]
+    assert replication.problems() == ["replication stopped (is manage.py replicate running?)"]
 
 
 def test_replication_in_sync_is_healthy(replica_on):
@@ -706,7 +706,7 @@ def test_it_says_when_and_why_replicate_restarted_litestream(replica_on, db):
     assert current.last_restart_at == datetime(2026, 12, 6, 23, 40, 2, tzinfo=UTC)
     assert str(problem) == "replication 400 s behind (limit 300 s)"  # the words stay
     assert problem.sentence.endswith(
-        f"`replicate` restarted Litestream at 2026-12-06T23:40:02Z: {HUNG_WHY}."
+        f"replicate restarted Litestream at 2026-12-06T23:40:02Z: {HUNG_WHY}."
     )
     assert replication.health_problems()[0].sentence == problem.sentence  # reading it itself
 

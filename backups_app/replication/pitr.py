@@ -40,7 +40,7 @@ def window(database=None, now=None):
     config = write_config(database=database)
     span = files_span(replica_files(config, database))
     if span is None:
-        raise ReplicationError("the replica holds nothing yet; is `manage.py replicate` running?")
+        raise ReplicationError("the replica holds nothing yet; is manage.py replicate running?")
     current = status(now, database)
     return window_from(span, current.last_sync if current.running else None, now)
 
@@ -112,7 +112,7 @@ def verify_replica(timeout=60):
     database = live_database()
     config = write_config(database=database)
     if not status(database=database).running:
-        raise ReplicationError("replication is not running (is `manage.py replicate` running?)")
+        raise ReplicationError("replication is not running (is manage.py replicate running?)")
     canary = ReplicaCanary.objects.create(token=secrets.token_hex(8))
     ReplicaCanary.objects.filter(id__lt=canary.id).delete()  # only the newest is needed
     committed = time.time()

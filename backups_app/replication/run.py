@@ -79,7 +79,7 @@ def only_replicator(database=None):
         except BlockingIOError:
             record = read_json(folder / STATUS_NAME) or {}
             raise ReplicationError(
-                f"another `manage.py replicate` (pid {record.get('pid', '?')}) already "
+                f"another manage.py replicate (pid {record.get('pid', '?')}) already "
                 "replicates this database"
             ) from None
         yield

@@ -221,7 +221,7 @@ def problems(now=None, current=None):
     except conf.ConfigError as err:
         return [str(err)]
     if not current.running:
-        return ["replication stopped (is `manage.py replicate` running?)"]
+        return ["replication stopped (is manage.py replicate running?)"]
     if current.replica_problem:
         return [f"replica {current.replica_problem} (a restore from it would fail)"]
     if current.lag is None:
@@ -232,13 +232,13 @@ def problems(now=None, current=None):
 
 
 ADVICE = {
-    "stopped": "Start `manage.py replicate` (scripts/run starts it when STANZA_REPLICA_URL "
+    "stopped": "Start manage.py replicate (scripts/run starts it when STANZA_REPLICA_URL "
     "is set); its log says why Litestream stopped.",
-    "would fail": "The replica's files were removed or are incomplete: `manage.py replicate` "
+    "would fail": "The replica's files were removed or are incomplete: manage.py replicate "
     "restarts Litestream, which writes a new snapshot; if this stays, see its log.",
     "behind": "Litestream is stopped, hung, cannot keep up or cannot reach the replica: "
-    "see the log of `manage.py replicate`.",
-    "synced": "Wait a few seconds after starting `manage.py replicate`; if this stays, see "
+    "see the log of manage.py replicate.",
+    "synced": "Wait a few seconds after starting manage.py replicate; if this stays, see "
     "its log.",
 }
 
@@ -266,4 +266,4 @@ def health_problems(now=None, current=None):
 def restart_sentence(current):
     """'`replicate` restarted Litestream at 2026-12-06T23:40:02Z: it read none of ...'."""
     when = format_time(current.last_restart_at)
-    return f"`replicate` restarted Litestream at {when}: {current.last_restart_why}."
+    return f"replicate restarted Litestream at {when}: {current.last_restart_why}."

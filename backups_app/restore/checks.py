@@ -134,7 +134,7 @@ def _check_is_file(path):
         # Part of its data is in the -wal file, which a backup never has: it is in use.
         raise RestoreError(
             f"{path.name} is a database in use (it has a -wal file), not a backup; "
-            "back it up first with `manage.py backup`"
+            "back it up first with manage.py backup"
         )
 
 

@@ -172,7 +172,7 @@ class Command(BaseCommand):
         if pending:
             self.stdout.write(
                 f"The backup predates {len(pending)} migration(s) of this code; "
-                "run `python manage.py migrate` next."
+                "run python manage.py migrate next."
             )
 
     def ask(self, info, database, media=False):
