@@ -238,8 +238,7 @@ ADVICE = {
     "restarts Litestream, which writes a new snapshot; if this stays, see its log.",
     "behind": "Litestream is stopped, hung, cannot keep up or cannot reach the replica: "
     "see the log of manage.py replicate.",
-    "synced": "Wait a few seconds after starting manage.py replicate; if this stays, see "
-    "its log.",
+    "synced": "Wait a few seconds after starting manage.py replicate; if this stays, see its log.",
 }
 
 
