@@ -176,6 +176,35 @@ def test_it_answers_api_clients_with_json(staff_client, backup, live_database, b
     assert count_rows(live_database) == 100
 
 
+def test_the_page_waits_for_no_full_check_and_the_restore_runs_it_first(
+    staff_client, backup, live_database, backups_folder
+):
+    # An index that disagrees with its table: the quick check passes, the full check fails.
+    conn = sqlite3.connect(backup.path, isolation_level=None)
+    conn.execute("PRAGMA writable_schema=ON")
+    conn.execute(
+        "UPDATE sqlite_master SET sql = 'CREATE INDEX item_name ON item (n)' "
+        "WHERE name = 'item_name'"
+    )
+    conn.close()
+    backup.path.with_name(backup.name + ".sha256").unlink()
+    before = nothing_changes(live_database, backups_folder)
+
+    page = staff_client.get(restore_url(backup.name))
+
+    text = page.content.decode()
+    assert page.status_code == 200
+    assert "the quick check passed" in text and "the full check runs when you restore" in text
+    assert f'action="{restore_url(backup.name)}"' in text  # the restore button is offered
+
+    response = staff_client.post(restore_url(backup.name), follow=True)
+
+    [message] = messages_of(response)
+    assert message.startswith("Restore failed, nothing was changed: ")
+    assert "integrity check" in message
+    assert nothing_changes(live_database, backups_folder) == before
+
+
 def test_it_refuses_a_corrupt_backup_changes_nothing_and_says_why(
     staff_client, live_database, backups_folder, tmp_path
 ):

@@ -51,7 +51,8 @@ Checking a backup file
         What the restore confirmation page judges (a page never waits on long work): as
         read_file, without a full check that is long (PostgreSQL: the dump's tables, columns
         and migrations read by pg_restore on this machine, no restore; `counts` is {} and
-        details["full_check"] False, the caller has NAME.json's). SQLite: read_file itself.
+        details["full_check"] False, the caller has NAME.json's). SQLite: the quick check and
+        the schema, no counts.
 
 Restoring
     restore_live(plain, *, keep, database=None, before=None) -> (kept, notes)

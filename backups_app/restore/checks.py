@@ -107,8 +107,8 @@ def preview_backup_file(path):
     """What the restore confirmation page shows of `path`: a BackupInfo, or RestoreError.
 
     The file's own checks, then the engine's reading that does not wait on long work
-    (`read_contents`: SQLite's is its full check; PostgreSQL's reads the dump's tables,
-    columns and migrations without restoring it, and the row counts are those NAME.json
+    (`read_contents`: SQLite's quick check and schema; PostgreSQL's reads the dump's tables,
+    columns and migrations without restoring it; the row counts are those NAME.json
     recorded). A restore runs the full check itself, before anything changes.
     """
     with opened_backup(path, check=False) as (info, plain):
