@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import run_child  # noqa: E402 -- the shared child-process timer
 from backup import build_database  # noqa: E402 -- bench/backup.py's cached database
 
 REPO_DIR = Path(__file__).resolve().parent.parent
@@ -61,19 +62,10 @@ def start_moto(workdir):
     sys.exit("moto_server did not start; see moto.log")
 
 
-def run_child(args, env):
-    """(seconds, peak RSS in MB) of a child process; exits when it fails."""
-    started = time.monotonic()
-    child = subprocess.Popen(
-        args, env=env, cwd=REPO_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    _pid, status, usage = os.wait4(child.pid, 0)
-    seconds = time.monotonic() - started
-    out, err = child.stdout.read(), child.stderr.read()
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        sys.exit(f"{' '.join(map(str, args))} failed:\n{out.decode()}\n{err.decode()}")
-    return seconds, usage.ru_maxrss / 1024
+def timed(args, env):
+    """(seconds, peak RSS in MB) of a child process; the bench stops when it fails."""
+    seconds, rss, _stderr = run_child(args, env=env, stdout=subprocess.DEVNULL)
+    return seconds, rss
 
 
 BENCH_BACKUP = "database.sqlite.20261127T000000Z.bak"
@@ -141,15 +133,13 @@ def main():
     recipient = age_recipient()
 
     def upload_file(tag):
-        return run_child(
-            [PYTHON, "-c", UPLOAD_FILE, str(backup), bucket, f"{tag}/{backup.name}"], base
-        )
+        return timed([PYTHON, "-c", UPLOAD_FILE, str(backup), bucket, f"{tag}/{backup.name}"], base)
 
     def job(tag, encrypted=False):
         env = {**base, "STANZA_OFFSITE_URL": f"s3://{bucket}/{tag}"}
         if encrypted:
             env["STANZA_OFFSITE_AGE_RECIPIENTS"] = recipient
-        return run_child([PYTHON, MANAGE, "runjob", "copy-offsite"], env)
+        return timed([PYTHON, MANAGE, "runjob", "copy-offsite"], env)
 
     methods = {
         "boto3 upload_file": upload_file,

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import run_child
+
 REPO_DIR = Path(__file__).resolve().parent.parent
 MANAGE = REPO_DIR / "manage.py"
 
@@ -109,28 +111,21 @@ def restore(data, scratch):
         text=True,
     )
     time.sleep(1)
-    started = time.monotonic()
-    log = scratch / "restore.log"
-    with open(log, "w") as err:
-        proc = subprocess.Popen(
+    try:
+        took, rss, log = run_child(
             [sys.executable, str(MANAGE), "restore", str(data / "the.bak"), "--yes"],
             env=env_for(data),
-            stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            stderr=err,
         )
-        _pid, status, usage = os.wait4(proc.pid, 0)
-    took = time.monotonic() - started
-    time.sleep(0.5)
-    stop.touch()
-    worst = float(writer.communicate(timeout=120)[0].split()[0])
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit("the restore failed")
+    finally:
+        time.sleep(0.5)
+        stop.touch()
+        worst = float(writer.communicate(timeout=120)[0].split()[0])
     for safety in (data / "backups").glob("*.pre-restore.bak*"):
         safety.unlink()
     # The restore's own account: how long it held the live database's write lock.
-    held = float(re.search(r"writers waited ([0-9.]+) s", log.read_text())[1])
-    return worst, held, took, usage.ru_maxrss / 1024
+    held = float(re.search(r"writers waited ([0-9.]+) s", log)[1])
+    return worst, held, took, rss
 
 
 def main():

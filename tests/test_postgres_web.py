@@ -155,7 +155,7 @@ def test_the_restore_page_restores_nothing_and_the_restore_runs_the_full_check(p
     appear = re.search(r'id="restore-appear">(.*?)</p>', page, re.S)[1]
     assert "<code>later</code>" in disappear and "<code>gone</code>" in appear
     assert re.search(r"<code>item</code></td><td[^>]*>30<", page)  # NAME.json's count
-    assert "the full check, a restore into a scratch database, runs when you restore" in page
+    assert "the full check runs when you restore, before anything changes" in page
     assert restore_status == 400
     assert f"the database user {PLAIN_ROLE} may not create databases" in restored["error"]
     assert pg_site.query("SELECT count(*) FROM item") == [(3,)]
