@@ -1,4 +1,5 @@
-"""What the benchmarks share: a child process timed with its peak RSS, and django-dbbackup's venv.
+"""What the benchmarks share: a child process timed with its peak RSS, django-dbbackup's venv, and
+this project's Django set up in a data folder of its own.
 
 Imported by the scripts in this folder (run as `python bench/NAME.py`, so this folder is on
 sys.path): `from _common import run_child`.
@@ -7,7 +8,9 @@ sys.path): `from _common import run_child`.
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 PYTHON = sys.executable
 
@@ -42,3 +45,19 @@ def dbbackup_python(workdir, requirements, settings_module, settings_text):
         subprocess.run([str(python), "-m", "pip", "install", "-q", *requirements], check=True)
     (workdir / f"{settings_module}.py").write_text(settings_text)
     return python
+
+
+def django_in_new_data_dir(prefix, **environ):
+    """Set up this project's Django on a new temporary STANZA_DATA_DIR (and `environ`); return it.
+
+    For benches that time the app in this process: call before importing the app's modules.
+    """
+    data = Path(tempfile.mkdtemp(prefix=prefix))
+    os.environ["STANZA_DATA_DIR"] = str(data)
+    os.environ.update(environ)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "stanza_site.settings")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import django
+
+    django.setup()
+    return data

@@ -10,24 +10,17 @@ import os
 import sqlite3
 import statistics
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+
+from _common import django_in_new_data_dir
 
 ROWS = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
 BACKUP_FILES = int(sys.argv[2]) if len(sys.argv) > 2 else 5000
 JOBS = ("daily-backup", "purge-old-backups", "purge-old-cron-runs", "verify-latest-backup")
 
-tmp = Path(tempfile.mkdtemp(prefix="stanza-bench-"))
-os.environ["STANZA_DATA_DIR"] = str(tmp)
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "stanza_site.settings")
-os.environ["STANZA_METRICS_TOKEN"] = "bench-token"  # /metrics answers the scraper below
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import django  # noqa: E402
-
-django.setup()
+# /metrics answers the scraper below.
+tmp = django_in_new_data_dir("stanza-bench-", STANZA_METRICS_TOKEN="bench-token")
 
 from django.conf import settings  # noqa: E402
 from django.contrib.auth.models import User  # noqa: E402

@@ -15,21 +15,14 @@ alone (no count of the last backup's files), medians of 7. Prints medians and ra
 import os
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
+
+from _common import django_in_new_data_dir
 
 BACKUPS = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
 SITE_FILES = int(sys.argv[2]) if len(sys.argv) > 2 else 20000
 
-tmp = Path(tempfile.mkdtemp(prefix="stanza-bench-progress-"))
-os.environ["STANZA_DATA_DIR"] = str(tmp)
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "stanza_site.settings")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import django  # noqa: E402
-
-django.setup()
+tmp = django_in_new_data_dir("stanza-bench-progress-")
 
 from django.contrib.auth.models import User  # noqa: E402
 from django.core.management import call_command  # noqa: E402

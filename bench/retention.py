@@ -12,21 +12,14 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+
+from _common import django_in_new_data_dir
 
 COUNTS = [int(a) for a in sys.argv[1:]] or [1000, 5000, 20000]
 
-tmp = Path(tempfile.mkdtemp(prefix="stanza-bench-retention-"))
-os.environ["STANZA_DATA_DIR"] = str(tmp)
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "stanza_site.settings")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import django  # noqa: E402
-
-django.setup()
+tmp = django_in_new_data_dir("stanza-bench-retention-")
 
 from backups_app.engine import backups  # noqa: E402
 from backups_app.retention import policy  # noqa: E402

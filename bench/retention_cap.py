@@ -17,22 +17,15 @@ import random
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+
+from _common import django_in_new_data_dir
 
 BACKUPS = int(sys.argv[1]) if len(sys.argv) > 1 else 400
 FILES = int(sys.argv[2]) if len(sys.argv) > 2 else 10000
 
-tmp = Path(tempfile.mkdtemp(prefix="stanza-bench-cap-"))
-os.environ["STANZA_DATA_DIR"] = str(tmp)
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "stanza_site.settings")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import django  # noqa: E402
-
-django.setup()
+tmp = django_in_new_data_dir("stanza-bench-cap-")
 
 from django.conf import settings  # noqa: E402
 from django.contrib.auth.models import User  # noqa: E402

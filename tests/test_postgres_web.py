@@ -45,15 +45,7 @@ class Browser:
             assert response.url.endswith("/admin/"), response.url
 
     def post_json(self, path):
-        request = urllib.request.Request(f"{self.url}{path}", data=b"", method="POST")
-        request.add_header("Accept", "application/json")
-        request.add_header("X-CSRFToken", self.csrf())
-        request.add_header("Referer", f"{self.url}/admin/backups/")
-        try:
-            with self.opener.open(request, timeout=120) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as err:
-            return err.code, json.loads(err.read())
+        return self._send_json(urllib.request.Request(f"{self.url}{path}", data=b"", method="POST"))
 
     def upload(self, path):
         boundary = secrets.token_hex(8)
@@ -67,6 +59,10 @@ class Browser:
         )
         request = urllib.request.Request(f"{self.url}/admin/backups/upload", data=body)
         request.add_header("Content-Type", f"multipart/form-data; boundary={boundary}")
+        return self._send_json(request)
+
+    def _send_json(self, request):
+        """Send a form post as the page's script would; (status, the JSON answer)."""
         request.add_header("Accept", "application/json")
         request.add_header("X-CSRFToken", self.csrf())
         request.add_header("Referer", f"{self.url}/admin/backups/")
