@@ -6,6 +6,7 @@ button before the success message."""
 import json
 import os
 import re
+import time
 
 import pytest
 from playwright.sync_api import expect
@@ -22,6 +23,7 @@ from tests.test_browser_newcomer import OVERFLOW
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
+JSON = {"Accept": "application/json"}  # what the page's own poll sends
 FILES = 20_000  # about 3 s of recording here (hashed and stored once each)
 # Keeps every text the progress box shows (its local times included) in sessionStorage.
 WATCH = """() => {
@@ -77,6 +79,13 @@ def test_back_up_now_shows_the_files_step_then_the_success_message(browser, stac
         page.evaluate(WATCH)
 
         page.click("#backup-now", no_wait_after=True)
+        # The click only sends the POST: wait until the server has begun the backup (its
+        # lock taken), or the page below could be served before the backup starts.
+        began = time.monotonic()
+        progress = stack["url"] + "/admin/backups/?progress"
+        while not context.request.get(progress, headers=JSON).json()["running"]:
+            assert time.monotonic() - began < 30, "the backup never started"
+            time.sleep(0.05)
 
         # Meanwhile the Backups page, opened afresh on a phone, says what runs (server-rendered).
         other = context.new_page()
