@@ -28,14 +28,17 @@ Names and files
     declared_size(header) -> int|None  the size the header promises (bounds a gunzip), if known
 
 Copying the live database
-    copy_live(dest, *, database=None, progress=None, flush=True, locked=False) -> frozenset[str]
+    copy_live(dest, *, database=None, progress=None, flush=True, until_locked=None)
+        -> frozenset[str]
         Write a consistent copy (a point in time, whatever the site writes meanwhile) into the
         new file `dest`, which exists empty and is the caller's; return the tables the database
         had (the check after the copy requires them all). `progress(done, total)` in bytes,
         maybe from another thread. `flush=False`: the file is read once and deleted after (the
-        caller compresses it), so it need not reach the disk. `locked`: the caller holds the
-        database's write lock, so nothing changes during the copy. SQLite: VACUUM INTO (locked:
-        the backup API's page copy, quicker).
+        caller compresses it), so it need not reach the disk. `until_locked` (a restore's
+        safety backup): the engine copies what it can while writers go on, calls
+        `until_locked()`, which returns once the caller holds the database's write lock, and
+        makes the copy the database as it is then. SQLite: VACUUM INTO (until_locked: the backup
+        API's page copy of a snapshot, then the pages the WAL changed since).
 
 Checking a backup file
     check_file(path, kind="quick", *, cancel=None) -> (problems: list[str], counts: {table: rows})

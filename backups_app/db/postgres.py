@@ -106,13 +106,14 @@ def source_problem(database=None):
 # --- the seam: copying ------------------------------------------------------------------------
 
 
-def copy_live(dest, *, database=None, progress=None, flush=True, locked=False):
+def copy_live(dest, *, database=None, progress=None, flush=True, until_locked=None):
     """`pg_dump -Fc` of the database into `dest`; return its tables (see postgres_dump).
 
     The rows, counted in the dump's snapshot while the engine hashes `dest`, are collected by
-    check_file's quick check of it. `locked` changes nothing here: a dump reads one snapshot
-    either way.
+    check_file's quick check of it. `until_locked` is called first: a dump reads one snapshot.
     """
+    if until_locked is not None:
+        until_locked()
     server = live_server()
     # A database a restore swapped out is dumped while the restore's caller waits: at gzip
     # level 1 (a third of the time of level 6 for a slightly bigger file).

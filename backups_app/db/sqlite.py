@@ -7,6 +7,7 @@ app but core.files and the seam's own shapes.
 """
 
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
@@ -30,8 +31,11 @@ from backups_app.db.sqlite_base import (
     row_counts,
     table_names,
 )
+from backups_app.db.sqlite_catchup import CannotCatchUp, catch_up, pinned
 from backups_app.db.sqlite_live import restore_live
 from backups_app.db.sqlite_restore import kept_now, load_into
+
+logger = logging.getLogger(__name__)
 
 # What other modules use of this one besides the seam's functions (replication reads
 # Litestream's copies with them; the engine and the tests too).
@@ -140,29 +144,49 @@ def source_problem(database=None):
 # --- the seam: copying ------------------------------------------------------------------------
 
 
-def copy_live(dest, *, database=None, progress=None, flush=True, locked=False):
+def copy_live(dest, *, database=None, progress=None, flush=True, until_locked=None):
     """VACUUM INTO `dest`; return the source's table names, for the check that follows.
 
-    `locked`: the caller holds the database's write lock (a restore's safety backup), so no
-    writer can change it meanwhile: its pages are copied as they are with the backup API, which
-    takes two thirds of VACUUM INTO's time (bench/restore.py), and that time is the site's pause.
+    `until_locked` (a restore's safety backup; see the seam): the pages are copied with the
+    backup API from a snapshot kept open while writers go on, then, once `until_locked()` has
+    returned, the pages the WAL changed since are written over them (sqlite_catchup), so the
+    site's pause holds none of the copy. A rollback-journal database (or a WAL the catch-up
+    does not understand) is copied whole after `until_locked()`.
     """
-    conn = connect(database_path(database))
+    source = database_path(database)
+    conn = connect(source)
     try:
         # The output inherits this connection's `synchronous`; OFF keeps SQLite from flushing
         # every page (which stalls the site's writers); the whole file is fsync'd once after.
         conn.execute("PRAGMA synchronous=OFF")
-        tables = table_names(conn)
         pages = pragma(conn, "page_count") - pragma(conn, "freelist_count")
         expected = pages * pragma(conn, "page_size")
         with _watch_size(dest, expected, progress, flush=flush):
-            if locked:
-                _copy_pages(conn, dest)
-            else:
+            if until_locked is None:
+                tables = table_names(conn)
                 copy_into(conn, dest)
+            else:
+                _copy_ahead(conn, source, dest, until_locked)
+                tables = table_names(conn)  # as they are now, under the caller's lock
     finally:
         conn.close()
     return frozenset(tables)
+
+
+def _copy_ahead(conn, source, dest, until_locked):
+    """The backup API's page copy of a snapshot, then until_locked(), then the catch-up."""
+    with pinned(conn) as is_wal:
+        if is_wal:
+            _copy_pages(conn, dest)
+            until_locked()
+            with contextlib.suppress(CannotCatchUp):
+                catch_up(dest, source)
+                return
+            logger.warning("the safety backup could not catch up with the WAL; copied whole")
+        else:
+            until_locked()
+    os.truncate(dest, 0)
+    _copy_pages(conn, dest)
 
 
 def _copy_pages(conn, dest):

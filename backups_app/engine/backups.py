@@ -84,7 +84,7 @@ def create_backup(
     progress=None,
     check="quick",
     on_published=None,
-    locked=False,
+    until_locked=None,
     on_copied=None,
 ):
     """Copy the database at `source` into a verified backup file and return it.
@@ -98,9 +98,9 @@ def create_backup(
     (phases "copy", "verify", "compress", and "done" once at the end; "files" counts the site
     files recorded so far, with their bytes as a fourth argument); it may be called from
     another thread. `on_published(path)` is called the moment the backup has its name.
-    `locked`: the caller holds the database's write lock (a restore's safety backup), so the
-    engine may copy it the quickest way; `on_copied()` is called once the copy is made (the
-    caller may let writers go from then on).
+    `until_locked` (a restore's safety backup): the engine copies what it can while writers go
+    on, then calls it (it returns once the caller holds the database's write lock) and finishes
+    the copy; `on_copied()` is called once the copy is made (the caller's restore may go on).
 
     A signal whose Python handler raises (Ctrl-C, or SIGTERM turned into KeyboardInterrupt)
     stops the backup even inside SQLite; the temporary files are removed and the exception
@@ -132,7 +132,7 @@ def create_backup(
                     database=source,
                     progress=progress and (lambda done, total: progress("copy", done, total)),
                     flush=not compress,
-                    locked=locked,
+                    until_locked=until_locked,
                 )
             if on_copied is not None:
                 on_copied()

@@ -232,6 +232,8 @@ def restore_backup(path, *, database=None, backups_folder=None, confirm=None):
         pre_restore = _SafetyBackup(database, folder)
         try:
             with pre_restore:
+                if existed and not while_restoring:
+                    pre_restore.ahead()  # copies while the engine loads the backup
                 kept, notes = engine.restore_live(
                     plain, keep=product_records(), database=database, before=before, **extra
                 )
@@ -274,25 +276,36 @@ def restore_backup(path, *, database=None, backups_folder=None, confirm=None):
 
 
 class _SafetyBackup:
-    """The `pre-restore` backup, taken while the restore holds the live database's write lock.
+    """The `pre-restore` backup: every write committed before the restore, in the least of the
+    time writers wait for it.
 
-    Writers wait for the whole restore, so the safety backup takes as little of that time as it
-    can: start() returns once the live database is copied (the restore's copy writes as much, and
-    the two would share the disk); its checks, hash and site files go on in a thread while the
-    restore copies; finish() waits for them (the restore commits only after). Leaving the `with`
-    waits for the thread whatever happened, so nothing is left half written.
+    ahead() starts it before the restore's lock: the engine copies the live database while
+    writers go on, then waits for the lock (`_until_locked`). start(), under the lock, lets it
+    make the copy whole (SQLite: the pages written since) and returns once it has; its checks,
+    hash and site files go on in its thread while the restore copies, and finish() waits for
+    them (the restore commits only after). Leaving the `with` releases a copy still waiting for
+    a lock that never came (the restore failed first), then waits for the thread, so nothing is
+    left half written.
     """
+
+    class NotNeeded(Exception):
+        """The restore stopped before its lock: the copy made ahead is thrown away."""
 
     def __init__(self, database, folder):
         self.database, self.folder = database, folder
         self.thread = None
-        self.copied = threading.Event()
+        self.locked, self.copied = threading.Event(), threading.Event()
         self.outcome = {}
 
-    def start(self):
+    def ahead(self):
         self.folder.mkdir(parents=True, exist_ok=True)
         self.thread = threading.Thread(target=self._run, name="pre-restore backup", daemon=True)
         self.thread.start()
+
+    def start(self):
+        if self.thread is None:
+            self.ahead()
+        self.locked.set()
         self.copied.wait()
         self._raise_if_failed()
 
@@ -301,13 +314,18 @@ class _SafetyBackup:
         self._raise_if_failed()
         return self.outcome["backup"]
 
+    def _until_locked(self):
+        self.locked.wait()
+        if "abandoned" in self.outcome:
+            raise self.NotNeeded
+
     def _run(self):
         try:
             self.outcome["backup"] = backups.create_backup(
                 self.database,
                 folder=self.folder,
                 label="pre-restore",
-                locked=True,
+                until_locked=self._until_locked,
                 on_copied=self.copied.set,
             )
         except BaseException as err:  # reported by start() or finish(), in the restore's thread
@@ -330,6 +348,9 @@ class _SafetyBackup:
 
     def __exit__(self, *exc):
         if self.thread is not None:
+            if not self.locked.is_set():
+                self.outcome["abandoned"] = True
+                self.locked.set()
             self.thread.join()
         return False
 

@@ -1,0 +1,150 @@
+"""A restore's safety copy is made while writers go on, then brought up to date under the lock
+(issue 18, item 3): whatever the writers did meanwhile, the copy is the database as it is when
+the lock is taken, row for row, and sound."""
+
+import sqlite3
+
+import pytest
+
+from backups_app.db import sqlite as engine
+from backups_app.db.sqlite_catchup import catch_up
+from backups_app.restore.restore import _SafetyBackup
+from tests.conftest import make_database, wait_until
+
+
+def contents(path):
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        return list(conn.iterdump())
+    finally:
+        conn.close()
+
+
+def writes(database, *statements):
+    conn = sqlite3.connect(database, isolation_level=None)
+    try:
+        for statement in statements:
+            conn.execute(statement)
+    finally:
+        conn.close()
+
+
+MEANWHILE = {
+    "rows added, changed and deleted": [
+        "INSERT INTO item (name, n) SELECT 'new ' || n, n FROM item WHERE n < 500",
+        "UPDATE item SET n = n * 7 WHERE n % 3 = 0",
+        "DELETE FROM item WHERE n % 5 = 0",
+    ],
+    "the file grows by megabytes": [
+        "CREATE TABLE blob (b BLOB)",
+        "INSERT INTO blob SELECT randomblob(4000) FROM item LIMIT 2000",
+    ],
+    "the file shrinks (a VACUUM after a large delete)": [
+        "DELETE FROM item WHERE n > 100",
+        "VACUUM",
+    ],
+    "more than a checkpoint's worth, in many commits": [
+        f"UPDATE item SET name = 'pass {k}' || name WHERE n % 10 = {k}" for k in range(10)
+    ],
+    "nothing at all": [],
+}
+
+
+@pytest.mark.parametrize("meanwhile", MEANWHILE.values(), ids=MEANWHILE.keys())
+def test_the_copy_is_the_database_as_it_is_when_the_lock_is_taken(tmp_path, meanwhile):
+    live = make_database(tmp_path / "live.sqlite", rows=20_000)
+    dest = tmp_path / "copy.bak"
+    dest.touch()
+    held = {}
+
+    def until_locked():
+        # The writers go on after the copy began; then the restore's lock stops them.
+        writes(live, *meanwhile)
+        lock = sqlite3.connect(live, isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")
+        held["lock"] = lock
+        held["expected"] = contents(live)
+
+    try:
+        tables = engine.copy_live(dest, database=live, until_locked=until_locked)
+    finally:
+        held["lock"].rollback()
+        held["lock"].close()
+
+    assert contents(dest) == held["expected"]
+    assert tables == {
+        t
+        for (t,) in sqlite3.connect(live).execute(
+            "SELECT name FROM sqlite_schema WHERE type = 'table'"
+        )
+    }
+    with open(dest, "rb") as header:
+        assert header.read(20)[18:20] == b"\x01\x01"  # a rollback journal, as every backup
+
+
+def test_the_writes_since_the_copy_are_what_make_it_current(tmp_path):
+    """Without the catch-up the copy is the snapshot it began from: the writes are missing."""
+    live = make_database(tmp_path / "live.sqlite", rows=1000)
+    dest = tmp_path / "copy.bak"
+    reader = sqlite3.connect(live, isolation_level=None)
+    with engine.pinned(reader) as is_wal:
+        assert is_wal
+        engine._copy_pages(reader, dest)
+        writes(live, "UPDATE item SET name = 'changed'", "DELETE FROM item WHERE n > 900")
+        before = contents(dest)
+        assert catch_up(dest, live) > 0
+    reader.close()
+    assert before != contents(live)
+    assert contents(dest) == contents(live)
+
+
+def test_a_rollback_journal_database_is_copied_whole_under_the_lock(tmp_path):
+    live = make_database(tmp_path / "live.sqlite", rows=1000, wal=False)
+    dest = tmp_path / "copy.bak"
+    dest.touch()
+    order = []
+
+    def until_locked():
+        order.append("locked")
+        writes(live, "DELETE FROM item WHERE n > 10")
+
+    engine.copy_live(dest, database=live, until_locked=until_locked)
+    assert order == ["locked"]
+    assert contents(dest) == contents(live)
+
+
+def test_a_restores_safety_backup_is_copied_before_the_lock_and_made_current_under_it(
+    data_dir, backups_folder
+):
+    live = make_database(data_dir / "database.sqlite", rows=20_000)
+    whole = sqlite3.connect(live).execute("PRAGMA page_count").fetchone()[0] * 4096
+    safety = _SafetyBackup(live, backups_folder)
+    with safety:
+        safety.ahead()
+
+        def copied_ahead():
+            return [p for p in backups_folder.glob(".stanza-tmp-*") if p.stat().st_size >= whole]
+
+        wait_until(copied_ahead)
+        # The copy is made and nothing holds the database: a writer commits meanwhile.
+        writes(live, "INSERT INTO item (name, n) VALUES ('written after the copy', -1)")
+        lock = sqlite3.connect(live, isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")  # the restore's lock: from here nothing changes
+        try:
+            safety.start()
+            backup = safety.finish()
+        finally:
+            lock.rollback()
+            lock.close()
+    assert backup.name.endswith(".pre-restore.bak")
+    assert contents(backup.path) == contents(live)
+    found = sqlite3.connect(backup.path).execute("SELECT n FROM item WHERE n = -1").fetchall()
+    assert found == [(-1,)]
+
+
+def test_a_restore_that_stops_before_its_lock_leaves_no_safety_copy(data_dir, backups_folder):
+    live = make_database(data_dir / "database.sqlite", rows=1000)
+    with _SafetyBackup(live, backups_folder) as safety:
+        safety.ahead()
+    assert list(backups_folder.iterdir()) == []
