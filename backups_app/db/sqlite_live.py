@@ -2,16 +2,16 @@
 
 Everything that can happen before the lock does: the backup is loaded into a scratch file in the
 live database's folder with the live file's page size (SQL: its schema, then its rows, then its
-indexes, as the drill loads it). Under the live database's write lock there is only what must be
-there: the safety backup (`before()`), the product's own records carried from the live database
-into the scratch file, and SQLite's backup API copying the scratch file's pages onto the live
-connection. The backup API holds the live database's write lock from its first step to its
-commit, and the first step's progress callback runs under it: writers wait (within their busy
-timeout) from before the safety backup until the restore is committed, so no committed write is
-lost; readers see the old data until the commit, then the new, never a mix. The safety backup's
-copy is made in that first callback; its checks, hash and site files go on alongside the copy
-and must be whole before the copy's last step commits. Any failure aborts the copy, which rolls
-the live database back.
+indexes, as the drill loads it), and the safety backup's copy is made from a snapshot while
+writers go on (sqlite_catchup). Under the live database's write lock there is only what must be
+there: the safety backup brought up to date (`before()`), the product's own records carried from
+the live database into the scratch file, and SQLite's backup API copying the scratch file's
+pages onto the live connection. The backup API holds the live database's write lock from its
+first step to its commit, and the first step's progress callback runs under it: writers wait
+(within their busy timeout) until the restore is committed, so no committed write is lost;
+readers see the old data until the commit, then the new, never a mix. The safety backup's
+checks, hash and site files go on alongside the copy and must be whole before the copy's last
+step commits. Any failure aborts the copy, which rolls the live database back.
 """
 
 import contextlib
