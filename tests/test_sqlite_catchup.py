@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from backups_app.db import sqlite as engine
-from backups_app.db.sqlite_catchup import catch_up
+from backups_app.db.sqlite_catchup import CannotCatchUp, catch_up
 from backups_app.restore.restore import _SafetyBackup
 from tests.conftest import make_database, wait_until
 
@@ -148,3 +148,22 @@ def test_a_restore_that_stops_before_its_lock_leaves_no_safety_copy(data_dir, ba
     with _SafetyBackup(live, backups_folder) as safety:
         safety.ahead()
     assert list(backups_folder.iterdir()) == []
+
+
+def test_a_wal_the_catch_up_does_not_understand_is_copied_whole_under_the_lock(
+    tmp_path, monkeypatch, caplog
+):
+    def not_understood(dest, database):
+        raise CannotCatchUp("frame 1 of the WAL is not of its generation")
+
+    monkeypatch.setattr(engine, "catch_up", not_understood)
+    live = make_database(tmp_path / "live.sqlite", rows=1000)
+    dest = tmp_path / "copy.bak"
+    dest.touch()
+    engine.copy_live(
+        dest,
+        database=live,
+        until_locked=lambda: writes(live, "UPDATE item SET name = 'after the copy'"),
+    )
+    assert contents(dest) == contents(live)
+    assert "could not catch up with the WAL; copied whole" in caplog.text

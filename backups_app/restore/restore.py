@@ -182,7 +182,8 @@ def restore_backup(path, *, database=None, backups_folder=None, confirm=None):
     `confirm(info)`, when given, is asked after the checks and before any change; a false
     answer raises RestoreCancelled. Raises RestoreError with nothing changed when the checks
     or the copy fail. The safety backup (label `pre-restore`) holds every write committed
-    before the restore: writers wait from before it is taken until the restore is committed.
+    before the restore: it is copied while writers go on, and brought up to date under the lock
+    they wait for until the restore is committed.
     """
     engine = backups.database_engine()
     database = Path(database) if database else backups.live_database()
