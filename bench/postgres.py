@@ -200,17 +200,49 @@ STORAGES = {
 """
 
 
+# The same tool as a site runs it: `manage.py dbbackup` in a project with the Django apps this
+# project's own site has (admin, auth, sessions, messages, static files), which its start-up
+# loads as ours does. The bare settings above start only dbbackup itself.
+DBBACKUP_SITE_SETTINGS = DBBACKUP_SETTINGS.replace(
+    'INSTALLED_APPS = ["dbbackup"]',
+    """INSTALLED_APPS = [
+    "django.contrib.admin", "django.contrib.auth", "django.contrib.contenttypes",
+    "django.contrib.sessions", "django.contrib.messages", "django.contrib.humanize",
+    "django.contrib.staticfiles", "dbbackup",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+TEMPLATES = [{
+    "BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True,
+    "OPTIONS": {"context_processors": [
+        "django.template.context_processors.request",
+        "django.contrib.auth.context_processors.auth",
+        "django.contrib.messages.context_processors.messages",
+    ]},
+}]
+STATIC_URL = "static/"
+""",
+) + (
+    'STORAGES["staticfiles"] = '
+    '{"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}\n'
+)
+
+
 def dbbackup_python(workdir):
+    (workdir / "dbbackup_pg_site_settings.py").write_text(DBBACKUP_SITE_SETTINGS)
     return _common.dbbackup_python(
         workdir, DBBACKUP_REQUIREMENTS, "dbbackup_pg_settings", DBBACKUP_SETTINGS
     )
 
 
-def dbbackup(cluster, out, workdir, python):
+def dbbackup(cluster, out, workdir, python, settings="dbbackup_pg_settings"):
     s = cluster.settings(SITE)
     env = {
         "PYTHONPATH": str(workdir),
-        "DJANGO_SETTINGS_MODULE": "dbbackup_pg_settings",
+        "DJANGO_SETTINGS_MODULE": settings,
         "BENCH_NAME": SITE,
         "BENCH_USER": SITE_ROLE,
         "BENCH_PASSWORD": s["PASSWORD"],
@@ -294,12 +326,18 @@ def main():
             f"built in {time.monotonic() - started:.0f} s",
             flush=True,
         )
-        results = {k: [] for k in ("pg_dump", "backup", "dbbackup", "pg_restore", "restore")}
+        results = {
+            k: []
+            for k in ("pg_dump", "backup", "dbbackup", "dbbackup_site", "pg_restore", "restore")
+        }
         out = workdir / "out"
         backups = {
             "pg_dump": lambda: bare_pg_dump(cluster, out / "bare.dump"),
             "backup": lambda: app_backup(cluster, out / f"{SITE}.app.dump", workdir),
             "dbbackup": lambda: dbbackup(cluster, out / "dbbackup.dump", workdir, python),
+            "dbbackup_site": lambda: dbbackup(
+                cluster, out / "dbbackup-site.dump", workdir, python, "dbbackup_pg_site_settings"
+            ),
         }
         order = list(backups)
         for n in range(options.repeat):
@@ -341,7 +379,12 @@ def report(results, load):
     )
     paired = {  # each round's own ratio: the machine's load drifts less within a round
         pair: paired_ratio(results, *pair)
-        for pair in (("backup", "pg_dump"), ("backup", "dbbackup"), ("restore", "pg_restore"))
+        for pair in (
+            ("backup", "pg_dump"),
+            ("backup", "dbbackup"),
+            ("backup", "dbbackup_site"),
+            ("restore", "pg_restore"),
+        )
     }
     print(
         f"- backup / bare pg_dump -Z{COMPRESSION}: {backup / bare:.2f}x "
@@ -351,6 +394,11 @@ def report(results, load):
     print(
         f"- backup / dbbackup: {backup / dbb:.2f}x (median of rounds "
         f"{paired['backup', 'dbbackup']:.2f}x; target < 1), size {sizes:.3f}x (target <= 1)"
+    )
+    dbb_site = median(results["dbbackup_site"], "time")
+    print(
+        f"- backup / dbbackup in a project with this site's Django apps: {backup / dbb_site:.2f}x "
+        f"(median of rounds {paired['backup', 'dbbackup_site']:.2f}x)"
     )
     print(
         f"- restore / bare pg_restore: {restore / bare_restore:.2f}x (median of rounds "

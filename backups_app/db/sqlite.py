@@ -10,7 +10,6 @@ import contextlib
 import logging
 import os
 import sqlite3
-import threading
 from pathlib import Path
 
 from backups_app.core.files import scratch_file
@@ -30,6 +29,7 @@ from backups_app.db.sqlite_base import (
     row_count,
     row_counts,
     table_names,
+    watching,
 )
 from backups_app.db.sqlite_catchup import CannotCatchUp, catch_up, pinned
 from backups_app.db.sqlite_live import restore_live
@@ -69,7 +69,7 @@ Error = sqlite3.Error
 # budget whatever the size; the quick check reads each page once and gains nothing from it
 # (0.74 s with SQLite's default 2 MB, 0.86 s with 32 MB on 1 GB), so it keeps the default.
 CHECK_CACHE_KIB = 32 * 1024
-# While VACUUM INTO writes, the copy is flushed every this many bytes (see _watch_size).
+# While VACUUM INTO writes, the copy is flushed every this many bytes (see watching).
 FLUSH_EVERY = 32 * 1024 * 1024
 
 
@@ -161,7 +161,8 @@ def copy_live(dest, *, database=None, progress=None, flush=True, until_locked=No
         conn.execute("PRAGMA synchronous=OFF")
         pages = pragma(conn, "page_count") - pragma(conn, "freelist_count")
         expected = pages * pragma(conn, "page_size")
-        with _watch_size(dest, expected, progress, flush=flush):
+        flushing = FLUSH_EVERY if flush else None
+        with watching(dest, total=expected, progress=progress, flush=flushing):
             if until_locked is None:
                 tables = table_names(conn)
                 copy_into(conn, dest)
@@ -199,42 +200,6 @@ def _copy_pages(conn, dest):
         out.execute("PRAGMA journal_mode=DELETE")
     finally:
         out.close()
-
-
-class _watch_size:
-    """While a step writes `path`: report its growth to `progress`, and flush it to disk as
-    it grows, so the fsync before the rename does not push a gigabyte of dirty pages at once
-    (which stalls the site's own commits for a quarter of a second)."""
-
-    def __init__(self, path, total, progress, *, flush=True):
-        self.path, self.total, self.progress = path, total, progress
-        self.flush = flush
-        self.done = threading.Event()
-
-    def __enter__(self):
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        return self
-
-    def _run(self):
-        flushed = 0
-        with contextlib.suppress(OSError):
-            fd = os.open(self.path, os.O_RDONLY)
-            try:
-                while not self.done.wait(0.1):
-                    size = os.fstat(fd).st_size
-                    if self.flush and size - flushed >= FLUSH_EVERY:
-                        os.fdatasync(fd)
-                        flushed = size
-                    if self.progress:
-                        self.progress(size, self.total)
-            finally:
-                os.close(fd)
-
-    def __exit__(self, *exc):
-        self.done.set()
-        self.thread.join()
-        return False
 
 
 def error_kind(err):

@@ -3,7 +3,10 @@
 Shared by sqlite (the seam's functions) and sqlite_restore; imports nothing of the app.
 """
 
+import contextlib
+import os
 import sqlite3
+import threading
 from pathlib import Path
 from urllib.parse import quote
 
@@ -99,3 +102,42 @@ def read_header(path):
     """The first 100 bytes of a file (the SQLite header), b"" when it is empty."""
     with open(path, "rb") as f:
         return f.read(100)
+
+
+class watching:
+    """While SQLite writes `path`: report its size to `progress(size, total)` and flush it to
+    disk every `flush` bytes it grew (0: every tick, for a file rewritten in place such as a
+    WAL; None: never), so that a flush the caller waits for later finds little left to write
+    (a gigabyte flushed at once stalls the site's own commits). Closing this descriptor drops
+    no lock: SQLite locks neither a copy it writes nor a WAL file."""
+
+    TICK = 0.1  # seconds
+
+    def __init__(self, path, *, total=None, progress=None, flush=None):
+        self.path, self.total, self.progress, self.flush = path, total, progress, flush
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="watch-size", daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def _run(self):
+        flushed = 0
+        with contextlib.suppress(OSError):
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                while not self.done.wait(self.TICK):
+                    size = os.fstat(fd).st_size
+                    if self.flush is not None and size - flushed >= self.flush:
+                        os.fdatasync(fd)
+                        flushed = size
+                    if self.progress:
+                        self.progress(size, self.total)
+            finally:
+                os.close(fd)
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+        return False

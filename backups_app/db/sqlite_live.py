@@ -16,15 +16,13 @@ step commits. Any failure aborts the copy, which rolls the live database back.
 
 import contextlib
 import logging
-import os
 import sqlite3
-import threading
 import time
 from pathlib import Path
 from urllib.parse import quote
 
 from backups_app.core.files import fsync, scratch_file
-from backups_app.db.sqlite_base import database_path, pragma, read_header
+from backups_app.db.sqlite_base import database_path, pragma, read_header, watching
 from backups_app.db.sqlite_restore import (
     LOCK_TIMEOUT,
     load_into,
@@ -37,8 +35,6 @@ logger = logging.getLogger(__name__)
 
 # Pages per step of the copy onto the live database: big steps, few callbacks (64 MB of 4 KB pages).
 STEP_PAGES = 16384
-# How often the WAL is flushed while the copy writes it (seconds).
-FLUSH_SECONDS = 0.2
 SQLITE_OK, SQLITE_BUSY, SQLITE_LOCKED = 0, 5, 6
 
 
@@ -123,7 +119,9 @@ def _copy_onto(scratch, live, database, keep, before):
         probe = sqlite3.connect(f"file:{quote(str(database))}?mode=ro", uri=True)
         try:
             # At least two steps, so the first callback comes before the copy commits.
-            with _flushing(Path(f"{database}-wal")):
+            # The WAL is flushed as the copy writes it: the commit's own flush (writers wait
+            # for it) then finds little left to write.
+            with watching(Path(f"{database}-wal"), flush=0):
                 source.backup(live, pages=step, progress=progress, sleep=0.05)
         except KeyboardInterrupt:
             # A signal in the callback after the last step comes after the commit: the restore
@@ -138,34 +136,6 @@ def _copy_onto(scratch, live, database, keep, before):
         return done["kept"]
     finally:
         source.close()
-
-
-class _flushing:
-    """Flush the live database's WAL every FLUSH_SECONDS while the copy writes it, so that the
-    commit's own flush (writers wait for it) finds little left to write. SQLite puts no lock on
-    the WAL file, so closing this descriptor drops none of the restore's locks."""
-
-    def __init__(self, wal):
-        self.wal, self.done = wal, threading.Event()
-        self.thread = threading.Thread(target=self._run, name="flush-wal", daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def _run(self):
-        with contextlib.suppress(OSError):
-            fd = os.open(self.wal, os.O_RDONLY)
-            try:
-                while not self.done.wait(FLUSH_SECONDS):
-                    os.fdatasync(fd)
-            finally:
-                os.close(fd)
-
-    def __exit__(self, *exc):
-        self.done.set()
-        self.thread.join()
-        return False
 
 
 def _carry(source, database, keep):
