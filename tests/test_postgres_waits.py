@@ -8,11 +8,18 @@ the test fails instead of hanging the suite."""
 import os
 import signal
 import socket
+import subprocess
 import threading
 
 import pytest
 
-from backups_app.db import postgres, postgres_client, postgres_contents, postgres_dump
+from backups_app.db import (
+    postgres,
+    postgres_client,
+    postgres_contents,
+    postgres_dump,
+    postgres_scratch,
+)
 from backups_app.db.facts import Keep
 from tests.pgcluster import wait_for_connections
 
@@ -153,6 +160,15 @@ def test_a_server_that_accepts_and_never_answers_is_given_up(
     assert "timeout expired" in str(child) and "\n" not in str(child)
 
 
+def copying_items(conn, dbname):
+    """The pid of the server process copying table `item`'s rows in `dbname`, if one is."""
+    row = conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = %s AND query LIKE 'COPY public.item%%'",
+        (dbname,),
+    ).fetchone()
+    return row and row[0]
+
+
 def test_a_server_that_stops_answering_mid_dump_is_given_up(pg_live, monkeypatch, tmp_path):
     pg_live.query(
         "INSERT INTO item (name) SELECT repeat(md5(g::text), 20) FROM generate_series(1, 300000) g"
@@ -165,14 +181,10 @@ def test_a_server_that_stops_answering_mid_dump_is_given_up(pg_live, monkeypatch
         """SIGSTOP the server process that sends pg_dump the table's rows, once it does."""
         with pg_live.cluster.admin() as conn:
             while not stopped:
-                row = conn.execute(
-                    "SELECT pid FROM pg_stat_activity WHERE datname = %s "
-                    "AND query LIKE 'COPY public.item%%'",
-                    (pg_live.name,),
-                ).fetchone()
-                if row and dest.exists() and dest.stat().st_size > 0:
-                    os.kill(row[0], signal.SIGSTOP)
-                    stopped.append(row[0])
+                pid = copying_items(conn, pg_live.name)
+                if pid and dest.exists() and dest.stat().st_size > 0:
+                    os.kill(pid, signal.SIGSTOP)
+                    stopped.append(pid)
 
     watcher = threading.Thread(target=stop_the_server_side, daemon=True)
     watcher.start()
@@ -201,3 +213,50 @@ def test_a_file_that_never_ends_is_given_up(monkeypatch, tmp_path):
 
     assert isinstance(error, postgres_client.PostgresError)
     assert str(error) == "is not a readable PostgreSQL dump: reading it took longer than 1 s"
+
+
+def server_processes(cluster):
+    """The postmaster and every process it started."""
+    postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    found = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True)
+    return [postmaster, *(int(pid) for pid in found.stdout.split())]
+
+
+def test_a_server_that_stops_answering_mid_restore_is_given_up(pg_live, monkeypatch, tmp_path):
+    pg_live.query(
+        "INSERT INTO item (name) SELECT repeat(md5(g::text), 20) FROM generate_series(1, 300000) g"
+    )
+    dest = tmp_path / "out.dump"
+    postgres.copy_live(dest)
+    monkeypatch.setattr(postgres_client, "CONNECT_TIMEOUT", 2)  # libpq's least
+    monkeypatch.setattr(postgres_scratch, "PROBE_EVERY", 0.5)
+    monkeypatch.setattr(postgres_scratch, "SILENCE_WAIT", 3)
+    target = "waits_restore_target"
+    pg_live.cluster.create_database(target)
+    server = postgres_client.live_server()
+    stopped = []
+
+    def stop_the_whole_server():
+        """SIGSTOP the server (every process of it) once pg_restore copies the table's rows."""
+        with pg_live.cluster.admin() as conn:
+            while not copying_items(conn, target):
+                pass
+            for pid in server_processes(pg_live.cluster):
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+
+    watcher = threading.Thread(target=stop_the_whole_server, daemon=True)
+    watcher.start()
+    try:
+        error = bounded(lambda: postgres_scratch.restore_into(server, dest, target, tmp_path))
+    finally:
+        watcher.join(GUARD)
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+
+    assert stopped, "the restore finished before its server was stopped"
+    assert isinstance(error, postgres_client.PostgresError)
+    assert str(error) == (
+        "could not be restored: the PostgreSQL server has not answered for 3 s; it was stopped"
+    )
+    wait_for_connections(pg_live.cluster, target, 0)

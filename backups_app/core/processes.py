@@ -1,5 +1,6 @@
 """Which process made a run, and whether it still runs (from /proc: a reused pid is told apart)."""
 
+import contextlib
 import os
 import socket
 from pathlib import Path
@@ -58,3 +59,22 @@ def process_is_alive(pid, identity=""):
     if stat is None or stat[0] in ("Z", "X"):  # gone, or a zombie waiting for its parent
         return False
     return not identity or stat[1] == ticks  # another start time: the pid was reused
+
+
+def descendants(pid):
+    """The processes `pid` started, and theirs (pg_restore --jobs forks its workers); [] where
+    there is no /proc."""
+    parents = {}
+    with contextlib.suppress(OSError):
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    stat = (entry / "stat").read_text()
+                    parent = int(stat.rsplit(")", 1)[1].split()[1])
+                    parents.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found

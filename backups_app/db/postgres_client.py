@@ -4,8 +4,10 @@ Credentials reach the client programs through a 0600 passfile and their environm
 their command line (`ps` shows it) nor a message. Nothing waits forever: connections give up
 after CONNECT_TIMEOUT (ours, and the client programs' PGCONNECT_TIMEOUT), a lock another
 session holds after LOCK_WAIT (our sessions' lock_timeout), a program reading a local file
-after LOCAL_WAIT. Errors are PostgresError, in words. Imports nothing of the app but
-core.files. psycopg is imported when there: an SQLite site needs none.
+after LOCAL_WAIT; a program whose server went silent is stopped, its forked workers too
+(`supervise`, with the caller's test of being stuck). Errors are PostgresError, in words.
+Imports nothing of the app but core.files and core.processes. psycopg is imported when there:
+an SQLite site needs none.
 """
 
 import contextlib
@@ -14,10 +16,13 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from backups_app.core.files import create_locked, temp_path
+from backups_app.core.processes import descendants, process_identity, process_is_alive
 
 try:
     import psycopg
@@ -37,6 +42,8 @@ LOCK_WAIT = 60
 LOCAL_WAIT = 120
 # Seconds a client program has to end after SIGTERM before it is killed.
 STOP_WAIT = 10
+# How often a supervised client program is looked at (seconds).
+POLL_SECONDS = 0.5
 # The maintenance databases a role may connect to for CREATE/DROP/ALTER DATABASE.
 MAINTENANCE = ("postgres", "template1")
 # How many lines of a client program's error output a message quotes.
@@ -108,6 +115,28 @@ class Server:
             conn.close()
             raise
         return conn
+
+    def answers(self):
+        """Whether the server completes a new connection within CONNECT_TIMEOUT: refusing it
+        is an answer too (a server that is down makes its clients fail by themselves); only
+        silence is not."""
+        if psycopg is None:
+            return True
+        started = time.monotonic()
+        params = {
+            "host": self.host or None,
+            "port": self.port or None,
+            "dbname": self.name,
+            "user": self.user or None,
+            "password": self.password or None,
+            "sslmode": self.sslmode or None,
+            "connect_timeout": CONNECT_TIMEOUT,
+        }
+        try:
+            psycopg.connect(**{k: v for k, v in params.items() if v is not None}).close()
+        except psycopg.Error:
+            return time.monotonic() - started < CONNECT_TIMEOUT
+        return True
 
     def maintenance(self):
         """An autocommit connection to a database other than the live one (for DDL on it)."""
@@ -287,7 +316,10 @@ def start(args, env):
 
 
 def stop(child, *, read=True):
-    """End a client program (SIGTERM, then SIGKILL if it lingers); `read`: drain its output."""
+    """End a client program and the workers it forked (SIGTERM, then SIGKILL if it lingers);
+    `read`: drain its output. A worker waiting on a server that went silent would hold its
+    output open for ever, and go on writing once the server answers again."""
+    workers = [(pid, process_identity(pid)) for pid in descendants(child.pid)]
     with contextlib.suppress(ProcessLookupError):
         child.send_signal(signal.SIGTERM)
     try:
@@ -298,6 +330,35 @@ def stop(child, *, read=True):
     except subprocess.TimeoutExpired:
         child.kill()
         child.wait()
+    for pid, identity in workers:
+        if process_is_alive(pid, identity):  # not a later process given the same pid
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def supervise(child, failed, stuck):
+    """Wait for a client program, calling `stuck()` every POLL_SECONDS: it returns why the
+    program is stuck (words) or None. A stuck program is stopped. PostgresError("{failed}:
+    ...") when it failed or was stopped."""
+    stderr = []
+    reader = threading.Thread(target=lambda: stderr.append(child.stderr.read()), daemon=True)
+    reader.start()
+    try:
+        while True:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(POLL_SECONDS)
+            if child.returncode is not None:
+                break
+            if (why := stuck()) is not None:
+                stop(child, read=False)
+                raise PostgresError(f"{failed}: {why}; it was stopped")
+    except BaseException:
+        if child.returncode is None:
+            stop(child, read=False)
+        raise
+    finally:
+        reader.join()
+    check_exit(child.returncode, "".join(stderr), failed)
 
 
 def finish(child, failed):

@@ -16,7 +16,6 @@ STALL_WAIT seconds without a byte written, each with one line in words.
 
 import contextlib
 import os
-import subprocess
 import threading
 import time
 
@@ -24,21 +23,19 @@ import backups_app.db.postgres_client as pgc
 from backups_app.db.postgres_client import (
     COMPRESSION,
     PostgresError,
-    check_exit,
     client,
     client_env,
     first_line,
     row_counts,
     start,
-    stop,
+    supervise,
     tables,
 )
 
 # Seconds without a byte written: the server stopped answering (a dump of a large table
 # writes all along; before it writes, pg_dump reads the catalog, which takes seconds).
 STALL_WAIT = 600
-# How often the growing file is looked at, and flushed once this much more was written.
-POLL_SECONDS = 0.5
+# The growing file is flushed once this much more was written.
 FLUSH_EVERY = 32 * 1024 * 1024
 
 
@@ -102,49 +99,40 @@ def dump(server, dest, folder, *, dbname=None, compression=COMPRESSION):
                 f"--file={dest}",
             ]
             started = time.monotonic()
-            _watch(start(args, env), dest)
+            growth = _Growth(dest)
+            try:
+                supervise(start(args, env), "pg_dump failed", growth)
+            finally:
+                growth.close()
         return Counting(conn, dumped=time.monotonic() - started)
     except BaseException:
         conn.close()
         raise
 
 
-def _watch(child, dest):
-    """Wait for pg_dump, flushing `dest` as it grows; stop it when it writes nothing for
-    STALL_WAIT seconds. PostgresError in words when it failed."""
-    stderr = []
-    reader = threading.Thread(target=lambda: stderr.append(child.stderr.read()), daemon=True)
-    reader.start()
-    fd = None
-    try:
-        size = flushed = 0
-        grew = time.monotonic()
-        while True:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(POLL_SECONDS)
-            if child.returncode is not None:
-                break
-            if fd is None:  # pg_dump creates the file when the caller has not
-                with contextlib.suppress(FileNotFoundError):
-                    fd = os.open(dest, os.O_RDONLY)
-            now_size = os.fstat(fd).st_size if fd is not None else 0
-            if now_size != size:
-                size, grew = now_size, time.monotonic()
-            elif time.monotonic() - grew > STALL_WAIT:
-                stop(child, read=False)
-                raise PostgresError(
-                    f"pg_dump failed: it wrote nothing for {STALL_WAIT} s (the PostgreSQL "
-                    "server stopped answering); it was stopped"
-                )
-            if fd is not None and size - flushed >= FLUSH_EVERY:
-                os.fdatasync(fd)
-                flushed = size
-    except BaseException:
-        if child.returncode is None:
-            stop(child, read=False)
-        raise
-    finally:
-        if fd is not None:
-            os.close(fd)
-        reader.join()
-    check_exit(child.returncode, "".join(stderr), "pg_dump failed")
+class _Growth:
+    """Whether pg_dump is stuck: its file has not grown for STALL_WAIT seconds. Meanwhile the
+    file is flushed each time it grew FLUSH_EVERY bytes (see the module's docstring)."""
+
+    def __init__(self, dest):
+        self.dest, self.fd = dest, None
+        self.size = self.flushed = 0
+        self.grew = time.monotonic()
+
+    def __call__(self):
+        if self.fd is None:  # pg_dump creates the file when the caller has not
+            with contextlib.suppress(FileNotFoundError):
+                self.fd = os.open(self.dest, os.O_RDONLY)
+        size = os.fstat(self.fd).st_size if self.fd is not None else 0
+        if size != self.size:
+            self.size, self.grew = size, time.monotonic()
+        elif time.monotonic() - self.grew > STALL_WAIT:
+            return f"it wrote nothing for {STALL_WAIT} s (the PostgreSQL server stopped answering)"
+        if self.fd is not None and size - self.flushed >= FLUSH_EVERY:
+            os.fdatasync(self.fd)
+            self.flushed = size
+        return None
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)

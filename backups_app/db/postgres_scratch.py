@@ -22,11 +22,11 @@ from backups_app.db.postgres_client import (
     client,
     client_env,
     errors,
-    finish,
     first_line,
     psycopg,
     sql,
     start,
+    supervise,
 )
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,11 @@ SCRATCH_KINDS = ("check", "restore", "old")
 NAME_LIMIT = 63
 # How many times the swap cuts the live database's sessions off before it gives up.
 SWAP_TRIES = 50
+
+# While pg_restore runs, the server is asked for a new connection this often (seconds), and
+# given up once it has completed none for SILENCE_WAIT seconds.
+PROBE_EVERY = 30
+SILENCE_WAIT = 120
 
 
 # --- scratch databases ---------------------------------------------------------------------
@@ -141,7 +146,28 @@ def restore_into(server, path, dbname, folder, *, jobs=None):
             str(path),
         ]
         child = start(args, {**env, "PGOPTIONS": "-c synchronous_commit=off"})
-        finish(child, "could not be restored")
+        supervise(child, "could not be restored", _ServerSilence(server))
+
+
+class _ServerSilence:
+    """Whether pg_restore is stuck because its server went silent: a new connection is tried
+    every PROBE_EVERY seconds, and a server that completed none for SILENCE_WAIT seconds is
+    given up (a long index build or a lock wait keeps answering; a stopped or unreachable
+    server does not, and pg_restore would wait for it forever)."""
+
+    def __init__(self, server):
+        self.server = server
+        self.answered = self.probed = time.monotonic()
+
+    def __call__(self):
+        if time.monotonic() - self.probed < PROBE_EVERY:
+            return None
+        if self.server.answers():
+            self.answered = time.monotonic()
+        self.probed = time.monotonic()
+        if self.probed - self.answered > SILENCE_WAIT:
+            return f"the PostgreSQL server has not answered for {SILENCE_WAIT} s"
+        return None
 
 
 @contextlib.contextmanager
