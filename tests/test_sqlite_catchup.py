@@ -7,6 +7,7 @@ import sqlite3
 import pytest
 
 from backups_app.db import sqlite as engine
+from backups_app.db import sqlite_catchup
 from backups_app.db.sqlite_catchup import CannotCatchUp, catch_up
 from backups_app.restore.restore import _SafetyBackup
 from tests.conftest import make_database, wait_until
@@ -167,3 +168,17 @@ def test_a_wal_the_catch_up_does_not_understand_is_copied_whole_under_the_lock(
     )
     assert contents(dest) == contents(live)
     assert "could not catch up with the WAL; copied whole" in caplog.text
+
+
+def test_a_wal_shorter_than_its_index_says_is_not_caught_up_from(tmp_path, monkeypatch):
+    live = make_database(tmp_path / "live.sqlite", rows=1000)
+    dest = tmp_path / "copy.bak"
+    reader = sqlite3.connect(live, isolation_level=None)
+    with engine.pinned(reader):
+        engine._copy_pages(reader, dest)
+        writes(live, "UPDATE item SET name = 'changed'")
+        frames = sqlite_catchup._committed_frames(live)
+        monkeypatch.setattr(sqlite_catchup, "_committed_frames", lambda database: frames + 10)
+        with pytest.raises(CannotCatchUp, match="shorter than its index says"):
+            catch_up(dest, live)
+    reader.close()

@@ -55,13 +55,13 @@ def catch_up(dest, database):
         return 0
     fd = os.open(f"{database}-wal", os.O_RDONLY)
     try:
-        magic, _version, page_size, _seq, *salts = struct.unpack(">6I", os.pread(fd, 24, 0))
+        magic, _version, page_size, _seq, *salts = _read(fd, ">6I", 0)
         if magic not in WAL_MAGIC:
             raise CannotCatchUp("the WAL file has no WAL header")
         newest, pages_after = {}, 0
         for n in range(frames):
             at = WAL_HEADER + n * (FRAME_HEADER + page_size)
-            page, commit_size, *frame_salts = struct.unpack(">4I", os.pread(fd, 16, at))
+            page, commit_size, *frame_salts = _read(fd, ">4I", at)
             if frame_salts != salts:
                 raise CannotCatchUp(f"frame {n + 1} of the WAL is not of its generation")
             newest[page] = at + FRAME_HEADER
@@ -94,6 +94,13 @@ def _committed_frames(database):
     if log < 0:
         raise CannotCatchUp("the database is not in WAL mode")
     return log
+
+
+def _read(fd, layout, at):
+    data = os.pread(fd, struct.calcsize(layout), at)
+    if len(data) < struct.calcsize(layout):
+        raise CannotCatchUp("the WAL file is shorter than its index says")
+    return struct.unpack(layout, data)
 
 
 def _page_size(header):
