@@ -4,6 +4,7 @@ says "locked until" where it does not, and the POST deletes the local backup at 
 offsite copy goes in a recorded background run; a hung store never delays the answer."""
 
 import re
+import threading
 import time
 import uuid
 from datetime import timedelta
@@ -60,14 +61,36 @@ def two_copies(s3, settings, data_dir, live_database, backups_folder, site_media
     return bucket, made
 
 
+class Started(list):
+    """The background runs a page started (threads), each held until `release()`."""
+
+    def __init__(self):
+        super().__init__()
+        self.go = threading.Event()
+
+    def release(self):
+        self.go.set()
+
+
 @pytest.fixture
 def started(monkeypatch):
-    """The background runs the page starts (the real ones), to wait for them."""
-    threads = []
-    real = actions.delete_offsite_soon
-    monkeypatch.setattr(
-        actions, "delete_offsite_soon", lambda *args: threads.append(real(*args)) or threads[-1]
-    )
+    """The background runs the page starts (the real ones), to wait for them. Each is held
+    until the test has its answer: the test database (in memory, one shared cache) takes one
+    thread at a time, and a run that recorded itself while the request still wrote its own rows
+    met "database table is locked" (a file database waits its busy timeout instead)."""
+    threads = Started()
+    real_soon, real_run = actions.delete_offsite_soon, actions._delete_offsite
+
+    def held(*args):
+        threads.go.wait(60)
+        real_run(*args)
+
+    def soon(*args):
+        threads.append(real_soon(*args))
+        return threads[-1]
+
+    monkeypatch.setattr(actions, "_delete_offsite", held)
+    monkeypatch.setattr(actions, "delete_offsite_soon", soon)
     return threads
 
 
@@ -105,6 +128,7 @@ def test_the_post_deletes_the_local_backup_at_once_and_the_copy_in_the_backgroun
 
     answer = staff_client.post(url(old), TICK)
     (thread,) = started
+    started.release()
     thread.join(60)  # before the page is read: the test database takes one thread at a time
     response = staff_client.get(answer.url)
 
@@ -150,6 +174,7 @@ def test_an_api_client_is_told_the_copy_is_being_deleted(staff_client, two_copie
     _bucket, (old, _new) = two_copies
 
     response = staff_client.post(url(old), TICK, HTTP_ACCEPT="application/json")
+    started.release()
     started[0].join(60)
 
     assert response.json() == {"deleted": old, "offsite": "deleting"}
@@ -213,6 +238,7 @@ def test_a_hung_store_does_not_delay_the_answer(
     response = staff_client.post(url(name), TICK)
     answered = time.monotonic() - began
     (thread,) = started
+    started.release()
     thread.join(120)
 
     assert response.status_code == 302
