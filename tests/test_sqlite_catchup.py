@@ -2,14 +2,15 @@
 (issue 18, item 3): whatever the writers did meanwhile, the copy is the database as it is when
 the lock is taken, row for row, and sound."""
 
+import shutil
 import sqlite3
 
 import pytest
 
 from backups_app.db import sqlite as engine
-from backups_app.db import sqlite_catchup
+from backups_app.db import sqlite_catchup, sqlite_live
 from backups_app.db.sqlite_catchup import CannotCatchUp, catch_up
-from backups_app.restore.restore import _SafetyBackup
+from backups_app.restore.restore import _SafetyBackup, restore_backup
 from tests.conftest import make_database, wait_until
 
 
@@ -182,3 +183,27 @@ def test_a_wal_shorter_than_its_index_says_is_not_caught_up_from(tmp_path, monke
         with pytest.raises(CannotCatchUp, match="shorter than its index says"):
             catch_up(dest, live)
     reader.close()
+
+
+def test_the_safety_copy_starts_once_the_backup_is_loaded(data_dir, backups_folder, monkeypatch):
+    """Its snapshot is held from then until the lock: kept as short as a backup's own (another
+    process's RESTART or TRUNCATE checkpoint waits for it while holding the writers)."""
+    live = make_database(data_dir / "database.sqlite", rows=1000)
+    backup = data_dir / "backup.bak"
+    shutil.copyfile(live, backup)
+    order = []
+    real_load, real_ahead = sqlite_live.load_into, _SafetyBackup.ahead
+
+    def load_into(*args, **kwargs):
+        real_load(*args, **kwargs)
+        order.append("loaded")
+
+    def ahead(self):
+        order.append("copy ahead")
+        real_ahead(self)
+
+    monkeypatch.setattr(sqlite_live, "load_into", load_into)
+    monkeypatch.setattr(_SafetyBackup, "ahead", ahead)
+    result = restore_backup(backup, database=live, backups_folder=backups_folder)
+    assert order == ["loaded", "copy ahead"]
+    assert result.safety_backup is not None

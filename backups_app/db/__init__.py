@@ -58,8 +58,10 @@ Checking a backup file
         the schema, no counts.
 
 Restoring
-    restore_live(plain, *, keep, database=None, before=None) -> (kept, notes)
+    restore_live(plain, *, keep, database=None, before=None, ahead=None) -> (kept, notes)
         Replace the database's contents with the backup's, under the database's write lock:
+        `ahead()` (SQLite: the safety backup's copy, made while writers go on) runs once the
+        backup is loaded, just before the lock;
         `before()` (the safety backup) runs first under the lock, no write can commit between it
         and the end, readers see the old data or the new and never a mix (nor a malformed
         database), and any failure leaves the old data. `before()` may return a function: the

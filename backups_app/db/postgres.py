@@ -254,8 +254,10 @@ def restore_scratch(plain, folder):
 # --- the seam: restoring ----------------------------------------------------------------------
 
 
-def restore_live(plain, *, keep, database=None, before=None, checked=None):
+def restore_live(plain, *, keep, database=None, before=None, ahead=None, checked=None):
     """Replace the live database with the backup `plain`; ({what was kept: rows}, [notes]).
+
+    `ahead` is not called: the safety backup is the dump of the database swapped out.
 
     The backup is restored into a new database (`checked(facts)` may refuse it there, raising),
     the product's records (`keep`) are carried into it from the live one, and the two swap

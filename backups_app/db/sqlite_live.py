@@ -38,12 +38,13 @@ STEP_PAGES = 16384
 SQLITE_OK, SQLITE_BUSY, SQLITE_LOCKED = 0, 5, 6
 
 
-def restore_live(plain, *, keep, database=None, before=None):
+def restore_live(plain, *, keep, database=None, before=None, ahead=None):
     """Replace the database's contents with the backup `plain`'s (see the module's docstring).
 
-    `before()` runs first under the lock (the safety backup). Returns ({what was kept: rows},
-    [what could not be kept, in words]). When there was no database, the file the connection
-    created is removed again on failure.
+    `ahead()` runs once the backup is loaded, just before the lock (the safety backup's copy);
+    `before()` runs first under the lock (the safety backup made whole). Returns ({what was
+    kept: rows}, [what could not be kept, in words]). When there was no database, the file the
+    connection created is removed again on failure.
     """
     database = database_path(database)
     existed = database.exists() and database.stat().st_size > 0
@@ -65,6 +66,8 @@ def restore_live(plain, *, keep, database=None, before=None):
             # Written without waiting for the disk; flushed now, before the lock, or the kernel
             # writes it back while the copy under the lock writes the WAL (both on one disk).
             fsync(scratch)
+            if ahead is not None:
+                ahead()
             kept = _copy_onto(scratch, live, database, keep, before)
             # The restored pages are in the WAL: move them into the database file at once,
             # after the lock, rather than in the next writer's commit (a checkpoint that is

@@ -229,12 +229,13 @@ def restore_backup(path, *, database=None, backups_folder=None, confirm=None):
                     f"failed ({err}); the previous data is kept in database {source}"
                 ) from err
 
-        extra = {"checked": checked} if while_restoring else {}
         pre_restore = _SafetyBackup(database, folder)
+        if while_restoring:
+            extra = {"checked": checked}
+        else:  # the engine starts the safety backup's copy once the backup is loaded
+            extra = {"ahead": pre_restore.ahead if existed else None}
         try:
             with pre_restore:
-                if existed and not while_restoring:
-                    pre_restore.ahead()  # copies while the engine loads the backup
                 kept, notes = engine.restore_live(
                     plain, keep=product_records(), database=database, before=before, **extra
                 )
@@ -280,8 +281,11 @@ class _SafetyBackup:
     """The `pre-restore` backup: every write committed before the restore, in the least of the
     time writers wait for it.
 
-    ahead() starts it before the restore's lock: the engine copies the live database while
-    writers go on, then waits for the lock (`_until_locked`). start(), under the lock, lets it
+    ahead(), called just before the restore's lock, copies the live database while writers go on
+    and returns once the copy is made; the engine then waits for the lock (`_until_locked`),
+    holding the snapshot it copied (SQLite: a read transaction, as long as a backup's own; a
+    RESTART or TRUNCATE checkpoint another process runs meanwhile waits for it, holding the
+    site's writers, so it is kept short). start(), under the lock, lets it
     make the copy whole (SQLite: the pages written since) and returns once it has; its checks,
     hash and site files go on in its thread while the restore copies, and finish() waits for
     them (the restore commits only after). Leaving the `with` releases a copy still waiting for
@@ -295,13 +299,16 @@ class _SafetyBackup:
     def __init__(self, database, folder):
         self.database, self.folder = database, folder
         self.thread = None
-        self.locked, self.copied = threading.Event(), threading.Event()
+        # The copy is made (and waits for the lock); the lock is taken; the copy is whole.
+        self.ready, self.locked, self.copied = (threading.Event() for _ in range(3))
         self.outcome = {}
 
     def ahead(self):
         self.folder.mkdir(parents=True, exist_ok=True)
         self.thread = threading.Thread(target=self._run, name="pre-restore backup", daemon=True)
         self.thread.start()
+        self.ready.wait()
+        self._raise_if_failed()
 
     def start(self):
         if self.thread is None:
@@ -316,6 +323,7 @@ class _SafetyBackup:
         return self.outcome["backup"]
 
     def _until_locked(self):
+        self.ready.set()
         self.locked.wait()
         if "abandoned" in self.outcome:
             raise self.NotNeeded
@@ -329,9 +337,10 @@ class _SafetyBackup:
                 until_locked=self._until_locked,
                 on_copied=self.copied.set,
             )
-        except BaseException as err:  # reported by start() or finish(), in the restore's thread
+        except BaseException as err:  # reported by ahead(), start() or finish()
             self.outcome["error"] = err
         finally:
+            self.ready.set()
             self.copied.set()
 
     def _raise_if_failed(self):
