@@ -160,6 +160,19 @@ def test_a_server_that_accepts_and_never_answers_is_given_up(
     assert "timeout expired" in str(child) and "\n" not in str(child)
 
 
+def while_stopping(stopper, stopped, call):
+    """Run `call` bounded while `stopper` SIGSTOPs server processes (into `stopped`) on a
+    thread; resume them after. Returns what bounded() returns."""
+    watcher = threading.Thread(target=stopper, daemon=True)
+    watcher.start()
+    try:
+        return bounded(call)
+    finally:
+        watcher.join(GUARD)
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+
+
 def copying_items(conn, dbname):
     """The pid of the server process copying table `item`'s rows in `dbname`, if one is."""
     row = conn.execute(
@@ -186,14 +199,7 @@ def test_a_server_that_stops_answering_mid_dump_is_given_up(pg_live, monkeypatch
                     os.kill(pid, signal.SIGSTOP)
                     stopped.append(pid)
 
-    watcher = threading.Thread(target=stop_the_server_side, daemon=True)
-    watcher.start()
-    try:
-        error = bounded(lambda: postgres.copy_live(dest))
-    finally:
-        watcher.join(GUARD)
-        for pid in stopped:
-            os.kill(pid, signal.SIGCONT)
+    error = while_stopping(stop_the_server_side, stopped, lambda: postgres.copy_live(dest))
 
     assert stopped, "the dump finished before its server process was stopped"
     assert isinstance(error, postgres_client.PostgresError)
@@ -245,14 +251,11 @@ def test_a_server_that_stops_answering_mid_restore_is_given_up(pg_live, monkeypa
                 os.kill(pid, signal.SIGSTOP)
                 stopped.append(pid)
 
-    watcher = threading.Thread(target=stop_the_whole_server, daemon=True)
-    watcher.start()
-    try:
-        error = bounded(lambda: postgres_scratch.restore_into(server, dest, target, tmp_path))
-    finally:
-        watcher.join(GUARD)
-        for pid in stopped:
-            os.kill(pid, signal.SIGCONT)
+    error = while_stopping(
+        stop_the_whole_server,
+        stopped,
+        lambda: postgres_scratch.restore_into(server, dest, target, tmp_path),
+    )
 
     assert stopped, "the restore finished before its server was stopped"
     assert isinstance(error, postgres_client.PostgresError)

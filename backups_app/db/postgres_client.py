@@ -91,18 +91,8 @@ class Server:
                 "PostgreSQL needs psycopg 3: install the app with its postgres extra "
                 "(pip install 'stanza-backups[postgres]')"
             )
-        params = {
-            "dbname": dbname or self.name,
-            "user": self.user or None,
-            "password": self.password or None,
-            "host": self.host or None,
-            "port": self.port or None,
-            "sslmode": self.sslmode or None,
-            "connect_timeout": CONNECT_TIMEOUT,
-            "application_name": "stanza-backups",
-        }
         try:
-            conn = psycopg.connect(**{k: v for k, v in params.items() if v is not None}, **kwargs)
+            conn = psycopg.connect(**self._params(dbname), **kwargs)
         except psycopg.OperationalError as err:
             raise PostgresError(
                 f"cannot connect to database {dbname or self.name}: {first_line(err)}"
@@ -116,6 +106,20 @@ class Server:
             raise
         return conn
 
+    def _params(self, dbname=None):
+        """libpq's connection parameters for `dbname` (the site's by default)."""
+        params = {
+            "dbname": dbname or self.name,
+            "user": self.user or None,
+            "password": self.password or None,
+            "host": self.host or None,
+            "port": self.port or None,
+            "sslmode": self.sslmode or None,
+            "connect_timeout": CONNECT_TIMEOUT,
+            "application_name": "stanza-backups",
+        }
+        return {k: v for k, v in params.items() if v is not None}
+
     def answers(self):
         """Whether the server completes a new connection within CONNECT_TIMEOUT: refusing it
         is an answer too (a server that is down makes its clients fail by themselves); only
@@ -123,17 +127,8 @@ class Server:
         if psycopg is None:
             return True
         started = time.monotonic()
-        params = {
-            "host": self.host or None,
-            "port": self.port or None,
-            "dbname": self.name,
-            "user": self.user or None,
-            "password": self.password or None,
-            "sslmode": self.sslmode or None,
-            "connect_timeout": CONNECT_TIMEOUT,
-        }
         try:
-            psycopg.connect(**{k: v for k, v in params.items() if v is not None}).close()
+            psycopg.connect(**self._params()).close()
         except psycopg.Error:
             return time.monotonic() - started < CONNECT_TIMEOUT
         return True

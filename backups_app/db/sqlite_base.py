@@ -141,3 +141,9 @@ class watching:
         self.done.set()
         self.thread.join()
         return False
+
+
+def page_size_of(header):
+    """The page size a database header (its first 18 bytes or more) records."""
+    size = int.from_bytes(header[16:18], "big")
+    return 65536 if size == 1 else size

@@ -21,6 +21,8 @@ import struct
 from pathlib import Path
 from urllib.parse import quote
 
+from backups_app.db.sqlite_base import page_size_of
+
 WAL_HEADER, FRAME_HEADER = 32, 24
 WAL_MAGIC = (0x377F0682, 0x377F0683)
 # Bytes 18-19 of a database header: 1, 1 for a rollback journal (2, 2 say WAL).
@@ -70,7 +72,7 @@ def catch_up(dest, database):
             raise CannotCatchUp("the WAL's last frame is not a commit")
         out = os.open(dest, os.O_RDWR)
         try:
-            if _page_size(os.pread(out, 18, 0)) != page_size:
+            if page_size_of(os.pread(out, 18, 0)) != page_size:
                 raise CannotCatchUp("the copy's page size is not the WAL's")
             for page in sorted(p for p in newest if p <= pages_after):
                 os.pwrite(out, os.pread(fd, page_size, newest[page]), (page - 1) * page_size)
@@ -101,8 +103,3 @@ def _read(fd, layout, at):
     if len(data) < struct.calcsize(layout):
         raise CannotCatchUp("the WAL file is shorter than its index says")
     return struct.unpack(layout, data)
-
-
-def _page_size(header):
-    size = int.from_bytes(header[16:18], "big")
-    return 65536 if size == 1 else size

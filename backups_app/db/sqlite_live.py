@@ -22,7 +22,13 @@ from pathlib import Path
 from urllib.parse import quote
 
 from backups_app.core.files import fsync, scratch_file
-from backups_app.db.sqlite_base import database_path, pragma, read_header, watching
+from backups_app.db.sqlite_base import (
+    database_path,
+    page_size_of,
+    pragma,
+    read_header,
+    watching,
+)
 from backups_app.db.sqlite_restore import (
     LOCK_TIMEOUT,
     load_into,
@@ -86,8 +92,7 @@ def restore_live(plain, *, keep, database=None, before=None, ahead=None):
 
 def _page_size(plain):
     header = read_header(plain)
-    size = int.from_bytes(header[16:18], "big") if len(header) >= 18 else 4096
-    return 65536 if size == 1 else size
+    return page_size_of(header) if len(header) >= 18 else 4096
 
 
 def _copy_onto(scratch, live, database, keep, before):
