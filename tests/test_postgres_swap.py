@@ -47,7 +47,7 @@ def test_it_swaps_in_the_backup_and_keeps_the_product_records(pg_live, tmp_path)
     add_run(pg_live)
     safety = {}
 
-    def before(old, paused=None):
+    def before(old):
         safety["path"] = dump_to(tmp_path / "s", database=old)
         safety["base"] = postgres.base_name(old)
 
@@ -104,7 +104,7 @@ def test_no_write_committed_during_the_restore_is_lost(pg_live, tmp_path):
 
     in_old = {}
 
-    def before(old, paused=None):
+    def before(old):
         with pg_live.cluster.connect(old) as conn:
             in_old["names"] = {r[0] for r in conn.execute("SELECT name FROM item")}
 
@@ -132,7 +132,7 @@ def test_a_swapped_out_database_that_cannot_be_dropped_leaves_the_restore_done(
     pg_live.query("INSERT INTO item (name) VALUES ('after')")
     held = {}
 
-    def before(old, paused=None):
+    def before(old):
         # A session this role may not end (a superuser's) stays on the swapped-out database.
         held["conn"] = pg_live.cluster.admin(old)
         held["old"] = old

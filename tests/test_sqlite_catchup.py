@@ -4,12 +4,14 @@ the lock is taken, row for row, and sound."""
 
 import shutil
 import sqlite3
+import time
 
 import pytest
 
 from backups_app.db import sqlite as engine
 from backups_app.db import sqlite_catchup, sqlite_live
 from backups_app.db.sqlite_catchup import CannotCatchUp, catch_up
+from backups_app.engine import backups, compress
 from backups_app.restore.restore import _SafetyBackup, restore_backup
 from tests.conftest import make_database, wait_until
 
@@ -207,3 +209,37 @@ def test_the_safety_copy_starts_once_the_backup_is_loaded(data_dir, backups_fold
     result = restore_backup(backup, database=live, backups_folder=backups_folder)
     assert order == ["loaded", "copy ahead"]
     assert result.safety_backup is not None
+
+
+@pytest.mark.parametrize("safety", [True, False])
+def test_a_safety_backup_is_checked_and_hashed_on_one_core(
+    safety, data_dir, backups_folder, monkeypatch
+):
+    """Under the restore's lock the safety backup's check and hash take one core between them,
+    one after the other, and leave the other to the restore's copy, which the site's writers
+    wait for; an ordinary backup runs them alongside."""
+    live = make_database(data_dir / "database.sqlite", rows=1000)
+    spans = {}
+    real_check, real_hash = backups._check_database, compress._sha256_of
+
+    def timed(name, real):
+        def run(*args, **kwargs):
+            started = time.monotonic()
+            time.sleep(0.2)  # long enough that two at once cannot miss each other
+            try:
+                return real(*args, **kwargs)
+            finally:
+                spans[name] = (started, time.monotonic())
+
+        return run
+
+    monkeypatch.setattr(backups, "_check_database", timed("check", real_check))
+    monkeypatch.setattr(compress, "_sha256_of", timed("hash", real_hash))
+    backups.create_backup(
+        live,
+        folder=backups_folder,
+        label="pre-restore",
+        until_locked=(lambda: None) if safety else None,
+    )
+    (first, first_end), (second, _) = sorted(spans.values())
+    assert (first_end <= second) is safety, spans

@@ -58,7 +58,8 @@ Checking a backup file
         the schema, no counts.
 
 Restoring
-    restore_live(plain, *, keep, database=None, before=None, ahead=None) -> (kept, notes)
+    restore_live(plain, *, keep, database=None, before=None, ahead=None, unlocked=None)
+        -> (kept, notes)
         Replace the database's contents with the backup's, under the database's write lock:
         `ahead()` (SQLite: the safety backup's copy, made while writers go on) runs once the
         backup is loaded, just before the lock;
@@ -67,14 +68,16 @@ Restoring
         database), and any failure leaves the old data. `before()` may return a function: the
         rest of the safety backup (its checks, hash and name), which goes on alongside the
         restore's copy; it is called (and must succeed) before the restore commits. The
-        product's own records (`keep`) are carried forward. Returns ({what was kept: rows},
-        [what could not be kept, in words]).
+        product's own records (`keep`) are carried forward. `unlocked(seconds)` is told, once
+        writers can go on, how long they were held (SQLite: from the step that took the write
+        lock to the commit; PostgreSQL: the swap). Returns ({what was kept: rows}, [what could
+        not be kept, in words]).
     CHECKS_WHILE_RESTORING: bool       False (SQLite): the caller runs read_file first. True
         (PostgreSQL, whose full check is itself a restore): restore_live(..., checked=f)
         restores into a new database, calls f(FileFacts) there (it raises to refuse, nothing
-        changed), swaps the new database in, then calls before(old, paused=seconds): the
-        swapped-out database, which holds every write committed before the swap, is dumped
-        as the safety backup; `paused` is how long writers were cut off.
+        changed), swaps the new database in, then calls before(old): the swapped-out
+        database, which holds every write committed before the swap, is dumped as the safety
+        backup.
     database_size(database=None) -> int
         The live database's size in bytes (bounds uploads).
     kept_now(keep, database=None) -> (tables: set[str], kept: {what: rows})

@@ -254,27 +254,29 @@ def restore_scratch(plain, folder):
 # --- the seam: restoring ----------------------------------------------------------------------
 
 
-def restore_live(plain, *, keep, database=None, before=None, ahead=None, checked=None):
+def restore_live(
+    plain, *, keep, database=None, before=None, ahead=None, checked=None, unlocked=None
+):
     """Replace the live database with the backup `plain`; ({what was kept: rows}, [notes]).
 
     `ahead` is not called: the safety backup is the dump of the database swapped out.
 
     The backup is restored into a new database (`checked(facts)` may refuse it there, raising),
     the product's records (`keep`) are carried into it from the live one, and the two swap
-    names in one transaction. Then `before(old, paused=seconds writers were cut off)` dumps the
-    swapped-out database, which holds every write committed before the swap, as the safety
-    backup, and it is dropped; if that dump fails, the old database is kept under its name (the
-    caller's error says so).
+    names in one transaction (`unlocked(seconds)` is told how long writers were cut off). Then
+    `before(old)` dumps the swapped-out database, which holds every write committed before the
+    swap, as the safety backup, and it is dropped; if that dump fails, the old database is kept
+    under its name (the caller's error says so).
     """
     try:
-        return _restore_live(plain, keep, database, before, checked)
+        return _restore_live(plain, keep, database, before, checked, unlocked)
     except PostgresError:
         raise
     except Error as err:  # psycopg's: the server went away mid-way, say; in words, not libpq's
         raise PostgresError(first_line(err)) from err
 
 
-def _restore_live(plain, keep, database, before, checked):
+def _restore_live(plain, keep, database, before, checked, unlocked):
     server = live_server()
     folder = Path(plain).parent
     timings, started = {}, time.monotonic()
@@ -292,9 +294,11 @@ def _restore_live(plain, keep, database, before, checked):
             old = swap_in(server, admin, new)
             timings["swap"] = time.monotonic() - cut_off
             kept_names.add(new)
+        if unlocked is not None:
+            unlocked(timings["swap"])
         if before is not None:
             safety = time.monotonic()
-            before(old, paused=timings["swap"])  # on failure `old` stays: the previous data
+            before(old)  # on failure `old` stays: the previous data
             timings["safety"] = time.monotonic() - safety
         try:
             drop_database(admin, old)

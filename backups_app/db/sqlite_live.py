@@ -42,15 +42,18 @@ logger = logging.getLogger(__name__)
 # Pages per step of the copy onto the live database: big steps, few callbacks (64 MB of 4 KB pages).
 STEP_PAGES = 16384
 SQLITE_OK, SQLITE_BUSY, SQLITE_LOCKED = 0, 5, 6
+# Seconds the copy sleeps after a step that found the live database busy.
+BUSY_SLEEP = 0.05
 
 
-def restore_live(plain, *, keep, database=None, before=None, ahead=None):
+def restore_live(plain, *, keep, database=None, before=None, ahead=None, unlocked=None):
     """Replace the database's contents with the backup `plain`'s (see the module's docstring).
 
     `ahead()` runs once the backup is loaded, just before the lock (the safety backup's copy);
-    `before()` runs first under the lock (the safety backup made whole). Returns ({what was
-    kept: rows}, [what could not be kept, in words]). When there was no database, the file the
-    connection created is removed again on failure.
+    `before()` runs first under the lock (the safety backup made whole); `unlocked(seconds)`
+    is told how long writers were held, from the step that took the lock to the commit.
+    Returns ({what was kept: rows}, [what could not be kept, in words]). When there was no
+    database, the file the connection created is removed again on failure.
     """
     database = database_path(database)
     existed = database.exists() and database.stat().st_size > 0
@@ -66,7 +69,9 @@ def restore_live(plain, *, keep, database=None, before=None, ahead=None):
             live.execute("PRAGMA journal_mode = WAL")
         elif pragma(live, "journal_mode") != "wal":  # a rollback journal (Django's default)
             live.close()
-            return restore_in_one_transaction(plain, database, keep=keep, before=before)
+            return restore_in_one_transaction(
+                plain, database, keep=keep, before=before, unlocked=unlocked
+            )
         with scratch_file(database.parent) as scratch:
             load_into(plain, scratch, page_size=pragma(live, "page_size"))
             # Written without waiting for the disk; flushed now, before the lock, or the kernel
@@ -74,7 +79,9 @@ def restore_live(plain, *, keep, database=None, before=None, ahead=None):
             fsync(scratch)
             if ahead is not None:
                 ahead()
-            kept = _copy_onto(scratch, live, database, keep, before)
+            kept, held = _copy_onto(scratch, live, database, keep, before)
+            if unlocked is not None:
+                unlocked(held)
             # The restored pages are in the WAL: move them into the database file at once,
             # after the lock, rather than in the next writer's commit (a checkpoint that is
             # running makes the writers' own automatic ones give way; this one waits for none).
@@ -97,7 +104,8 @@ def _page_size(plain):
 
 def _copy_onto(scratch, live, database, keep, before):
     """The backup API from `scratch` onto `live`; its first step's callback, under the lock,
-    runs `before()` and carries the product's records into the scratch file."""
+    runs `before()` and carries the product's records into the scratch file. Returns (what
+    the carry returned, seconds from the step that took the lock to the commit)."""
     source = sqlite3.connect(f"file:{quote(str(scratch))}", uri=True, isolation_level=None)
     try:
         # The scratch file is thrown away after: the carry's commit need not reach its disk.
@@ -106,12 +114,15 @@ def _copy_onto(scratch, live, database, keep, before):
         total = pragma(source, "page_count")
         step = max(1, min(STEP_PAGES, total // 2))
         deadline = time.monotonic() + LOCK_TIMEOUT
-        done = {}
+        # When the step that takes the lock began: the copy's start, or the end of the sleep
+        # after a step that found the database busy.
+        done = {"asked": time.monotonic()}
 
         def progress(status, remaining, pages):
             if status in (SQLITE_BUSY, SQLITE_LOCKED):  # another connection writes: wait
                 if time.monotonic() > deadline:
                     raise sqlite3.OperationalError("database is locked")
+                done["asked"] = time.monotonic() + BUSY_SLEEP
                 return
             if "kept" not in done:  # the first step: the live database's write lock is ours
                 done["version"] = pragma(probe, "data_version")
@@ -130,18 +141,20 @@ def _copy_onto(scratch, live, database, keep, before):
             # The WAL is flushed as the copy writes it: the commit's own flush (writers wait
             # for it) then finds little left to write.
             with watching(Path(f"{database}-wal"), flush=0):
-                source.backup(live, pages=step, progress=progress, sleep=0.05)
+                source.backup(live, pages=step, progress=progress, sleep=BUSY_SLEEP)
+                held = time.monotonic() - done["asked"]
         except KeyboardInterrupt:
             # A signal in the callback after the last step comes after the commit: the restore
             # is whole, and saying "nothing was changed" would be false.
             if "version" not in done or pragma(probe, "data_version") == done["version"]:
                 raise
             logger.warning("a stop signal came as the restore committed; the restore is whole")
+            held = time.monotonic() - done["asked"]
         finally:
             probe.close()
         if "kept" not in done:  # a one-page database: copied in one step, before any callback
             raise sqlite3.OperationalError("the restored copy is empty; nothing was restored")
-        return done["kept"]
+        return done["kept"], held
     finally:
         source.close()
 

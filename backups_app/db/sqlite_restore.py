@@ -9,6 +9,7 @@ for the confirmation page.
 
 import contextlib
 import sqlite3
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
@@ -26,15 +27,16 @@ def load_into(plain, database, *, page_size=None):
         replace_contents(conn, None)
 
 
-def restore_in_one_transaction(plain, database, *, keep, before=None):
+def restore_in_one_transaction(plain, database, *, keep, before=None, unlocked=None):
     """Restore into a live database that is not in WAL mode, in one write transaction.
 
     With a rollback journal, the backup API's copy takes the exclusive lock at its first step,
     so the safety backup (`before()`, another connection) could no longer read the database.
     Here the write lock is BEGIN IMMEDIATE: readers, the safety backup among them, go on until
+    the commit. `unlocked(seconds)` is told how long writers were held, from BEGIN IMMEDIATE to
     the commit. Returns what replace_contents returns.
     """
-    with _write_locked(database, plain, wal=True) as conn:
+    with _write_locked(database, plain, wal=True, unlocked=unlocked) as conn:
         # The whole safety backup first: once this restore writes, it holds the database's
         # exclusive lock, which the safety backup's reads would wait for.
         if before is not None and callable(finish := before()):
@@ -74,7 +76,7 @@ def kept_now(keep, database=None):
 
 
 @contextlib.contextmanager
-def _write_locked(database, plain, *, new_page_size=None, wal=False):
+def _write_locked(database, plain, *, new_page_size=None, wal=False, unlocked=None):
     """A connection to `database`, the backup attached as `bak`, inside BEGIN IMMEDIATE.
 
     From the BEGIN to the COMMIT no other connection can write (they wait, within their busy
@@ -97,6 +99,7 @@ def _write_locked(database, plain, *, new_page_size=None, wal=False):
         uri = f"file:{quote(str(plain))}?mode=ro&immutable=1"
         conn.execute("ATTACH DATABASE ? AS bak", (uri,))
         conn.execute("BEGIN IMMEDIATE")
+        locked = time.monotonic()
         try:
             yield conn
         except BaseException:
@@ -106,6 +109,8 @@ def _write_locked(database, plain, *, new_page_size=None, wal=False):
                     conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        if unlocked is not None:
+            unlocked(time.monotonic() - locked)
     finally:
         conn.close()
 

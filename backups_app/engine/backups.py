@@ -150,7 +150,11 @@ def create_backup(
                 if compress:
                     digest, counts = compress_.verify_and_gzip(partial, gz, verify, progress)
                 else:
-                    digest, counts = compress_.verify_and_hash(partial, verify, progress)
+                    # A restore's safety backup is checked under the restore's lock, beside
+                    # its copy: one core each, so the copy the site waits for is not slowed.
+                    digest, counts = compress_.verify_and_hash(
+                        partial, verify, progress, alongside=until_locked is None
+                    )
             manifest = new_manifest(counts, check, by="backup")
             if media is not None:
                 manifest["media"] = media.as_manifest()

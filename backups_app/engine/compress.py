@@ -59,9 +59,13 @@ def _alongside(main, side):
     return result, side_result
 
 
-def verify_and_hash(partial, check, progress):
+def verify_and_hash(partial, check, progress, *, alongside=True):
     """Run `check(cancel)` (the database check: row counts) while hashing and flushing the
-    copy; return (SHA-256, row counts)."""
+    copy; return (SHA-256, row counts).
+
+    Not `alongside`: one after the other on one core, when the other core is wanted for
+    something else meanwhile (a restore's copy, which the site's writers wait for).
+    """
     if progress:
         progress("verify", 0, 0)
 
@@ -70,6 +74,10 @@ def verify_and_hash(partial, check, progress):
         files.fsync(partial)
         return digest
 
+    if not alongside:
+        never = threading.Event()
+        counts = check(never)
+        return hash_and_flush(never), counts
     return _alongside(hash_and_flush, check)
 
 

@@ -204,9 +204,10 @@ def restore_backup(path, *, database=None, backups_folder=None, confirm=None):
             if confirm is not None and not confirm(under_lock["info"]):
                 raise RestoreCancelled
 
-        def before(source=None, paused=None):
-            under_lock["at"] = time.monotonic()
-            under_lock["paused"] = paused
+        def unlocked(seconds):  # how long the site's writers were held, the engine says
+            under_lock["paused"] = seconds
+
+        def before(source=None):
             if source is None:
                 under_lock["safety"] = None
                 if not existed:
@@ -215,8 +216,6 @@ def restore_backup(path, *, database=None, backups_folder=None, confirm=None):
 
                 def finish():
                     under_lock["safety"] = pre_restore.finish()
-                    # Writers waited this long, up to the commit (SQLite's last step of the copy).
-                    under_lock["paused"] = time.monotonic() - under_lock["at"]
 
                 return finish
             try:  # the swapped-out database, after the swap (see CHECKS_WHILE_RESTORING)
@@ -237,11 +236,14 @@ def restore_backup(path, *, database=None, backups_folder=None, confirm=None):
         try:
             with pre_restore:
                 kept, notes = engine.restore_live(
-                    plain, keep=product_records(), database=database, before=before, **extra
+                    plain,
+                    keep=product_records(),
+                    database=database,
+                    before=before,
+                    unlocked=unlocked,
+                    **extra,
                 )
             locked = under_lock["paused"]
-            if locked is None:
-                locked = time.monotonic() - under_lock["at"]
             safety = under_lock["safety"]
             info = under_lock["info"]
         except engine.Error as err:
