@@ -18,6 +18,8 @@ from backups_app.db.sqlite_base import database_path, q, row_count, table_names
 
 # How long the restore waits for other connections to let go of the live database.
 LOCK_TIMEOUT = 60
+# The page cache of a connection that writes a whole database, in KiB.
+CACHE_KIB = 16384
 
 
 def load_into(plain, database, *, page_size=None):
@@ -88,7 +90,7 @@ def _write_locked(database, plain, *, new_page_size=None, wal=False, unlocked=No
         conn.set_progress_handler(lambda: 0, 100_000)  # let signal handlers run
         # 16 MB of page cache (and of sorter memory for the indexes): the restore's memory
         # stays flat whatever the database's size.
-        conn.execute("PRAGMA cache_size = -16384")
+        conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         if not wal:  # a scratch file (the drill's, the restore's): nobody keeps it past a crash
             conn.execute("PRAGMA synchronous = OFF")
         if conn.execute("PRAGMA page_count").fetchone()[0] == 0:  # a new database
