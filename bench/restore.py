@@ -2,6 +2,7 @@
 backup-API copy of the same database (issue 18 item 3), measured side by side in one run.
 
     .venv/bin/python bench/restore.py [--size 300] [--repeat 3] [--workdir DIR]
+                                      [--against CHECKOUT] [--drop-caches]
 
 Builds a migrated project database with a `bulk` table of about --size MB (cached in
 --workdir), backs it up with `manage.py backup`, then for each repeat: times a bare `VACUUM
@@ -10,6 +11,12 @@ restore BACKUP --yes` in a child process (peak RSS from wait4) while a writer in
 process commits a row every 5 ms with a 60 s busy timeout; the writer's longest commit is the
 pause the site saw, and the restore's log says how long it held the lock. Prints medians and
 ratios. Read ratios from one run, not absolute times.
+
+--against CHECKOUT runs that checkout's `manage.py restore` too, in every round right after this
+one's (before and after, alternating in one window). --drop-caches (root) empties the kernel's
+page cache before each timing and reads the database and the backup back into it: on this
+shared VM, writes into page cache that has grown to many GB cost several times more CPU, which
+moves a restore's pause by 2x from one hour to the next.
 """
 
 import argparse
@@ -82,6 +89,21 @@ def build(workdir, megabytes):
     return data
 
 
+def settle(data, drop_caches):
+    """With --drop-caches: an empty page cache holding just the database and the backup."""
+    if not drop_caches:
+        return
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError as err:
+        raise SystemExit(f"--drop-caches needs root: {err}") from err
+    for path in (data / "database.sqlite", data / "the.bak"):
+        with open(path, "rb") as f:
+            while f.read(1 << 24):
+                pass
+
+
 def baseline(live, scratch):
     """(VACUUM INTO seconds, one-step backup-API copy seconds) of the live database."""
     out = scratch / "vacuum.db"
@@ -101,8 +123,9 @@ def baseline(live, scratch):
     return vacuum, backup
 
 
-def restore(data, scratch):
-    """(writer's longest commit, restore seconds, peak RSS MB) of one `manage.py restore`."""
+def restore(data, scratch, manage=MANAGE):
+    """(writer's longest commit, lock held, restore seconds, peak RSS MB) of one `manage.py
+    restore` (of the checkout `manage` is in)."""
     stop = scratch / "stop"
     stop.unlink(missing_ok=True)
     writer = subprocess.Popen(
@@ -113,7 +136,7 @@ def restore(data, scratch):
     time.sleep(1)
     try:
         took, rss, log = run_child(
-            [sys.executable, str(MANAGE), "restore", str(data / "the.bak"), "--yes"],
+            [sys.executable, str(manage), "restore", str(data / "the.bak"), "--yes"],
             env=env_for(data),
             stdout=subprocess.DEVNULL,
         )
@@ -135,36 +158,48 @@ def main():
     parser.add_argument(
         "--workdir", type=Path, default=Path(tempfile.gettempdir()) / "stanza-bench"
     )
+    parser.add_argument("--against", type=Path, help="another checkout, restored alternately")
+    parser.add_argument("--drop-caches", action="store_true", help="see the docstring (root)")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     data = build(args.workdir, args.size)
     live = data / "database.sqlite"
-    rows = []
+    runs = {"this checkout": MANAGE}
+    if args.against:
+        runs[f"--against {args.against}"] = args.against.resolve() / "manage.py"
+    rows = {name: [] for name in runs}
     for _ in range(args.repeat):
+        settle(data, args.drop_caches)
         vacuum, backup = baseline(live, args.workdir)
-        pause, held, took, rss = restore(data, args.workdir)
-        rows.append((vacuum, backup, pause, held, took, rss))
-        print(
-            f"VACUUM INTO {vacuum:.2f} s, backup API {backup:.2f} s; restore {took:.2f} s, "
-            f"lock held {held:.2f} s, writer paused {pause:.2f} s, peak RSS {rss:.0f} MB",
-            file=sys.stderr,
-            flush=True,
-        )
-    med = [statistics.median(column) for column in zip(*rows, strict=True)]
-    vacuum, backup, pause, held, took, rss = med
+        for name, manage in runs.items():
+            settle(data, args.drop_caches)
+            pause, held, took, rss = restore(data, args.workdir, manage)
+            base = vacuum + backup
+            rows[name].append((vacuum, backup, pause, held, took, rss, pause / base, held / base))
+            print(
+                f"{name}: VACUUM INTO {vacuum:.2f} s, backup API {backup:.2f} s; restore "
+                f"{took:.2f} s, lock held {held:.2f} s, writer paused {pause:.2f} s "
+                f"({pause / base:.2f}x), peak RSS {rss:.0f} MB",
+                file=sys.stderr,
+                flush=True,
+            )
     size = live.stat().st_size / 1e6
-    print(f"| {size:.0f} MB database, medians of {args.repeat} | seconds |")
-    print("|---|---:|")
-    print(f"| bare VACUUM INTO | {vacuum:.2f} |")
-    print(f"| one-step backup-API copy | {backup:.2f} |")
-    print(f"| restore (manage.py restore --yes, whole) | {took:.2f} |")
-    print(f"| the restore's write lock held (its log) | {held:.2f} |")
-    print(f"| longest wait of a writer during it | {pause:.2f} |")
-    print()
-    base = vacuum + backup
-    print(f"lock held / (VACUUM INTO + backup API): {held / base:.2f}x (target <= 1)")
-    print(f"writer's longest wait / (VACUUM INTO + backup API): {pause / base:.2f}x")
-    print(f"peak RSS of the restore: {rss:.0f} MB (target < 100)")
+    for name, runs_of in rows.items():
+        med = [statistics.median(column) for column in zip(*runs_of, strict=True)]
+        vacuum, backup, pause, held, took, rss, pause_ratio, held_ratio = med
+        print(f"\n{name}")
+        print(f"| {size:.0f} MB database, medians of {args.repeat} | seconds |")
+        print("|---|---:|")
+        print(f"| bare VACUUM INTO | {vacuum:.2f} |")
+        print(f"| one-step backup-API copy | {backup:.2f} |")
+        print(f"| restore (manage.py restore --yes, whole) | {took:.2f} |")
+        print(f"| the restore's write lock held (its log) | {held:.2f} |")
+        print(f"| longest wait of a writer during it | {pause:.2f} |")
+        print()
+        # Each round's pause against the same round's baseline, then the median of those.
+        print(f"lock held / (VACUUM INTO + backup API): {held_ratio:.2f}x (target <= 1)")
+        print(f"writer's longest wait / (VACUUM INTO + backup API): {pause_ratio:.2f}x")
+        print(f"peak RSS of the restore: {rss:.0f} MB (target < 100)")
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
