@@ -120,8 +120,10 @@ def _copy_onto(scratch, live, database, keep, before):
         total = pragma(source, "page_count")
         step = step_pages(pragma(source, "page_size"), total)
         deadline = time.monotonic() + LOCK_TIMEOUT
-        # When the step that takes the lock began: the copy's start, or the end of the sleep
-        # after a step that found the database busy.
+        # A step never waits inside SQLite for another writer: it returns busy, and the copy
+        # tries again after BUSY_SLEEP (until LOCK_TIMEOUT), so the time the lock was taken is
+        # known: the copy's start, or the end of the sleep after the last busy step.
+        live.execute("PRAGMA busy_timeout = 0")
         done = {"asked": time.monotonic()}
 
         def progress(status, remaining, pages):
