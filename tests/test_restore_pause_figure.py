@@ -39,26 +39,45 @@ while time.monotonic() < deadline:
 """
 
 
+def live_and_backup(data_dir, migrated_database, backups_folder, *, journal, rows):
+    """(live database, a backup with `rows` rows in `bulk`); the live one has fewer now."""
+    live = copy_database(migrated_database, data_dir / "database.sqlite")
+    conn = sqlite3.connect(live, isolation_level=None)
+    conn.execute(f"PRAGMA journal_mode = {journal}")
+    conn.close()
+    fill(live, rows, 2)
+    backup = create_backup(live, folder=backups_folder)
+    fill(live, rows * 3 // 4, 1)
+    return live, backup
+
+
+def restore_seen(live, backup, rows, backups_folder, tmp_path, caplog):
+    """Restore `backup` into `live`; (its log record, the moment another process saw it)."""
+    ready = tmp_path / "ready"
+    watcher = subprocess.Popen(
+        [sys.executable, "-c", WATCHER, str(live), str(rows), str(ready)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    wait_until(ready.exists)
+    try:
+        with caplog.at_level(logging.INFO, logger=restore_module.__name__):
+            restore_backup(backup.path, database=live, backups_folder=backups_folder)
+    finally:
+        committed = float(watcher.communicate(timeout=120)[0])
+    (record,) = [r for r in caplog.records if getattr(r, "event", None) == "restore"]
+    return record, committed
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("journal", ["wal", "delete"])
 def test_the_writers_wait_it_reports_lasts_until_the_commit(
     journal, data_dir, migrated_database, backups_folder, tmp_path, monkeypatch, caplog
 ):
-    live = copy_database(migrated_database, data_dir / "database.sqlite")
-    conn = sqlite3.connect(live, isolation_level=None)
-    conn.execute(f"PRAGMA journal_mode = {journal}")
-    conn.close()
     # About 40 MB: the copy's last step and its commit take long enough to be seen missing.
-    new_rows, _ = fill(live, 80_000, 2)
-    backup = create_backup(live, folder=backups_folder)
-    fill(live, 60_000, 1)
-    ready = tmp_path / "ready"
-    watcher = subprocess.Popen(
-        [sys.executable, "-c", WATCHER, str(live), str(new_rows), str(ready)],
-        stdout=subprocess.PIPE,
-        text=True,
+    live, backup = live_and_backup(
+        data_dir, migrated_database, backups_folder, journal=journal, rows=80_000
     )
-    wait_until(ready.exists)
     under_lock = []
     start = restore_module._SafetyBackup.start
 
@@ -67,13 +86,8 @@ def test_the_writers_wait_it_reports_lasts_until_the_commit(
         return start(self)
 
     monkeypatch.setattr(restore_module._SafetyBackup, "start", recording_start)
-    try:
-        with caplog.at_level(logging.INFO, logger=restore_module.__name__):
-            restore_backup(backup.path, database=live, backups_folder=backups_folder)
-    finally:
-        committed = float(watcher.communicate(timeout=120)[0])
+    record, committed = restore_seen(live, backup, 80_000, backups_folder, tmp_path, caplog)
 
-    (record,) = [r for r in caplog.records if getattr(r, "event", None) == "restore"]
     assert len(under_lock) == 1
     # The watcher sees the commit a moment after it happens; the figure starts before the
     # safety backup does (at the step that took the lock), so it is never the shorter one.
@@ -88,21 +102,10 @@ def test_the_wait_for_another_writer_before_the_lock_is_not_counted(
 ):
     """The restore waits its turn while another connection writes; only what comes after it
     took the lock held the site's writers."""
-    live = copy_database(migrated_database, data_dir / "database.sqlite")
-    conn = sqlite3.connect(live, isolation_level=None)
-    conn.execute("PRAGMA journal_mode = wal")
-    conn.close()
-    new_rows, _ = fill(live, 20_000, 2)
-    backup = create_backup(live, folder=backups_folder)
-    fill(live, 10_000, 1)
-    ready = tmp_path / "ready"
-    watcher = subprocess.Popen(
-        [sys.executable, "-c", WATCHER, str(live), str(new_rows), str(ready)],
-        stdout=subprocess.PIPE,
-        text=True,
+    live, backup = live_and_backup(
+        data_dir, migrated_database, backups_folder, journal="wal", rows=20_000
     )
-    wait_until(ready.exists)
-    released = []
+    released, threads = [], []
     ahead = restore_module._SafetyBackup.ahead
 
     def ahead_then_a_writer_holds_the_lock(self):
@@ -116,15 +119,15 @@ def test_the_wait_for_another_writer_before_the_lock_is_not_counted(
             released.append(restore_module.time.monotonic())
             other.close()
 
-        threading.Thread(target=release).start()
+        threads.append(threading.Thread(target=release))
+        threads[0].start()
 
     monkeypatch.setattr(restore_module._SafetyBackup, "ahead", ahead_then_a_writer_holds_the_lock)
     try:
-        with caplog.at_level(logging.INFO, logger=restore_module.__name__):
-            restore_backup(backup.path, database=live, backups_folder=backups_folder)
+        record, committed = restore_seen(live, backup, 20_000, backups_folder, tmp_path, caplog)
     finally:
-        committed = float(watcher.communicate(timeout=120)[0])
+        for thread in threads:
+            thread.join()
 
-    (record,) = [r for r in caplog.records if getattr(r, "event", None) == "restore"]
     # The copy retries every BUSY_SLEEP after a busy step: at most that much of the wait counts.
     assert 0 < record.locked <= committed - released[0] + 0.06, (record.locked, committed)
